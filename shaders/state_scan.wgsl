@@ -1,0 +1,40 @@
+// State scan: chains the per-block contributions into the running state,
+//     S_t = lambda^L S_{t-1} + KV_t,
+// sequentially over the blocks and in parallel over every (bh, d, e) element.
+// In place, slot t of `states` ends up holding S_{t-1}, the state the block
+// starts from (the inter-block pass reads it); `carry` holds the state before
+// the first block on entry (or is ignored when params.has_state is 0) and the
+// state after the last block on exit.
+
+@group(0) @binding(2) var<storage, read_write> states: array<f32>; // [bh][block][d][e]
+@group(0) @binding(3) var<storage, read_write> carry: array<f32>;  // [bh][d][e]
+
+@compute @workgroup_size(THREADS)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let size = params.dim_k * params.dim_v;
+    let idx = group_index(wid, groups) * THREADS + tid;
+    if idx >= params.bh_count * size {
+        return;
+    }
+    let local_bh = idx / size;
+    let within = idx % size;
+    let slope = slope_of(params.bh_start + local_bh);
+    let full = decay(slope, TILE);
+
+    var s = 0.0;
+    if params.has_state != 0u {
+        s = carry[params.state_base + idx];
+    }
+    for (var t = 0u; t < params.blocks; t++) {
+        let len = block_len(t);
+        let at = (local_bh * params.blocks + t) * size + within;
+        let kv = states[at];
+        states[at] = s;
+        s = select(decay(slope, len), full, len == TILE) * s + kv;
+    }
+    carry[params.state_base + idx] = s;
+}

@@ -1,0 +1,155 @@
+//! The WGSL kernels: their sources, and their specialisation to an adapter.
+//!
+//! Each pass lives in its own file under `shaders/`; `shaders/common.wgsl`
+//! (parameters, addressing, decay) is prepended to each. Specialisation
+//! rewrites the `const` lines marked `// specialise` in the common file, so
+//! every file also validates as written, with the portable defaults.
+
+use crate::error::{Error, Result};
+
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+
+/// One GPU pass of the blockwise algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// Masked `(Q K^T) (.) M` then `V`, per block.
+    IntraBlock,
+    /// Each block's own `K^T V` contribution to the state.
+    BlockState,
+    /// The scan over blocks that turns contributions into running states.
+    StateScan,
+    /// `Lambda Q S_{t-1}` added to the output of each block.
+    InterBlock,
+}
+
+impl Pass {
+    /// Every pass, in dispatch order.
+    pub const ALL: [Pass; 4] = [
+        Pass::IntraBlock,
+        Pass::BlockState,
+        Pass::StateScan,
+        Pass::InterBlock,
+    ];
+
+    /// The pass's file stem under `shaders/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::IntraBlock => "intra_block",
+            Pass::BlockState => "block_state",
+            Pass::StateScan => "state_scan",
+            Pass::InterBlock => "inter_block",
+        }
+    }
+
+    /// The pass's own WGSL, without the common prelude.
+    pub fn body(self) -> &'static str {
+        match self {
+            Pass::IntraBlock => include_str!("../shaders/intra_block.wgsl"),
+            Pass::BlockState => include_str!("../shaders/block_state.wgsl"),
+            Pass::StateScan => include_str!("../shaders/state_scan.wgsl"),
+            Pass::InterBlock => include_str!("../shaders/inter_block.wgsl"),
+        }
+    }
+}
+
+/// Tile sizes the kernels are compiled with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelConfig {
+    /// Rows per block, and the width of output tiles. 32 or 64.
+    pub tile: u32,
+    /// Reduction depth staged through workgroup memory per step.
+    pub chunk: u32,
+}
+
+impl KernelConfig {
+    /// Tile sizes WGSL allows: each thread owns a 4x4 tile, so a TILE x TILE
+    /// tile takes (TILE/4)^2 invocations.
+    pub const TILES: [u32; 2] = [32, 64];
+
+    /// Invocations per workgroup.
+    pub fn threads(self) -> u32 {
+        (self.tile / 4) * (self.tile / 4)
+    }
+
+    /// Workgroup memory the largest pass (intra-block) declares, in bytes.
+    pub fn workgroup_bytes(self) -> u32 {
+        // q and k/v staging (CHUNK x TILE each) plus the TILE x TILE scores.
+        4 * (2 * self.chunk * self.tile + self.tile * self.tile)
+    }
+
+    /// The largest configuration the limits allow, or the requested tile.
+    pub fn for_limits(limits: &wgpu::Limits, tile: Option<u32>) -> Result<Self> {
+        let fits = |c: KernelConfig| {
+            c.threads() <= limits.max_compute_invocations_per_workgroup
+                && c.threads() <= limits.max_compute_workgroup_size_x
+                && c.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+        };
+        match tile {
+            Some(t) => {
+                let c = KernelConfig { tile: t, chunk: 16 };
+                if !Self::TILES.contains(&t) {
+                    return Err(Error::InvalidValue {
+                        arg: "tile",
+                        value: t.to_string(),
+                        reason: "must be 32 or 64",
+                    });
+                }
+                if !fits(c) {
+                    return Err(Error::InvalidValue {
+                        arg: "tile",
+                        value: t.to_string(),
+                        reason: "too large for this adapter's workgroup limits",
+                    });
+                }
+                Ok(c)
+            }
+            None => Self::TILES
+                .iter()
+                .rev()
+                .map(|&tile| KernelConfig { tile, chunk: 16 })
+                .find(|&c| fits(c))
+                .ok_or(Error::InvalidValue {
+                    arg: "tile",
+                    value: "any".into(),
+                    reason: "the adapter's workgroup limits are below the WebGPU minimum",
+                }),
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    /// The defaults written in `shaders/common.wgsl`.
+    fn default() -> Self {
+        KernelConfig {
+            tile: 64,
+            chunk: 16,
+        }
+    }
+}
+
+/// The complete WGSL of `pass` specialised to `config`: the common prelude
+/// with its marked constants rewritten, then the pass.
+pub fn wgsl(pass: Pass, config: KernelConfig) -> String {
+    let mut out = String::with_capacity(COMMON.len() + pass.body().len() + 64);
+    for line in COMMON.lines() {
+        let value = if line.contains("// specialise") {
+            match line.split(':').next().map(str::trim) {
+                Some("const TILE") => Some(config.tile),
+                Some("const CHUNK") => Some(config.chunk),
+                Some("const THREADS") => Some(config.threads()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match (value, line.split(':').next()) {
+            (Some(v), Some(head)) => out.push_str(&format!("{head}: u32 = {v}u; // specialised\n")),
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str(pass.body());
+    out
+}

@@ -1,0 +1,88 @@
+//! Memory layouts of the q, k, v and o tensors.
+
+use std::str::FromStr;
+
+/// The sizes of one attention problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Dims {
+    /// Batch size.
+    pub b: usize,
+    /// Heads.
+    pub h: usize,
+    /// Sequence length.
+    pub n: usize,
+    /// Width of q and k.
+    pub d: usize,
+    /// Width of v and o.
+    pub e: usize,
+}
+
+impl Dims {
+    /// Shape of the state `S`: `(b, h, d, e)`, whatever the layout.
+    pub fn state_shape(&self) -> [usize; 4] {
+        [self.b, self.h, self.d, self.e]
+    }
+}
+
+/// Order of the dimensions of q, k, v and o in memory (row-major).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// `(batch, heads, n, width)`: the official Lightning Attention API.
+    #[default]
+    Bhnd,
+    /// `(batch, n, heads, width)`: the FLA / FlashAttention layout, read in
+    /// place through strides.
+    Bnhd,
+}
+
+impl Layout {
+    /// `(b, h, n, width)` of a 4-dimensional shape in this layout.
+    pub fn split(self, shape: &[usize; 4]) -> (usize, usize, usize, usize) {
+        match self {
+            Layout::Bhnd => (shape[0], shape[1], shape[2], shape[3]),
+            Layout::Bnhd => (shape[0], shape[2], shape[1], shape[3]),
+        }
+    }
+
+    /// The shape of a `(b, h, n, width)` tensor in this layout.
+    pub fn shape(self, b: usize, h: usize, n: usize, width: usize) -> [usize; 4] {
+        match self {
+            Layout::Bhnd => [b, h, n, width],
+            Layout::Bnhd => [b, n, h, width],
+        }
+    }
+
+    /// Element strides `(batch, head, row)` of a `(b, h, n, width)` tensor.
+    pub fn strides(self, h: usize, n: usize, width: usize) -> (usize, usize, usize) {
+        match self {
+            Layout::Bhnd => (h * n * width, n * width, width),
+            Layout::Bnhd => (n * h * width, width, h * width),
+        }
+    }
+
+    /// Offset of element `at = [b, h, i, c]` of a `(b, heads, n, width)` tensor.
+    pub fn index(self, heads: usize, n: usize, width: usize, at: [usize; 4]) -> usize {
+        let (sb, sh, sn) = self.strides(heads, n, width);
+        at[0] * sb + at[1] * sh + at[2] * sn + at[3]
+    }
+}
+
+impl FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "bhnd" => Ok(Layout::Bhnd),
+            "bnhd" => Ok(Layout::Bnhd),
+            other => Err(format!("unknown layout `{other}` (expected bhnd or bnhd)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Bhnd => "bhnd",
+            Layout::Bnhd => "bnhd",
+        })
+    }
+}

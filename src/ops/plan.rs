@@ -1,0 +1,275 @@
+//! Splitting one call into dispatches that fit the device.
+//!
+//! A dispatch covers a range of (batch, head) pairs and a range of rows of the
+//! sequence. Each tensor is bound as a window: an aligned byte range no larger
+//! than the largest storage binding, plus an element offset (`base`) that the
+//! kernels add to every index. Ranges shrink — heads first, then rows, state
+//! carried between row ranges — until every window, the scratch states and
+//! the grid fit.
+
+use crate::error::{Error, Result};
+use crate::layout::{Dims, Layout};
+
+/// Largest scratch buffer of per-block states one dispatch may use, in bytes.
+pub(crate) const SCRATCH_BUDGET: u64 = 256 << 20;
+
+/// A tensor's bound byte range and the element offset of the dispatch's
+/// origin inside it (wrapping: see `offset_of` in shaders/common.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub offset: u64,
+    pub size: u64,
+    pub base: u32,
+}
+
+/// One dispatch's share of the work.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Segment {
+    pub bh_start: usize,
+    pub bh_count: usize,
+    pub n0: usize,
+    pub rows: usize,
+    pub blocks: usize,
+    pub q: Window,
+    pub k: Window,
+    pub v: Window,
+    pub o: Window,
+    pub state: Window,
+    pub state_base: u32,
+    pub scratch_bytes: u64,
+}
+
+/// What bounds a plan.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub tile: usize,
+    pub max_binding: u64,
+    pub offset_align: u64,
+    pub max_groups: u64,
+}
+
+/// The largest grid a pass of this segment dispatches.
+pub(crate) fn max_groups(dims: &Dims, tile: usize, bh_count: usize, blocks: usize) -> u64 {
+    let tiles = |w: usize| w.div_ceil(tile) as u64;
+    let per_block = (tiles(dims.d) * tiles(dims.e)).max(tiles(dims.e));
+    (bh_count * blocks) as u64 * per_block
+}
+
+fn window(
+    layout: Layout,
+    dims: &Dims,
+    width: usize,
+    bh: (usize, usize),
+    rows: (usize, usize),
+    align: u64,
+) -> Window {
+    let (sb, sh, sn) = layout.strides(dims.h, dims.n, width);
+    let (bh_start, bh_count) = bh;
+    let (n0, len) = rows;
+    let mut lo = usize::MAX;
+    let mut hi = 0usize;
+    for g in bh_start..bh_start + bh_count {
+        let origin = (g / dims.h) * sb + (g % dims.h) * sh + n0 * sn;
+        lo = lo.min(origin);
+        hi = hi.max(origin + (len - 1) * sn + width);
+    }
+    let start = (lo as u64 * 4) / align * align;
+    let start_elements = (start / 4) as i128;
+    let origin = ((bh_start / dims.h) * sb + n0 * sn) as i128;
+    Window {
+        offset: start,
+        size: hi as u64 * 4 - start,
+        base: (origin - start_elements).rem_euclid(1 << 32) as u32,
+    }
+}
+
+fn segment(
+    layout: Layout,
+    dims: &Dims,
+    lim: &Limits,
+    bh: (usize, usize),
+    rows: (usize, usize),
+) -> Segment {
+    let blocks = rows.1.div_ceil(lim.tile);
+    let state_size = dims.d * dims.e;
+    let state_lo = bh.0 * state_size;
+    let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
+    Segment {
+        bh_start: bh.0,
+        bh_count: bh.1,
+        n0: rows.0,
+        rows: rows.1,
+        blocks,
+        q: window(layout, dims, dims.d, bh, rows, lim.offset_align),
+        k: window(layout, dims, dims.d, bh, rows, lim.offset_align),
+        v: window(layout, dims, dims.e, bh, rows, lim.offset_align),
+        o: window(layout, dims, dims.e, bh, rows, lim.offset_align),
+        state: Window {
+            offset: state_start,
+            size: ((state_lo + bh.1 * state_size) as u64) * 4 - state_start,
+            base: 0,
+        },
+        state_base: (state_lo as u64 - state_start / 4) as u32,
+        scratch_bytes: (bh.1 * blocks * state_size) as u64 * 4,
+    }
+}
+
+/// Why a segment does not fit, naming the tensor.
+fn misfit(
+    s: &Segment,
+    dims: &Dims,
+    lim: &Limits,
+) -> Option<(&'static str, u64, u64, &'static str)> {
+    let binding = "max_storage_buffer_binding_size";
+    for (arg, w) in [
+        ("q", s.q),
+        ("k", s.k),
+        ("v", s.v),
+        ("o", s.o),
+        ("state", s.state),
+    ] {
+        if w.size > lim.max_binding {
+            return Some((arg, w.size, lim.max_binding, binding));
+        }
+    }
+    let scratch_cap = lim.max_binding.min(SCRATCH_BUDGET);
+    if s.scratch_bytes > scratch_cap {
+        return Some((
+            "block states",
+            s.scratch_bytes,
+            scratch_cap,
+            "scratch budget",
+        ));
+    }
+    let groups = max_groups(dims, lim.tile, s.bh_count, s.blocks);
+    if groups > lim.max_groups * lim.max_groups {
+        return Some((
+            "grid",
+            groups,
+            lim.max_groups * lim.max_groups,
+            "max_compute_workgroups_per_dimension^2",
+        ));
+    }
+    None
+}
+
+/// Splits the problem into segments, in an order that carries the state
+/// correctly: all row ranges of a head range, first to last.
+pub(crate) fn plan(layout: Layout, dims: &Dims, lim: &Limits) -> Result<Vec<Segment>> {
+    let heads = dims.b * dims.h;
+    let mut count = heads;
+    let mut rows = dims.n;
+    loop {
+        let mut segments = Vec::new();
+        let mut worst = None;
+        for bh_start in (0..heads).step_by(count) {
+            for n0 in (0..dims.n).step_by(rows) {
+                let bh = (bh_start, count.min(heads - bh_start));
+                let s = segment(layout, dims, lim, bh, (n0, rows.min(dims.n - n0)));
+                if worst.is_none() {
+                    worst = misfit(&s, dims, lim);
+                }
+                segments.push(s);
+            }
+        }
+        let Some((arg, bytes, limit, which)) = worst else {
+            return Ok(segments);
+        };
+        if count > 1 {
+            count = count.div_ceil(2);
+        } else if rows > lim.tile {
+            rows = rows.div_ceil(2).next_multiple_of(lim.tile);
+        } else {
+            return Err(Error::TooLarge {
+                arg,
+                bytes,
+                limit,
+                which,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim(max_binding: u64) -> Limits {
+        Limits {
+            tile: 64,
+            max_binding,
+            offset_align: 256,
+            max_groups: 65535,
+        }
+    }
+
+    /// Every (bh, row) is covered exactly once, in row order per bh, and
+    /// every window holds the elements its segment touches.
+    fn check_cover(layout: Layout, dims: Dims, max_binding: u64) -> usize {
+        let segs = plan(layout, &dims, &lim(max_binding)).expect("plan");
+        let mut next_row = vec![0usize; dims.b * dims.h];
+        for s in &segs {
+            for g in s.bh_start..s.bh_start + s.bh_count {
+                assert_eq!(next_row[g], s.n0, "rows out of order for bh {g}");
+                next_row[g] += s.rows;
+                for (w, width) in [(s.q, dims.d), (s.v, dims.e)] {
+                    assert!(w.size <= max_binding);
+                    assert_eq!(w.offset % 256, 0);
+                    let (sb, sh, sn) = layout.strides(dims.h, dims.n, width);
+                    for (i, c) in [(0, 0), (s.rows - 1, width - 1)] {
+                        let abs = (g / dims.h) * sb + (g % dims.h) * sh + (s.n0 + i) * sn + c;
+                        // What the kernel computes, wrapping like WGSL u32.
+                        let rel = (w.base as u64)
+                            .wrapping_add(((g / dims.h - s.bh_start / dims.h) * sb) as u64)
+                            .wrapping_add((g % dims.h * sh + i * sn + c) as u64)
+                            % (1 << 32);
+                        assert_eq!(rel * 4 + w.offset, abs as u64 * 4);
+                        assert!(rel * 4 < w.size);
+                    }
+                }
+            }
+        }
+        assert!(next_row.iter().all(|&r| r == dims.n));
+        segs.len()
+    }
+
+    #[test]
+    fn one_segment_when_it_fits() {
+        let dims = Dims {
+            b: 2,
+            h: 3,
+            n: 100,
+            d: 16,
+            e: 8,
+        };
+        assert_eq!(check_cover(Layout::Bhnd, dims, 1 << 30), 1);
+    }
+
+    #[test]
+    fn splits_heads_then_rows() {
+        let dims = Dims {
+            b: 3,
+            h: 5,
+            n: 1000,
+            d: 24,
+            e: 40,
+        };
+        for layout in [Layout::Bhnd, Layout::Bnhd] {
+            assert!(check_cover(layout, dims, 64 << 10) > 1);
+            assert!(check_cover(layout, dims, 20 << 10) > 15, "rows split too");
+        }
+    }
+
+    #[test]
+    fn refuses_what_cannot_fit() {
+        let dims = Dims {
+            b: 1,
+            h: 1,
+            n: 64,
+            d: 256,
+            e: 256,
+        };
+        let err = plan(Layout::Bhnd, &dims, &lim(4096)).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Shared test helpers: contexts, random inputs with fresh seeds, poison.
+#![allow(dead_code)]
+
+use lightning_wgpu::{Context, ContextOptions, Tensor};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// Written into outputs before a run: any element a kernel forgets to write
+/// stays NaN and fails the comparison.
+pub const POISON: f32 = f32::NAN;
+
+/// A seed from the environment (`LIGHTNING_SEED`, to replay a failure) or
+/// fresh from the OS; printed so a failing run can be repeated.
+pub fn seed() -> u64 {
+    let s = std::env::var("LIGHTNING_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("seed {s} (replay with LIGHTNING_SEED={s})");
+    s
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Uniform in [-1, 1) scaled by `1/sqrt(width)` so sums stay O(1).
+pub fn random(rng: &mut StdRng, len: usize, width: usize) -> Vec<f32> {
+    let s = 1.0 / (width as f32).sqrt();
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0) * s).collect()
+}
+
+/// A context on the default adapter with shader bounds checks on or off.
+pub fn context(checked: bool) -> Context {
+    context_with(ContextOptions { checked: Some(checked), ..Default::default() })
+}
+
+pub fn context_with(options: ContextOptions) -> Context {
+    match Context::with_options(options) {
+        Ok(c) => c,
+        Err(e) => panic!("no GPU context ({e}): run `cargo xtask test`, which installs Mesa's lavapipe"),
+    }
+}
+
+pub fn poisoned(ctx: &Context, shape: &[usize]) -> Tensor {
+    let len = shape.iter().product();
+    ctx.tensor(&vec![POISON; len], shape).expect("poisoned tensor")
+}
