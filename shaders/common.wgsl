@@ -30,7 +30,7 @@ struct Params {
     state_base: u32,     // element offset of bh_start's d x e state in the state window
     has_state: u32,      // 1 when the state window holds a state to start from
     scale: f32,
-    _pad: u32,
+    slotted: u32,        // recurrent pass: states found through the slot map
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -86,6 +86,23 @@ pub enum Error {
         limit: u64,
         which: &'static str,
     },
+    /// `cu_seqlens` does not describe a packed batch of this `n`.
+    #[error("`cu_seqlens`: {0}")]
+    CuSeqlens(String),
+    /// A decode request names a slot outside the state cache.
+    #[error("`slots`: request {request} names slot {slot}, but the cache has {slots} slots")]
+    SlotOutOfRange {
+        request: usize,
+        slot: i64,
+        slots: usize,
+    },
+    /// Two decode requests share one slot (their updates would race).
+    #[error("`slots`: requests {first} and {second} both name slot {slot}")]
+    DuplicateSlot {
+        slot: i64,
+        first: usize,
+        second: usize,
+    },
     /// A tensor belongs to another context's device.
     #[error("`{0}` was created on a different context")]
     ForeignTensor(&'static str),

@@ -20,11 +20,21 @@ pub enum Pass {
     StateScan,
     /// `Lambda Q S_{t-1}` added to the output of each block.
     InterBlock,
+    /// The token-by-token recurrence (decode, and the `recurrent` method).
+    Recurrent,
 }
 
 impl Pass {
-    /// Every pass, in dispatch order.
-    pub const ALL: [Pass; 4] = [
+    /// Every pass.
+    pub const ALL: [Pass; 5] = [
+        Pass::IntraBlock,
+        Pass::BlockState,
+        Pass::StateScan,
+        Pass::InterBlock,
+        Pass::Recurrent,
+    ];
+    /// The passes of the chunked forward, in dispatch order.
+    pub const CHUNK: [Pass; 4] = [
         Pass::IntraBlock,
         Pass::BlockState,
         Pass::StateScan,
@@ -38,6 +48,7 @@ impl Pass {
             Pass::BlockState => "block_state",
             Pass::StateScan => "state_scan",
             Pass::InterBlock => "inter_block",
+            Pass::Recurrent => "recurrent",
         }
     }
 
@@ -48,6 +59,7 @@ impl Pass {
             Pass::BlockState => include_str!("../shaders/block_state.wgsl"),
             Pass::StateScan => include_str!("../shaders/state_scan.wgsl"),
             Pass::InterBlock => include_str!("../shaders/inter_block.wgsl"),
+            Pass::Recurrent => include_str!("../shaders/recurrent.wgsl"),
         }
     }
 }
@@ -71,10 +83,13 @@ impl KernelConfig {
         (self.tile / 4) * (self.tile / 4)
     }
 
-    /// Workgroup memory the largest pass (intra-block) declares, in bytes.
+    /// Workgroup memory the largest pass declares, in bytes.
     pub fn workgroup_bytes(self) -> u32 {
-        // q and k/v staging (CHUNK x TILE each) plus the TILE x TILE scores.
-        4 * (2 * self.chunk * self.tile + self.tile * self.tile)
+        // Intra-block: q and k/v staging (CHUNK x TILE each) plus the
+        // TILE x TILE scores. Recurrent: a vec4 per invocation and a slot.
+        let intra = 4 * (2 * self.chunk * self.tile + self.tile * self.tile);
+        let recurrent = 16 * self.threads() + 4;
+        intra.max(recurrent)
     }
 
     /// The largest configuration the limits allow, or the requested tile.

@@ -51,6 +51,7 @@ pub use context::{AdapterSummary, Context, ContextOptions, ADAPTER_ENV, CHECKED_
 pub use error::{Error, Result};
 pub use layout::{Dims, Layout};
 pub use ops::forward::{ForwardOptions, ForwardOutput, Method, MAX_HEAD_DIM};
+pub use ops::recurrent::DecodeOptions;
 pub use slopes::{alibi_slopes, layer_slopes};
 pub use tensor::{DType, Tensor};
 

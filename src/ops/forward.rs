@@ -1,29 +1,43 @@
-//! The chunked forward pass: intra-block, block states, state scan,
-//! inter-block (see `shaders/`).
-
-use std::num::NonZeroU64;
+//! The forward pass: options, validation, and the public entry points. The
+//! recording lives in `chunk` (blockwise) and `recurrent` (token by token).
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::Pass;
 use crate::layout::{Dims, Layout};
-use crate::ops::plan::{self, Segment, Window};
+use crate::ops::plan::{self, Sequence};
+use crate::ops::{chunk, recurrent, Io, Launch};
 use crate::tensor::{DType, Tensor};
 
 /// Largest `d` and `e` the kernels accept.
 pub const MAX_HEAD_DIM: usize = 1024;
 
-/// How the forward pass is computed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the forward pass is computed. Both give the same result to rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Method {
     /// Blockwise (Lightning Attention-2): masked attention inside blocks, a
-    /// key-value state across them.
+    /// key-value state across them. Parallel over blocks: the fast one.
     #[default]
     Chunk,
+    /// Token by token through the `d x e` state (FLA's `fused_recurrent`):
+    /// sequential in n; for short prompts and for checking.
+    Recurrent,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "chunk" => Ok(Method::Chunk),
+            "recurrent" => Ok(Method::Recurrent),
+            other => Err(format!(
+                "unknown method `{other}` (expected chunk or recurrent)"
+            )),
+        }
+    }
 }
 
 /// Options of [`Context::forward`]. `Default` is: no decay, scale 1, layout
-/// `(b, h, n, d)`, zero initial state, no final state.
+/// `(b, h, n, d)`, zero initial state, no final state, chunked.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardOptions<'a> {
     /// Per-head decay slopes `s_h >= 0` (`lambda = exp(-s_h)`), `h` of them;
@@ -33,12 +47,18 @@ pub struct ForwardOptions<'a> {
     pub scale: f32,
     /// Layout of q, k, v and o.
     pub layout: Layout,
-    /// The state before the first position, `(b, h, d, e)`.
+    /// The state before the first position: `(b, h, d, e)`, or `(N, h, d, e)`
+    /// with `cu_seqlens`.
     pub initial_state: Option<&'a Tensor>,
-    /// Also return the state after the last position.
+    /// Also return the state after the last position (shaped like the
+    /// initial state).
     pub output_final_state: bool,
     /// Algorithm.
     pub method: Method,
+    /// Packed variable-length batch (as FLA's `cu_seqlens`): `b` must be 1 and
+    /// sequence `i` is rows `cu_seqlens[i]..cu_seqlens[i + 1]`, with its own
+    /// initial and final state. `N + 1` strictly increasing offsets from 0 to `n`.
+    pub cu_seqlens: Option<&'a [usize]>,
 }
 
 impl Default for ForwardOptions<'_> {
@@ -50,6 +70,7 @@ impl Default for ForwardOptions<'_> {
             initial_state: None,
             output_final_state: false,
             method: Method::Chunk,
+            cu_seqlens: None,
         }
     }
 }
@@ -59,30 +80,8 @@ impl Default for ForwardOptions<'_> {
 pub struct ForwardOutput {
     /// The attention output, shaped like `v`.
     pub o: Tensor,
-    /// The state after the last position, `(b, h, d, e)`, when asked for.
+    /// The state after the last position, when asked for.
     pub final_state: Option<Tensor>,
-}
-
-/// Uniform block of every pass (`Params` in shaders/common.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    heads: u32,
-    rows: u32,
-    dim_k: u32,
-    dim_v: u32,
-    blocks: u32,
-    bh_start: u32,
-    bh_count: u32,
-    b_first: u32,
-    q_stride: [u32; 4],
-    k_stride: [u32; 4],
-    v_stride: [u32; 4],
-    o_stride: [u32; 4],
-    state_base: u32,
-    has_state: u32,
-    scale: f32,
-    _pad: u32,
 }
 
 fn dim_names(layout: Layout, width: &'static str) -> [&'static str; 4] {
@@ -104,7 +103,7 @@ fn rank4(arg: &'static str, t: &Tensor, layout: Layout) -> Result<[usize; 4]> {
     })
 }
 
-fn check_tensor(ctx: &Context, arg: &'static str, t: &Tensor) -> Result<()> {
+pub(crate) fn check_tensor(ctx: &Context, arg: &'static str, t: &Tensor) -> Result<()> {
     ctx.owns(arg, t)?;
     if t.dtype() != DType::F32 {
         return Err(Error::DType {
@@ -116,14 +115,120 @@ fn check_tensor(ctx: &Context, arg: &'static str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Checks every input and returns the problem's sizes.
+pub(crate) fn check_slopes(slopes: Option<&[f32]>, h: usize) -> Result<()> {
+    if let Some(s) = slopes {
+        if s.len() != h {
+            return Err(Error::Slopes(format!(
+                "expected {h} slopes (one per head), got {}",
+                s.len()
+            )));
+        }
+        if let Some((i, x)) = s
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !(x.is_finite() && **x >= 0.0))
+        {
+            return Err(Error::Slopes(format!(
+                "slope {i} is {x}: slopes must be finite and >= 0"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_scale(scale: f32) -> Result<()> {
+    if scale.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidValue {
+            arg: "scale",
+            value: scale.to_string(),
+            reason: "must be finite",
+        })
+    }
+}
+
+pub(crate) fn check_head_dims(d: usize, e: usize) -> Result<()> {
+    for (arg, dim, x) in [("q", "d", d), ("v", "e", e)] {
+        if x > MAX_HEAD_DIM {
+            return Err(Error::DimTooLarge {
+                arg,
+                dim,
+                got: x,
+                max: MAX_HEAD_DIM,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The sequences of a call: the whole batch, or the packed ones.
+fn sequences(dims: &Dims, cu_seqlens: Option<&[usize]>) -> Result<Vec<Sequence>> {
+    let Some(cu) = cu_seqlens else {
+        return Ok(vec![Sequence {
+            start: 0,
+            len: dims.n,
+            first_state: 0,
+        }]);
+    };
+    if dims.b != 1 {
+        return Err(Error::CuSeqlens(format!(
+            "a packed batch needs batch = 1, got {}",
+            dims.b
+        )));
+    }
+    if cu.len() < 2 {
+        return Err(Error::CuSeqlens(format!(
+            "needs at least 2 offsets, got {}",
+            cu.len()
+        )));
+    }
+    if cu[0] != 0 {
+        return Err(Error::CuSeqlens(format!(
+            "must start at 0, starts at {}",
+            cu[0]
+        )));
+    }
+    if let Some(i) = (1..cu.len()).find(|&i| cu[i] <= cu[i - 1]) {
+        return Err(Error::CuSeqlens(format!(
+            "must be strictly increasing: offset {i} is {} after {}",
+            cu[i],
+            cu[i - 1]
+        )));
+    }
+    let last = cu[cu.len() - 1];
+    if last != dims.n {
+        return Err(Error::CuSeqlens(format!(
+            "must end at n = {}, ends at {last}",
+            dims.n
+        )));
+    }
+    Ok(cu
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| Sequence {
+            start: w[0],
+            len: w[1] - w[0],
+            first_state: i * dims.h,
+        })
+        .collect())
+}
+
+/// A call, validated: sizes, sequences, and the shape of its states.
+pub(crate) struct Checked {
+    pub dims: Dims,
+    pub sequences: Vec<Sequence>,
+    pub state_shape: [usize; 4],
+}
+
+/// Checks every input of a forward call.
 pub(crate) fn validate(
     ctx: &Context,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     opts: &ForwardOptions,
-) -> Result<Dims> {
+) -> Result<Checked> {
     for (arg, t) in [("q", q), ("k", k), ("v", v)] {
         check_tensor(ctx, arg, t)?;
     }
@@ -160,16 +265,7 @@ pub(crate) fn validate(
     }
     let (b, h, n, d) = layout.split(&qs);
     let e = vs[3];
-    for (arg, dim, x) in [("q", "d", d), ("v", "e", e)] {
-        if x > MAX_HEAD_DIM {
-            return Err(Error::DimTooLarge {
-                arg,
-                dim,
-                got: x,
-                max: MAX_HEAD_DIM,
-            });
-        }
-    }
+    check_head_dims(d, e)?;
     if u32::try_from(b * h).is_err() || u32::try_from(n).is_err() {
         return Err(Error::InvalidValue {
             arg: "q",
@@ -177,66 +273,62 @@ pub(crate) fn validate(
             reason: "batch x heads and n must each be below 2^32",
         });
     }
-    if let Some(s) = opts.slopes {
-        if s.len() != h {
-            return Err(Error::Slopes(format!(
-                "expected {h} slopes (one per head), got {}",
-                s.len()
-            )));
-        }
-        if let Some((i, x)) = s
-            .iter()
-            .enumerate()
-            .find(|(_, x)| !(x.is_finite() && **x >= 0.0))
-        {
-            return Err(Error::Slopes(format!(
-                "slope {i} is {x}: slopes must be finite and >= 0"
-            )));
-        }
-    }
-    if !opts.scale.is_finite() {
-        return Err(Error::InvalidValue {
-            arg: "scale",
-            value: opts.scale.to_string(),
-            reason: "must be finite",
-        });
-    }
+    check_slopes(opts.slopes, h)?;
+    check_scale(opts.scale)?;
     let dims = Dims { b, h, n, d, e };
+    let sequences = sequences(&dims, opts.cu_seqlens)?;
+    let states = if opts.cu_seqlens.is_some() {
+        sequences.len()
+    } else {
+        b
+    };
+    let state_shape = [states, h, d, e];
     if let Some(s0) = opts.initial_state {
-        check_state(ctx, "initial_state", s0, &dims)?;
+        check_state(ctx, "initial_state", s0, &state_shape)?;
     }
-    Ok(dims)
+    Ok(Checked {
+        dims,
+        sequences,
+        state_shape,
+    })
 }
 
-fn check_state(ctx: &Context, arg: &'static str, t: &Tensor, dims: &Dims) -> Result<()> {
+pub(crate) fn check_state(
+    ctx: &Context,
+    arg: &'static str,
+    t: &Tensor,
+    want: &[usize; 4],
+) -> Result<()> {
     check_tensor(ctx, arg, t)?;
     check_shape(
         arg,
         t,
-        &dims.state_shape(),
+        want,
         ["batch", "heads", "d", "e"],
         "state (batch, heads, d, e)",
     )
 }
 
-fn check_shape(
+pub(crate) fn check_shape(
     arg: &'static str,
     t: &Tensor,
-    want: &[usize; 4],
+    want: &[usize],
     names: [&'static str; 4],
     what: &'static str,
 ) -> Result<()> {
-    let got = <[usize; 4]>::try_from(t.shape()).map_err(|_| Error::Rank {
-        arg,
-        expected: 4,
-        what,
-        got: t.shape().to_vec(),
-    })?;
-    match (0..4).find(|&i| got[i] != want[i]) {
+    if t.shape().len() != want.len() {
+        return Err(Error::Rank {
+            arg,
+            expected: want.len(),
+            what,
+            got: t.shape().to_vec(),
+        });
+    }
+    match (0..want.len()).find(|&i| t.shape()[i] != want[i]) {
         Some(i) => Err(Error::ShapeMismatch {
             arg,
             dim: names[i],
-            got: got[i],
+            got: t.shape()[i],
             reference: what,
             expected: want[i],
         }),
@@ -283,10 +375,10 @@ impl Context {
         v: &Tensor,
         opts: &ForwardOptions<'_>,
     ) -> Result<ForwardOutput> {
-        let dims = validate(self, q, k, v, opts)?;
+        let checked = validate(self, q, k, v, opts)?;
         let mut o = self.empty(v.shape(), "o")?;
         let mut state = if opts.output_final_state {
-            Some(self.empty(&dims.state_shape(), "final_state")?)
+            Some(self.empty(&checked.state_shape, "final_state")?)
         } else {
             None
         };
@@ -299,7 +391,7 @@ impl Context {
     }
 
     /// [`Context::forward`] into tensors the caller owns: `o` shaped like
-    /// `v`, and `final_state` `(b, h, d, e)` (written whatever
+    /// `v`, and `final_state` shaped like the initial state (written whatever
     /// `opts.output_final_state` says).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_into(
@@ -325,216 +417,52 @@ impl Context {
         final_state: Option<&mut Tensor>,
     ) -> Result<()> {
         self.check_lost()?;
-        let dims = validate(self, q, k, v, opts)?;
+        let Checked {
+            dims,
+            sequences,
+            state_shape,
+        } = validate(self, q, k, v, opts)?;
         check_tensor(self, "o", o)?;
-        let [b, h, n, e] = opts.layout.shape(dims.b, dims.h, dims.n, dims.e);
-        check_shape("o", o, &[b, h, n, e], dim_names(opts.layout, "e"), "v")?;
-        let mut scratch_state;
+        let o_shape = opts.layout.shape(dims.b, dims.h, dims.n, dims.e);
+        check_shape("o", o, &o_shape, dim_names(opts.layout, "e"), "v")?;
+        let scratch_state;
         let state: &Tensor = match final_state {
             Some(t) => {
-                check_state(self, "final_state", t, &dims)?;
+                check_state(self, "final_state", t, &state_shape)?;
                 t
             }
             None => {
-                scratch_state = self.empty(&dims.state_shape(), "state")?;
-                &mut scratch_state
+                scratch_state = self.empty(&state_shape, "state")?;
+                &scratch_state
             }
         };
-        let inner = &self.inner;
-        let limits = plan::Limits {
-            tile: inner.config.tile as usize,
-            max_binding: inner.max_binding,
-            offset_align: inner.limits.min_storage_buffer_offset_alignment as u64,
-            max_groups: inner.limits.max_compute_workgroups_per_dimension as u64,
-        };
-        let segments = plan::plan(opts.layout, &dims, &limits)?;
-
-        let mut pipelines = Vec::with_capacity(Pass::ALL.len());
-        for pass in Pass::ALL {
-            pipelines.push(self.pipeline(pass).await?);
-        }
-        let device = &inner.device;
-        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let scratch_bytes = segments.iter().map(|s| s.scratch_bytes).max().unwrap_or(4);
-        let scratch = inner.pool.take(
-            device,
-            "block states",
-            scratch_bytes,
-            wgpu::BufferUsages::STORAGE,
-        );
-        let slopes = inner
-            .pool
-            .take(device, "slopes", (dims.h * 4) as u64, storage);
-        let no_decay = vec![0.0f32; dims.h];
-        inner.queue.write_buffer(
-            slopes.buffer(),
-            0,
-            bytemuck::cast_slice(opts.slopes.unwrap_or(&no_decay)),
-        );
-
-        let params_size = std::mem::size_of::<Params>() as u64;
-        let stride =
-            params_size.next_multiple_of(inner.limits.min_uniform_buffer_offset_alignment as u64);
-        let uniforms = inner.pool.take(
-            device,
-            "params",
-            stride * segments.len() as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        );
-        let mut bytes = vec![0u8; (stride * segments.len() as u64) as usize];
-        for (i, s) in segments.iter().enumerate() {
-            let p = params(&dims, opts, s);
-            let at = i * stride as usize;
-            bytes[at..at + params_size as usize].copy_from_slice(bytemuck::bytes_of(&p));
-        }
-        inner.queue.write_buffer(uniforms.buffer(), 0, &bytes);
-
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("forward"),
-        });
+        let chunked = opts.method == Method::Chunk;
+        let segments = plan::plan(
+            opts.layout,
+            &dims,
+            &super::limits(self),
+            &sequences,
+            chunked,
+        )?;
         if let Some(s0) = opts.initial_state {
-            encoder.copy_buffer_to_buffer(s0.buffer(), 0, state.buffer(), 0, s0.size_bytes());
+            super::submit(self, "initial state", |encoder| {
+                encoder.copy_buffer_to_buffer(s0.buffer(), 0, state.buffer(), 0, s0.size_bytes());
+            })
+            .await?;
         }
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
-            for (i, s) in segments.iter().enumerate() {
-                let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: uniforms.buffer(),
-                    offset: i as u64 * stride,
-                    size: NonZeroU64::new(params_size),
-                });
-                let slopes = bind(
-                    slopes.buffer(),
-                    Window {
-                        offset: 0,
-                        size: (dims.h * 4) as u64,
-                        base: 0,
-                    },
-                );
-                let states = bind(
-                    scratch.buffer(),
-                    Window {
-                        offset: 0,
-                        size: s.scratch_bytes,
-                        base: 0,
-                    },
-                );
-                let tile = inner.config.tile as usize;
-                let threads = inner.config.threads() as usize;
-                let tiles = |w: usize| w.div_ceil(tile);
-                let work: [(&[wgpu::BindingResource], usize); 4] = [
-                    (
-                        &[
-                            bind(q.buffer(), s.q),
-                            bind(k.buffer(), s.k),
-                            bind(v.buffer(), s.v),
-                            bind(o.buffer(), s.o),
-                        ],
-                        s.bh_count * s.blocks,
-                    ),
-                    (
-                        &[bind(k.buffer(), s.k), bind(v.buffer(), s.v), states.clone()],
-                        s.bh_count * s.blocks * tiles(dims.d) * tiles(dims.e),
-                    ),
-                    (
-                        &[states.clone(), bind(state.buffer(), s.state)],
-                        (s.bh_count * dims.d * dims.e).div_ceil(threads),
-                    ),
-                    (
-                        &[bind(q.buffer(), s.q), states.clone(), bind(o.buffer(), s.o)],
-                        s.bh_count * s.blocks * tiles(dims.e),
-                    ),
-                ];
-                for (pipeline, (bindings, groups)) in pipelines.iter().zip(work) {
-                    let mut entries = vec![
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: params.clone(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: slopes.clone(),
-                        },
-                    ];
-                    entries.extend(bindings.iter().enumerate().map(|(j, r)| {
-                        wgpu::BindGroupEntry {
-                            binding: 2 + j as u32,
-                            resource: r.clone(),
-                        }
-                    }));
-                    let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: &pipeline.get_bind_group_layout(0),
-                        entries: &entries,
-                    });
-                    pass.set_pipeline(pipeline);
-                    pass.set_bind_group(0, &group, &[]);
-                    let (x, y) = fold(groups as u64, limits.max_groups);
-                    pass.dispatch_workgroups(x, y, 1);
-                }
-            }
+        let launch = Launch {
+            dims,
+            layout: opts.layout,
+            scale: opts.scale,
+            slopes: opts.slopes,
+            starts_from_state: opts.initial_state.is_some(),
+            slotted: false,
+            segments,
+        };
+        let io = Io { q, k, v, o, state };
+        match opts.method {
+            Method::Chunk => chunk::record(self, &launch, &io).await,
+            Method::Recurrent => recurrent::record(self, &launch, &io, None).await,
         }
-        inner.queue.submit([encoder.finish()]);
-        let oom = memory.pop().await;
-        let invalid = validation.pop().await;
-        if let Some(e) = oom.or(invalid) {
-            self.check_lost()?;
-            return Err(Error::Gpu {
-                op: "forward",
-                reason: e.to_string(),
-            });
-        }
-        Ok(())
-    }
-}
-
-fn bind(buffer: &wgpu::Buffer, w: Window) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset: w.offset,
-        size: NonZeroU64::new(w.size),
-    })
-}
-
-/// A grid of `groups` workgroups as (x, y) within the per-dimension limit;
-/// the kernels skip the indices past `groups` in the last row.
-fn fold(groups: u64, max: u64) -> (u32, u32) {
-    if groups <= max {
-        (groups as u32, 1)
-    } else {
-        (max as u32, groups.div_ceil(max) as u32)
-    }
-}
-
-fn params(dims: &Dims, opts: &ForwardOptions, s: &Segment) -> Params {
-    let stride = |width: usize, w: &Window| {
-        let (sb, sh, sn) = opts.layout.strides(dims.h, dims.n, width);
-        // Truncation is intended: the kernels compute offsets modulo 2^32
-        // and every true offset inside a window is below 2^32.
-        [sb as u32, sh as u32, sn as u32, w.base]
-    };
-    Params {
-        heads: dims.h as u32,
-        rows: s.rows as u32,
-        dim_k: dims.d as u32,
-        dim_v: dims.e as u32,
-        blocks: s.blocks as u32,
-        bh_start: s.bh_start as u32,
-        bh_count: s.bh_count as u32,
-        b_first: (s.bh_start / dims.h) as u32,
-        q_stride: stride(dims.d, &s.q),
-        k_stride: stride(dims.d, &s.k),
-        v_stride: stride(dims.e, &s.v),
-        o_stride: stride(dims.e, &s.o),
-        state_base: s.state_base,
-        has_state: u32::from(opts.initial_state.is_some() || s.n0 > 0),
-        scale: opts.scale,
-        _pad: 0,
     }
 }

@@ -1,5 +1,277 @@
 //! Operations, one module per family. Each validates its inputs on the host,
-//! plans its dispatches (see [`plan`]) and records them.
+//! plans its dispatches (see [`plan`]) and records them; the pieces they
+//! share — the uniform block, bindings, grid folding, submission under error
+//! scopes — live here.
 
+mod chunk;
 pub mod forward;
 pub(crate) mod plan;
+pub mod recurrent;
+
+use std::num::NonZeroU64;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::kernels::Pass;
+use crate::layout::{Dims, Layout};
+use crate::pool::PooledBuffer;
+use crate::tensor::Tensor;
+use plan::{Segment, Window};
+
+/// Uniform block of every pass (`Params` in shaders/common.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    heads: u32,
+    rows: u32,
+    dim_k: u32,
+    dim_v: u32,
+    blocks: u32,
+    bh_start: u32,
+    bh_count: u32,
+    b_first: u32,
+    q_stride: [u32; 4],
+    k_stride: [u32; 4],
+    v_stride: [u32; 4],
+    o_stride: [u32; 4],
+    state_base: u32,
+    has_state: u32,
+    scale: f32,
+    slotted: u32,
+}
+
+/// Everything one recorded call needs besides its tensors.
+pub(crate) struct Launch<'a> {
+    pub dims: Dims,
+    pub layout: Layout,
+    pub scale: f32,
+    pub slopes: Option<&'a [f32]>,
+    /// The state tensor holds a state to start from (an initial state, or a
+    /// decode cache).
+    pub starts_from_state: bool,
+    /// Decode: states are found through a slot per batch entry.
+    pub slotted: bool,
+    pub segments: Vec<Segment>,
+}
+
+impl Launch<'_> {
+    fn params(&self, s: &Segment) -> Params {
+        let dims = &self.dims;
+        let stride = |width: usize, w: &Window| {
+            let (sb, sh, sn) = self.layout.strides(dims.h, dims.n, width);
+            // Truncation is intended: the kernels compute offsets modulo 2^32
+            // and every true offset inside a window is below 2^32.
+            [sb as u32, sh as u32, sn as u32, w.base]
+        };
+        Params {
+            heads: dims.h as u32,
+            rows: s.rows as u32,
+            dim_k: dims.d as u32,
+            dim_v: dims.e as u32,
+            blocks: s.blocks as u32,
+            bh_start: s.bh_start as u32,
+            bh_count: s.bh_count as u32,
+            b_first: (s.bh_start / dims.h) as u32,
+            q_stride: stride(dims.d, &s.q),
+            k_stride: stride(dims.d, &s.k),
+            v_stride: stride(dims.e, &s.v),
+            o_stride: stride(dims.e, &s.o),
+            state_base: s.state_base,
+            has_state: u32::from(self.starts_from_state || s.n0 > s.seq_start),
+            scale: self.scale,
+            slotted: u32::from(self.slotted),
+        }
+    }
+}
+
+/// GPU-side inputs every pass binds at 0 and 1: the uniform blocks of all
+/// segments, and the slopes.
+pub(crate) struct Common {
+    uniforms: PooledBuffer,
+    stride: u64,
+    slopes: PooledBuffer,
+    heads: usize,
+}
+
+impl Common {
+    pub(crate) fn new(ctx: &Context, launch: &Launch) -> Self {
+        let inner = &ctx.inner;
+        let size = std::mem::size_of::<Params>() as u64;
+        let stride = size.next_multiple_of(inner.limits.min_uniform_buffer_offset_alignment as u64);
+        let count = launch.segments.len() as u64;
+        let uniforms = inner.pool.take(
+            &inner.device,
+            "params",
+            stride * count,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut bytes = vec![0u8; (stride * count) as usize];
+        for (i, s) in launch.segments.iter().enumerate() {
+            let at = i * stride as usize;
+            bytes[at..at + size as usize].copy_from_slice(bytemuck::bytes_of(&launch.params(s)));
+        }
+        inner.queue.write_buffer(uniforms.buffer(), 0, &bytes);
+
+        let heads = launch.dims.h;
+        let slopes = inner.pool.take(
+            &inner.device,
+            "slopes",
+            (heads * 4) as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        );
+        let no_decay = vec![0.0f32; heads];
+        inner.queue.write_buffer(
+            slopes.buffer(),
+            0,
+            bytemuck::cast_slice(launch.slopes.unwrap_or(&no_decay)),
+        );
+        Common {
+            uniforms,
+            stride,
+            slopes,
+            heads,
+        }
+    }
+
+    /// Bind group of `pipeline` for segment `index`: params, slopes, then
+    /// `rest` from binding 2 on.
+    fn group(
+        &self,
+        device: &wgpu::Device,
+        pipeline: &wgpu::ComputePipeline,
+        index: usize,
+        rest: &[wgpu::BindingResource],
+    ) -> wgpu::BindGroup {
+        let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.uniforms.buffer(),
+            offset: index as u64 * self.stride,
+            size: NonZeroU64::new(std::mem::size_of::<Params>() as u64),
+        });
+        let slopes = bind(
+            self.slopes.buffer(),
+            Window {
+                offset: 0,
+                size: (self.heads * 4) as u64,
+                base: 0,
+            },
+        );
+        let mut entries = vec![
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: params,
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: slopes,
+            },
+        ];
+        entries.extend(rest.iter().enumerate().map(|(j, r)| wgpu::BindGroupEntry {
+            binding: 2 + j as u32,
+            resource: r.clone(),
+        }));
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+}
+
+/// A dispatch of `groups` workgroups of `pipeline` for segment `index`.
+pub(crate) fn dispatch(
+    ctx: &Context,
+    pass: &mut wgpu::ComputePass,
+    common: &Common,
+    pipeline: &wgpu::ComputePipeline,
+    index: usize,
+    bindings: &[wgpu::BindingResource],
+    groups: usize,
+) {
+    let group = common.group(&ctx.inner.device, pipeline, index, bindings);
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, &group, &[]);
+    let (x, y) = fold(
+        groups as u64,
+        ctx.inner.limits.max_compute_workgroups_per_dimension as u64,
+    );
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+pub(crate) fn bind(buffer: &wgpu::Buffer, w: Window) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: w.offset,
+        size: NonZeroU64::new(w.size),
+    })
+}
+
+/// A grid of `groups` workgroups as (x, y) within the per-dimension limit;
+/// the kernels skip the indices past `groups` in the last row.
+fn fold(groups: u64, max: u64) -> (u32, u32) {
+    if groups <= max {
+        (groups as u32, 1)
+    } else {
+        (max as u32, groups.div_ceil(max) as u32)
+    }
+}
+
+/// The plan limits of this context.
+pub(crate) fn limits(ctx: &Context) -> plan::Limits {
+    let inner = &ctx.inner;
+    plan::Limits {
+        tile: inner.config.tile as usize,
+        max_binding: inner.max_binding,
+        offset_align: inner.limits.min_storage_buffer_offset_alignment as u64,
+        max_groups: inner.limits.max_compute_workgroups_per_dimension as u64,
+    }
+}
+
+/// The pipelines of `passes`, compiled on first use.
+pub(crate) async fn pipelines<const N: usize>(
+    ctx: &Context,
+    passes: [Pass; N],
+) -> Result<[wgpu::ComputePipeline; N]> {
+    let mut out = Vec::with_capacity(N);
+    for pass in passes {
+        out.push(ctx.pipeline(pass).await?);
+    }
+    out.try_into().map_err(|_| Error::Gpu {
+        op: "pipelines",
+        reason: "pipeline count".into(),
+    })
+}
+
+/// Records with `record` into one encoder and submits, under error scopes so
+/// a GPU-side failure comes back as an [`Error`] rather than a panic.
+pub(crate) async fn submit(
+    ctx: &Context,
+    op: &'static str,
+    record: impl FnOnce(&mut wgpu::CommandEncoder),
+) -> Result<()> {
+    let device = &ctx.inner.device;
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let mut encoder =
+        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+    record(&mut encoder);
+    ctx.inner.queue.submit([encoder.finish()]);
+    let oom = memory.pop().await;
+    let invalid = validation.pop().await;
+    if let Some(e) = oom.or(invalid) {
+        ctx.check_lost()?;
+        return Err(Error::Gpu {
+            op,
+            reason: e.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The tensors of one call.
+pub(crate) struct Io<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub o: &'a Tensor,
+    pub state: &'a Tensor,
+}

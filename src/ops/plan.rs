@@ -22,9 +22,22 @@ pub(crate) struct Window {
     pub base: u32,
 }
 
+/// One sequence of a call: its rows `[start, start + len)` and where its
+/// states begin in the state tensor, counted in (head) states. A plain batch
+/// is one sequence of all `n` rows whose states are indexed by `b * h + head`;
+/// packed variable-length batches have one per sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sequence {
+    pub start: usize,
+    pub len: usize,
+    pub first_state: usize,
+}
+
 /// One dispatch's share of the work.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Segment {
+    /// Where the rows of this segment's sequence begin.
+    pub seq_start: usize,
     pub bh_start: usize,
     pub bh_count: usize,
     pub n0: usize,
@@ -87,14 +100,16 @@ fn segment(
     layout: Layout,
     dims: &Dims,
     lim: &Limits,
+    seq: &Sequence,
     bh: (usize, usize),
     rows: (usize, usize),
 ) -> Segment {
     let blocks = rows.1.div_ceil(lim.tile);
     let state_size = dims.d * dims.e;
-    let state_lo = bh.0 * state_size;
+    let state_lo = (seq.first_state + bh.0) * state_size;
     let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
     Segment {
+        seq_start: seq.start,
         bh_start: bh.0,
         bh_count: bh.1,
         n0: rows.0,
@@ -154,22 +169,41 @@ fn misfit(
 }
 
 /// Splits the problem into segments, in an order that carries the state
-/// correctly: all row ranges of a head range, first to last.
-pub(crate) fn plan(layout: Layout, dims: &Dims, lim: &Limits) -> Result<Vec<Segment>> {
+/// correctly: per sequence, all row ranges of a head range, first to last.
+/// `scratch` says whether the segments need per-block scratch states.
+pub(crate) fn plan(
+    layout: Layout,
+    dims: &Dims,
+    lim: &Limits,
+    sequences: &[Sequence],
+    scratch: bool,
+) -> Result<Vec<Segment>> {
     let heads = dims.b * dims.h;
     let mut count = heads;
-    let mut rows = dims.n;
+    let mut rows = sequences.iter().map(|s| s.len).max().unwrap_or(1);
     loop {
         let mut segments = Vec::new();
         let mut worst = None;
-        for bh_start in (0..heads).step_by(count) {
-            for n0 in (0..dims.n).step_by(rows) {
-                let bh = (bh_start, count.min(heads - bh_start));
-                let s = segment(layout, dims, lim, bh, (n0, rows.min(dims.n - n0)));
-                if worst.is_none() {
-                    worst = misfit(&s, dims, lim);
+        for seq in sequences {
+            for bh_start in (0..heads).step_by(count) {
+                for n0 in (seq.start..seq.start + seq.len).step_by(rows) {
+                    let bh = (bh_start, count.min(heads - bh_start));
+                    let mut s = segment(
+                        layout,
+                        dims,
+                        lim,
+                        seq,
+                        bh,
+                        (n0, rows.min(seq.start + seq.len - n0)),
+                    );
+                    if !scratch {
+                        s.scratch_bytes = 0;
+                    }
+                    if worst.is_none() {
+                        worst = misfit(&s, dims, lim);
+                    }
+                    segments.push(s);
                 }
-                segments.push(s);
             }
         }
         let Some((arg, bytes, limit, which)) = worst else {
@@ -203,15 +237,25 @@ mod tests {
         }
     }
 
+    fn whole(dims: &Dims) -> [Sequence; 1] {
+        [Sequence {
+            start: 0,
+            len: dims.n,
+            first_state: 0,
+        }]
+    }
+
     /// Every (bh, row) is covered exactly once, in row order per bh, and
     /// every window holds the elements its segment touches.
     fn check_cover(layout: Layout, dims: Dims, max_binding: u64) -> usize {
-        let segs = plan(layout, &dims, &lim(max_binding)).expect("plan");
-        let mut next_row = vec![0usize; dims.b * dims.h];
+        let segs = plan(layout, &dims, &lim(max_binding), &whole(&dims), true).expect("plan");
+        // Next row expected per (batch, head).
+        let mut next_row = std::collections::HashMap::new();
         for s in &segs {
             for g in s.bh_start..s.bh_start + s.bh_count {
-                assert_eq!(next_row[g], s.n0, "rows out of order for bh {g}");
-                next_row[g] += s.rows;
+                let next = next_row.entry(g).or_insert(0);
+                assert_eq!(*next, s.n0, "rows out of order for bh {g}");
+                *next += s.rows;
                 for (w, width) in [(s.q, dims.d), (s.v, dims.e)] {
                     assert!(w.size <= max_binding);
                     assert_eq!(w.offset % 256, 0);
@@ -229,7 +273,8 @@ mod tests {
                 }
             }
         }
-        assert!(next_row.iter().all(|&r| r == dims.n));
+        assert_eq!(next_row.len(), dims.b * dims.h);
+        assert!(next_row.values().all(|&r| r == dims.n));
         segs.len()
     }
 
@@ -261,6 +306,43 @@ mod tests {
     }
 
     #[test]
+    fn packed_sequences_keep_their_own_states() {
+        let dims = Dims {
+            b: 1,
+            h: 2,
+            n: 300,
+            d: 8,
+            e: 8,
+        };
+        let seqs = [
+            Sequence {
+                start: 0,
+                len: 100,
+                first_state: 0,
+            },
+            Sequence {
+                start: 100,
+                len: 1,
+                first_state: 2,
+            },
+            Sequence {
+                start: 101,
+                len: 199,
+                first_state: 4,
+            },
+        ];
+        let segs = plan(Layout::Bhnd, &dims, &lim(1 << 20), &seqs, true).expect("plan");
+        assert_eq!(segs.len(), 3);
+        for (s, seq) in segs.iter().zip(&seqs) {
+            assert_eq!((s.n0, s.rows, s.seq_start), (seq.start, seq.len, seq.start));
+            assert_eq!(
+                s.state.offset / 4 + s.state_base as u64,
+                (seq.first_state * 64) as u64
+            );
+        }
+    }
+
+    #[test]
     fn refuses_what_cannot_fit() {
         let dims = Dims {
             b: 1,
@@ -269,7 +351,7 @@ mod tests {
             d: 256,
             e: 256,
         };
-        let err = plan(Layout::Bhnd, &dims, &lim(4096)).unwrap_err();
+        let err = plan(Layout::Bhnd, &dims, &lim(4096), &whole(&dims), true).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     }
 }

@@ -27,22 +27,30 @@ pub fn rng(seed: u64) -> StdRng {
 /// Uniform in [-1, 1) scaled by `1/sqrt(width)` so sums stay O(1).
 pub fn random(rng: &mut StdRng, len: usize, width: usize) -> Vec<f32> {
     let s = 1.0 / (width as f32).sqrt();
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0) * s).collect()
+    (0..len)
+        .map(|_| rng.random_range(-1.0f32..1.0) * s)
+        .collect()
 }
 
 /// A context on the default adapter with shader bounds checks on or off.
 pub fn context(checked: bool) -> Context {
-    context_with(ContextOptions { checked: Some(checked), ..Default::default() })
+    context_with(ContextOptions {
+        checked: Some(checked),
+        ..Default::default()
+    })
 }
 
 pub fn context_with(options: ContextOptions) -> Context {
     match Context::with_options(options) {
         Ok(c) => c,
-        Err(e) => panic!("no GPU context ({e}): run `cargo xtask test`, which installs Mesa's lavapipe"),
+        Err(e) => {
+            panic!("no GPU context ({e}): run `cargo xtask test`, which installs Mesa's lavapipe")
+        }
     }
 }
 
 pub fn poisoned(ctx: &Context, shape: &[usize]) -> Tensor {
     let len = shape.iter().product();
-    ctx.tensor(&vec![POISON; len], shape).expect("poisoned tensor")
+    ctx.tensor(&vec![POISON; len], shape)
+        .expect("poisoned tensor")
 }

@@ -1,0 +1,92 @@
+//! Recording the chunked (blockwise) forward: for each segment, the
+//! intra-block, block-state, state-scan and inter-block passes.
+
+use super::{bind, dispatch, pipelines, Common, Io, Launch};
+use crate::context::Context;
+use crate::error::Result;
+use crate::kernels::Pass;
+use crate::ops::plan::Window;
+
+pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> Result<()> {
+    let pipes = pipelines(ctx, Pass::CHUNK).await?;
+    let inner = &ctx.inner;
+    let common = Common::new(ctx, launch);
+    let scratch_bytes = launch
+        .segments
+        .iter()
+        .map(|s| s.scratch_bytes)
+        .max()
+        .unwrap_or(4);
+    let scratch = inner.pool.take(
+        &inner.device,
+        "block states",
+        scratch_bytes,
+        wgpu::BufferUsages::STORAGE,
+    );
+    let dims = &launch.dims;
+    let tile = inner.config.tile as usize;
+    let threads = inner.config.threads() as usize;
+    let tiles = |w: usize| w.div_ceil(tile);
+    super::submit(ctx, "forward", |encoder| {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("chunk"),
+            timestamp_writes: None,
+        });
+        for (i, s) in launch.segments.iter().enumerate() {
+            let (q, k, v, o) = (
+                bind(io.q.buffer(), s.q),
+                bind(io.k.buffer(), s.k),
+                bind(io.v.buffer(), s.v),
+                bind(io.o.buffer(), s.o),
+            );
+            let states = bind(
+                scratch.buffer(),
+                Window {
+                    offset: 0,
+                    size: s.scratch_bytes,
+                    base: 0,
+                },
+            );
+            let carry = bind(io.state.buffer(), s.state);
+            let blocks = s.bh_count * s.blocks;
+            let [intra, block_state, scan, inter] = &pipes;
+            dispatch(
+                ctx,
+                &mut pass,
+                &common,
+                intra,
+                i,
+                &[q.clone(), k.clone(), v.clone(), o.clone()],
+                blocks,
+            );
+            dispatch(
+                ctx,
+                &mut pass,
+                &common,
+                block_state,
+                i,
+                &[k, v, states.clone()],
+                blocks * tiles(dims.d) * tiles(dims.e),
+            );
+            dispatch(
+                ctx,
+                &mut pass,
+                &common,
+                scan,
+                i,
+                &[states.clone(), carry],
+                (s.bh_count * dims.d * dims.e).div_ceil(threads),
+            );
+            dispatch(
+                ctx,
+                &mut pass,
+                &common,
+                inter,
+                i,
+                &[q, states, o],
+                blocks * tiles(dims.e),
+            );
+        }
+    })
+    .await
+}

@@ -1,0 +1,507 @@
+//! Serving: the recurrent method, state carried between prefill chunks,
+//! packed variable-length batches and the decode step, each against the f64
+//! reference (relative error <= 1e-5, outputs poisoned before each run).
+
+mod common;
+
+use lightning_wgpu::{
+    alibi_slopes, reference, Context, DecodeOptions, Dims, Error, ForwardOptions, Layout, Method,
+    Tensor,
+};
+use rand::rngs::StdRng;
+use rand::RngExt;
+
+const TOL: f64 = 1e-5;
+
+/// One decode step's inputs: (q, k, v) for every request.
+type Token = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+struct Problem {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    slopes: Vec<f32>,
+}
+
+fn problem(rng: &mut StdRng, dims: Dims) -> Problem {
+    let Dims { b, h, n, d, e } = dims;
+    Problem {
+        q: common::random(rng, b * h * n * d, d),
+        k: common::random(rng, b * h * n * d, d),
+        v: common::random(rng, b * h * n * e, 1),
+        slopes: alibi_slopes(h).iter().map(|s| s * 3.0).collect(),
+    }
+}
+
+/// Rows `[r0, r1)` of a `(b, h, n, w)` tensor in layout `l`, as its own tensor's data.
+fn rows(x: &[f32], l: Layout, dims: &Dims, w: usize, r0: usize, r1: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(dims.b * dims.h * (r1 - r0) * w);
+    let len = r1 - r0;
+    let mut place = vec![0.0; dims.b * dims.h * len * w];
+    for b in 0..dims.b {
+        for h in 0..dims.h {
+            for i in r0..r1 {
+                for c in 0..w {
+                    place[l.index(dims.h, len, w, [b, h, i - r0, c])] =
+                        x[l.index(dims.h, dims.n, w, [b, h, i, c])];
+                }
+            }
+        }
+    }
+    out.extend(place);
+    out
+}
+
+fn upload(ctx: &Context, x: &[f32], shape: [usize; 4]) -> Tensor {
+    ctx.tensor(x, &shape).expect("upload")
+}
+
+#[test]
+fn recurrent_method_matches_the_reference() {
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    for (i, (dims, layout, init)) in [
+        (
+            Dims {
+                b: 2,
+                h: 3,
+                n: 77,
+                d: 20,
+                e: 12,
+            },
+            Layout::Bhnd,
+            true,
+        ),
+        (
+            Dims {
+                b: 1,
+                h: 2,
+                n: 65,
+                d: 64,
+                e: 200,
+            },
+            Layout::Bnhd,
+            false,
+        ),
+        (
+            Dims {
+                b: 3,
+                h: 1,
+                n: 1,
+                d: 1,
+                e: 1,
+            },
+            Layout::Bhnd,
+            true,
+        ),
+        (
+            Dims {
+                b: 1,
+                h: 2,
+                n: 40,
+                d: 130,
+                e: 7,
+            },
+            Layout::Bnhd,
+            true,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = problem(&mut rng, dims);
+        let s0 = common::random(&mut rng, dims.b * dims.h * dims.d * dims.e, 1);
+        let s0_t = upload(&ctx, &s0, dims.state_shape());
+        let qk = layout.shape(dims.b, dims.h, dims.n, dims.d);
+        let vs = layout.shape(dims.b, dims.h, dims.n, dims.e);
+        let mut o = common::poisoned(&ctx, &vs);
+        let mut state = common::poisoned(&ctx, &dims.state_shape());
+        let opts = ForwardOptions {
+            slopes: Some(&p.slopes),
+            scale: 0.8,
+            layout,
+            initial_state: init.then_some(&s0_t),
+            method: Method::Recurrent,
+            ..Default::default()
+        };
+        let (q, k, v) = (
+            upload(&ctx, &p.q, qk),
+            upload(&ctx, &p.k, qk),
+            upload(&ctx, &p.v, vs),
+        );
+        ctx.forward_into(&q, &k, &v, &opts, &mut o, Some(&mut state))
+            .unwrap();
+        let want = reference::forward(
+            dims,
+            layout,
+            &p.q,
+            &p.k,
+            &p.v,
+            &p.slopes,
+            0.8,
+            init.then_some(&s0[..]),
+        );
+        let eo = reference::relative_error(&ctx.read(&o).unwrap(), &want.o);
+        let es = reference::relative_error(&ctx.read(&state).unwrap(), &want.final_state);
+        assert!(
+            eo <= TOL && es <= TOL,
+            "case {i} {dims:?} (seed {seed}): o {eo:e}, state {es:e}"
+        );
+        // And the chunked method agrees with it.
+        let chunk = ctx
+            .forward(
+                &q,
+                &k,
+                &v,
+                &ForwardOptions {
+                    method: Method::Chunk,
+                    ..opts
+                },
+            )
+            .unwrap();
+        let ec = reference::relative_error(&ctx.read(&chunk.o).unwrap(), &want.o);
+        assert!(ec <= TOL, "case {i}: chunk {ec:e}");
+    }
+}
+
+#[test]
+fn prefill_in_chunks_equals_one_call() {
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 2,
+        h: 2,
+        n: 300,
+        d: 24,
+        e: 40,
+    };
+    let p = problem(&mut rng, dims);
+    for layout in [Layout::Bhnd, Layout::Bnhd] {
+        for method in [Method::Chunk, Method::Recurrent] {
+            // Random split points, including chunks of one token.
+            let mut cuts = vec![0, dims.n];
+            for _ in 0..4 {
+                cuts.push(rng.random_range(1..dims.n));
+            }
+            cuts.push(1);
+            cuts.sort();
+            cuts.dedup();
+            let mut state: Option<Tensor> = None;
+            let mut o_all = vec![0.0f32; dims.b * dims.h * dims.n * dims.e];
+            for w in cuts.windows(2) {
+                let (r0, r1) = (w[0], w[1]);
+                let part = Dims { n: r1 - r0, ..dims };
+                let qk = layout.shape(dims.b, dims.h, part.n, dims.d);
+                let vs = layout.shape(dims.b, dims.h, part.n, dims.e);
+                let q = upload(&ctx, &rows(&p.q, layout, &dims, dims.d, r0, r1), qk);
+                let k = upload(&ctx, &rows(&p.k, layout, &dims, dims.d, r0, r1), qk);
+                let v = upload(&ctx, &rows(&p.v, layout, &dims, dims.e, r0, r1), vs);
+                let opts = ForwardOptions {
+                    slopes: Some(&p.slopes),
+                    layout,
+                    method,
+                    initial_state: state.as_ref(),
+                    output_final_state: true,
+                    ..Default::default()
+                };
+                let out = ctx.forward(&q, &k, &v, &opts).unwrap();
+                let o = ctx.read(&out.o).unwrap();
+                for b in 0..dims.b {
+                    for h in 0..dims.h {
+                        for i in r0..r1 {
+                            for c in 0..dims.e {
+                                o_all[layout.index(dims.h, dims.n, dims.e, [b, h, i, c])] =
+                                    o[layout.index(dims.h, part.n, dims.e, [b, h, i - r0, c])];
+                            }
+                        }
+                    }
+                }
+                state = out.final_state;
+            }
+            let want = reference::forward(dims, layout, &p.q, &p.k, &p.v, &p.slopes, 1.0, None);
+            let eo = reference::relative_error(&o_all, &want.o);
+            let es = reference::relative_error(
+                &ctx.read(state.as_ref().unwrap()).unwrap(),
+                &want.final_state,
+            );
+            assert!(
+                eo <= TOL && es <= TOL,
+                "{layout} {method:?} cuts {cuts:?} (seed {seed}): o {eo:e} state {es:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn packed_sequences_equal_running_each_alone() {
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let (h, d, e) = (3, 20, 36);
+    let lens = [1usize, 70, 5, 129, 64];
+    let n: usize = lens.iter().sum();
+    let mut cu = vec![0usize];
+    for l in lens {
+        cu.push(cu.last().unwrap() + l);
+    }
+    let dims = Dims { b: 1, h, n, d, e };
+    let p = problem(&mut rng, dims);
+    let s0 = common::random(&mut rng, lens.len() * h * d * e, 1);
+    for layout in [Layout::Bhnd, Layout::Bnhd] {
+        for method in [Method::Chunk, Method::Recurrent] {
+            let qk = layout.shape(1, h, n, d);
+            let vs = layout.shape(1, h, n, e);
+            let s0_t = upload(&ctx, &s0, [lens.len(), h, d, e]);
+            let mut o = common::poisoned(&ctx, &vs);
+            let mut state = common::poisoned(&ctx, &[lens.len(), h, d, e]);
+            let opts = ForwardOptions {
+                slopes: Some(&p.slopes),
+                layout,
+                method,
+                initial_state: Some(&s0_t),
+                cu_seqlens: Some(&cu),
+                ..Default::default()
+            };
+            let (q, k, v) = (
+                upload(&ctx, &p.q, qk),
+                upload(&ctx, &p.k, qk),
+                upload(&ctx, &p.v, vs),
+            );
+            ctx.forward_into(&q, &k, &v, &opts, &mut o, Some(&mut state))
+                .unwrap();
+            let got_o = ctx.read(&o).unwrap();
+            let got_s = ctx.read(&state).unwrap();
+            for (s, w) in cu.windows(2).enumerate() {
+                let part = Dims {
+                    n: w[1] - w[0],
+                    ..dims
+                };
+                let init = &s0[s * h * d * e..(s + 1) * h * d * e];
+                let want = reference::forward(
+                    part,
+                    layout,
+                    &rows(&p.q, layout, &dims, d, w[0], w[1]),
+                    &rows(&p.k, layout, &dims, d, w[0], w[1]),
+                    &rows(&p.v, layout, &dims, e, w[0], w[1]),
+                    &p.slopes,
+                    1.0,
+                    Some(init),
+                );
+                let eo =
+                    reference::relative_error(&rows(&got_o, layout, &dims, e, w[0], w[1]), &want.o);
+                let es = reference::relative_error(
+                    &got_s[s * h * d * e..(s + 1) * h * d * e],
+                    &want.final_state,
+                );
+                assert!(
+                    eo <= TOL && es <= TOL,
+                    "{layout} {method:?} sequence {s} (seed {seed}): o {eo:e} state {es:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_steps_follow_the_reference_per_request() {
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let (h, d, e, cache_slots, steps) = (2, 36, 20, 6, 5);
+    // Three live requests in scattered slots, and one padded entry.
+    let slots = [4, -1, 0, 2];
+    let batch = slots.len();
+    let slopes = alibi_slopes(h);
+    let start = common::random(&mut rng, cache_slots * h * d * e, 1);
+    let mut cache = upload(&ctx, &start, [cache_slots, h, d, e]);
+    let mut tokens = Vec::new();
+    let mut outputs = Vec::new();
+    for _ in 0..steps {
+        let q = common::random(&mut rng, batch * h * d, d);
+        let k = common::random(&mut rng, batch * h * d, d);
+        let v = common::random(&mut rng, batch * h * e, 1);
+        let o = ctx
+            .decode_step(
+                &ctx.tensor(&q, &[batch, h, d]).unwrap(),
+                &ctx.tensor(&k, &[batch, h, d]).unwrap(),
+                &ctx.tensor(&v, &[batch, h, e]).unwrap(),
+                &mut cache,
+                &slots,
+                &DecodeOptions {
+                    slopes: Some(&slopes),
+                    scale: 0.5,
+                },
+            )
+            .unwrap();
+        outputs.push(ctx.read(&o).unwrap());
+        tokens.push((q, k, v));
+    }
+    let cache_now = ctx.read(&cache).unwrap();
+    let state_len = h * d * e;
+    for (r, &slot) in slots.iter().enumerate() {
+        if slot < 0 {
+            for o in &outputs {
+                assert!(
+                    o[r * h * e..(r + 1) * h * e].iter().all(|&x| x == 0.0),
+                    "padding output not zero"
+                );
+            }
+            continue;
+        }
+        // This request's tokens as one sequence (b = 1, bhnd: per head, per step).
+        let dims = Dims {
+            b: 1,
+            h,
+            n: steps,
+            d,
+            e,
+        };
+        let gather = |pick: &dyn Fn(&Token) -> &Vec<f32>, w: usize| {
+            let mut x = vec![0.0; h * steps * w];
+            for (t, tok) in tokens.iter().enumerate() {
+                for hh in 0..h {
+                    let src = &pick(tok)[(r * h + hh) * w..(r * h + hh + 1) * w];
+                    x[(hh * steps + t) * w..(hh * steps + t + 1) * w].copy_from_slice(src);
+                }
+            }
+            x
+        };
+        let (q, k, v) = (
+            gather(&|t| &t.0, d),
+            gather(&|t| &t.1, d),
+            gather(&|t| &t.2, e),
+        );
+        let init = &start[slot as usize * state_len..(slot as usize + 1) * state_len];
+        let want = reference::forward(dims, Layout::Bhnd, &q, &k, &v, &slopes, 0.5, Some(init));
+        let mut got = vec![0.0; h * steps * e];
+        for (t, o) in outputs.iter().enumerate() {
+            for hh in 0..h {
+                got[(hh * steps + t) * e..(hh * steps + t + 1) * e]
+                    .copy_from_slice(&o[(r * h + hh) * e..(r * h + hh + 1) * e]);
+            }
+        }
+        let eo = reference::relative_error(&got, &want.o);
+        let slot_state = &cache_now[slot as usize * state_len..(slot as usize + 1) * state_len];
+        let es = reference::relative_error(slot_state, &want.final_state);
+        assert!(
+            eo <= TOL && es <= TOL,
+            "request {r} slot {slot} (seed {seed}): o {eo:e} state {es:e}"
+        );
+    }
+    // Slots no request names are untouched.
+    for slot in [1usize, 3, 5] {
+        let range = slot * state_len..(slot + 1) * state_len;
+        assert_eq!(
+            &cache_now[range.clone()],
+            &start[range],
+            "slot {slot} changed"
+        );
+    }
+}
+
+#[test]
+fn bad_slots_and_offsets_are_refused() {
+    let ctx = common::context(false);
+    let (h, d, e) = (2, 4, 4);
+    let q = ctx.tensor(&[0.5; 3 * 2 * 4], &[3, h, d]).unwrap();
+    let mut cache = ctx.tensor(&[0.25; 4 * 2 * 16], &[4, h, d, e]).unwrap();
+    let opts = DecodeOptions::default();
+    let err = ctx
+        .decode_step(&q, &q, &q, &mut cache, &[0, 4, 1], &opts)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SlotOutOfRange {
+                request: 1,
+                slot: 4,
+                slots: 4
+            }
+        ),
+        "{err:?}"
+    );
+    let err = ctx
+        .decode_step(&q, &q, &q, &mut cache, &[2, -1, 2], &opts)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DuplicateSlot {
+                slot: 2,
+                first: 0,
+                second: 2
+            }
+        ),
+        "{err:?}"
+    );
+    let err = ctx
+        .decode_step(&q, &q, &q, &mut cache, &[0, 1], &opts)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ShapeMismatch { arg: "slots", .. }),
+        "{err:?}"
+    );
+
+    let x = ctx.tensor(&[0.5; 10 * 2 * 4], &[1, 2, 10, 4]).unwrap();
+    for (cu, word) in [
+        (&[0usize, 5, 5, 10][..], "increasing"),
+        (&[0, 4, 9][..], "end at n = 10"),
+        (&[1, 10][..], "start at 0"),
+        (&[0][..], "at least 2"),
+    ] {
+        let err = ctx
+            .forward(
+                &x,
+                &x,
+                &x,
+                &ForwardOptions {
+                    cu_seqlens: Some(cu),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::CuSeqlens(m) if m.contains(word)),
+            "{cu:?}: {err}"
+        );
+    }
+    let x2 = ctx.tensor(&[0.5; 2 * 10 * 2 * 4], &[2, 2, 10, 4]).unwrap();
+    let err = ctx
+        .forward(
+            &x2,
+            &x2,
+            &x2,
+            &ForwardOptions {
+                cu_seqlens: Some(&[0, 10]),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::CuSeqlens(m) if m.contains("batch = 1")),
+        "{err}"
+    );
+    // States of a packed batch are (N, h, d, e).
+    let s0 = ctx.tensor(&[0.0; 2 * 16], &[1, 2, 4, 4]).unwrap();
+    let opts = ForwardOptions {
+        cu_seqlens: Some(&[0, 3, 10]),
+        initial_state: Some(&s0),
+        ..Default::default()
+    };
+    let err = ctx.forward(&x, &x, &x, &opts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ShapeMismatch {
+                arg: "initial_state",
+                dim: "batch",
+                got: 1,
+                expected: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

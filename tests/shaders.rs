@@ -1,0 +1,112 @@
+//! Every WGSL file we ship parses, validates, and translates to SPIR-V
+//! (Vulkan), MSL (Metal) and HLSL (DX12) with naga, offline: no GPU needed,
+//! so the back ends this machine cannot run at least compile what we ship.
+
+use lightning_wgpu::kernels::{wgsl, KernelConfig, Pass};
+
+fn translate(name: &str, source: &str) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+
+    let spv = naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+        .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
+    assert_eq!(spv.first(), Some(&0x0723_0203), "{name}: SPIR-V magic");
+
+    let msl_options = naga::back::msl::Options {
+        lang_version: (2, 1),
+        ..Default::default()
+    };
+    let (msl, _) = naga::back::msl::write_string(&module, &info, &msl_options, &Default::default())
+        .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
+    assert!(
+        msl.contains("kernel void main_"),
+        "{name}: no MSL kernel entry point"
+    );
+
+    let hlsl_options = naga::back::hlsl::Options {
+        shader_model: naga::back::hlsl::ShaderModel::V6_0,
+        ..Default::default()
+    };
+    let mut hlsl = String::new();
+    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &Default::default())
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
+    assert!(
+        hlsl.contains("[numthreads("),
+        "{name}: no HLSL compute entry point"
+    );
+}
+
+#[test]
+fn shipped_files_translate_as_written() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let common = std::fs::read_to_string(format!("{dir}/common.wgsl")).expect("common.wgsl");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("shaders/") {
+        let path = entry.expect("dir entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !name.ends_with(".wgsl") || name == "common.wgsl" {
+            continue;
+        }
+        let body = std::fs::read_to_string(&path).expect("read shader");
+        translate(&name, &format!("{common}\n{body}"));
+        seen += 1;
+    }
+    assert_eq!(
+        seen,
+        Pass::ALL.len(),
+        "a pass file is not listed in Pass::ALL, or the reverse"
+    );
+}
+
+#[test]
+fn every_specialisation_translates() {
+    for tile in KernelConfig::TILES {
+        let config = KernelConfig { tile, chunk: 16 };
+        for pass in Pass::ALL {
+            let source = wgsl(pass, config);
+            assert!(
+                source.contains(&format!("const TILE: u32 = {tile}u;")),
+                "TILE not specialised"
+            );
+            assert!(source.contains(&format!("const THREADS: u32 = {}u;", config.threads())));
+            translate(&format!("{} tile {tile}", pass.name()), &source);
+        }
+    }
+}
+
+#[test]
+fn specialisation_fits_the_declared_workgroup_memory() {
+    // The host sizes tiles from `workgroup_bytes`; it must not undercount
+    // what a kernel declares.
+    for tile in KernelConfig::TILES {
+        let config = KernelConfig { tile, chunk: 16 };
+        for pass in Pass::ALL {
+            let source = wgsl(pass, config);
+            let module = naga::front::wgsl::parse_str(&source).expect("parse");
+            let mut layouter = naga::proc::Layouter::default();
+            layouter.update(module.to_ctx()).expect("layout");
+            let bytes: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+                .map(|(_, g)| layouter[g.ty].size)
+                .sum();
+            assert!(
+                bytes <= config.workgroup_bytes(),
+                "{} tile {tile}: {bytes} bytes declared",
+                pass.name()
+            );
+        }
+    }
+}
