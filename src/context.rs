@@ -66,6 +66,7 @@ pub(crate) struct Inner {
     pub(crate) pool: Arc<BufferPool>,
     pipelines: Mutex<HashMap<Pass, wgpu::ComputePipeline>>,
     lost: Arc<Mutex<Option<String>>>,
+    pub(crate) timer: crate::timing::TimerSlot,
 }
 
 /// One GPU device and everything cached on it. Cheap to clone (shared).
@@ -295,6 +296,7 @@ impl Context {
                 pool: Arc::new(BufferPool::default()),
                 pipelines: Mutex::new(HashMap::new()),
                 lost,
+                timer: Mutex::new(None),
             }),
         })
     }

@@ -43,6 +43,7 @@ mod pool;
 pub mod reference;
 mod slopes;
 mod tensor;
+mod timing;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::adapters;

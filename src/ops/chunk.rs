@@ -27,11 +27,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
     let tile = inner.config.tile as usize;
     let threads = inner.config.threads() as usize;
     let tiles = |w: usize| w.div_ceil(tile);
-    super::submit(ctx, "forward", |encoder| {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("chunk"),
-            timestamp_writes: None,
-        });
+    super::submit_pass(ctx, "forward", |pass| {
         for (i, s) in launch.segments.iter().enumerate() {
             let (q, k, v, o) = (
                 bind(io.q.buffer(), s.q),
@@ -52,7 +48,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
             let [intra, block_state, scan, inter] = &pipes;
             dispatch(
                 ctx,
-                &mut pass,
+                pass,
                 &common,
                 intra,
                 i,
@@ -61,7 +57,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
             );
             dispatch(
                 ctx,
-                &mut pass,
+                pass,
                 &common,
                 block_state,
                 i,
@@ -70,7 +66,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
             );
             dispatch(
                 ctx,
-                &mut pass,
+                pass,
                 &common,
                 scan,
                 i,
@@ -79,7 +75,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
             );
             dispatch(
                 ctx,
-                &mut pass,
+                pass,
                 &common,
                 inter,
                 i,

@@ -267,6 +267,24 @@ pub(crate) async fn submit(
     Ok(())
 }
 
+/// Records one compute pass with `record` and submits it (see [`submit`]).
+/// While timing is on, the pass writes its start and end timestamps.
+pub(crate) async fn submit_pass(
+    ctx: &Context,
+    op: &'static str,
+    record: impl FnOnce(&mut wgpu::ComputePass),
+) -> Result<()> {
+    let stamps = ctx.next_stamps();
+    submit(ctx, op, |encoder| {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(op),
+            timestamp_writes: stamps.as_ref().map(|s| s.writes()),
+        });
+        record(&mut pass);
+    })
+    .await
+}
+
 /// The tensors of one call.
 pub(crate) struct Io<'a> {
     pub q: &'a Tensor,

@@ -36,11 +36,7 @@ pub(crate) async fn record(
         .queue
         .write_buffer(slot_buffer.buffer(), 0, bytemuck::cast_slice(map));
     let e_tiles = launch.dims.e.div_ceil(COLUMNS);
-    super::submit(ctx, "recurrent", |encoder| {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("recurrent"),
-            timestamp_writes: None,
-        });
+    super::submit_pass(ctx, "recurrent", |pass| {
         for (i, s) in launch.segments.iter().enumerate() {
             let bindings = [
                 bind(io.q.buffer(), s.q),
@@ -59,7 +55,7 @@ pub(crate) async fn record(
             ];
             dispatch(
                 ctx,
-                &mut pass,
+                pass,
                 &common,
                 &pipe,
                 i,
