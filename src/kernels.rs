@@ -22,16 +22,19 @@ pub enum Pass {
     InterBlock,
     /// The token-by-token recurrence (decode, and the `recurrent` method).
     Recurrent,
+    /// Causal softmax attention with an online softmax (the baseline).
+    SoftmaxAttention,
 }
 
 impl Pass {
     /// Every pass.
-    pub const ALL: [Pass; 5] = [
+    pub const ALL: [Pass; 6] = [
         Pass::IntraBlock,
         Pass::BlockState,
         Pass::StateScan,
         Pass::InterBlock,
         Pass::Recurrent,
+        Pass::SoftmaxAttention,
     ];
     /// The passes of the chunked forward, in dispatch order.
     pub const CHUNK: [Pass; 4] = [
@@ -49,6 +52,7 @@ impl Pass {
             Pass::StateScan => "state_scan",
             Pass::InterBlock => "inter_block",
             Pass::Recurrent => "recurrent",
+            Pass::SoftmaxAttention => "softmax_attention",
         }
     }
 
@@ -60,6 +64,7 @@ impl Pass {
             Pass::StateScan => include_str!("../shaders/state_scan.wgsl"),
             Pass::InterBlock => include_str!("../shaders/inter_block.wgsl"),
             Pass::Recurrent => include_str!("../shaders/recurrent.wgsl"),
+            Pass::SoftmaxAttention => include_str!("../shaders/softmax_attention.wgsl"),
         }
     }
 }
@@ -89,7 +94,9 @@ impl KernelConfig {
         // TILE x TILE scores. Recurrent: a vec4 per invocation and a slot.
         let intra = 4 * (2 * self.chunk * self.tile + self.tile * self.tile);
         let recurrent = 16 * self.threads() + 4;
-        intra.max(recurrent)
+        // Softmax: the intra-block tiles plus three f32 per row.
+        let softmax = intra + 12 * self.tile;
+        intra.max(recurrent).max(softmax)
     }
 
     /// The largest configuration the limits allow, or the requested tile.

@@ -53,6 +53,7 @@ pub use error::{Error, Result};
 pub use layout::{Dims, Layout};
 pub use ops::forward::{ForwardOptions, ForwardOutput, Method, MAX_HEAD_DIM};
 pub use ops::recurrent::DecodeOptions;
+pub use ops::softmax::SoftmaxOptions;
 pub use slopes::{alibi_slopes, layer_slopes};
 pub use tensor::{DType, Tensor};
 

@@ -74,6 +74,51 @@ pub fn forward(
     Output { o, final_state }
 }
 
+/// Causal softmax attention in f64:
+/// `o_i = sum_{j <= i} softmax_j(scale q_i . k_j - s_h (i - j)) v_j`
+/// (`alibi` slopes `s_h`, all zero for plain attention).
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_attention(
+    dims: Dims,
+    layout: Layout,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    alibi: &[f32],
+    scale: f32,
+) -> Vec<f64> {
+    let Dims { b, h, n, d, e } = dims;
+    let at = |width: usize, bi: usize, hi: usize, i: usize, c: usize| {
+        layout.index(h, n, width, [bi, hi, i, c])
+    };
+    let mut o = vec![0.0f64; b * h * n * e];
+    let mut logits = vec![0.0f64; n];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..n {
+                for (j, l) in logits.iter_mut().enumerate().take(i + 1) {
+                    let dot: f64 = (0..d)
+                        .map(|r| q[at(d, bi, hi, i, r)] as f64 * k[at(d, bi, hi, j, r)] as f64)
+                        .sum();
+                    *l = scale as f64 * dot - alibi[hi] as f64 * (i - j) as f64;
+                }
+                let max = logits[..=i]
+                    .iter()
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = logits[..=i].iter().map(|l| (l - max).exp()).sum();
+                for c in 0..e {
+                    let acc: f64 = (0..=i)
+                        .map(|j| (logits[j] - max).exp() * v[at(e, bi, hi, j, c)] as f64)
+                        .sum();
+                    o[at(e, bi, hi, i, c)] = acc / total;
+                }
+            }
+        }
+    }
+    o
+}
+
 /// `||got - want|| / ||want||` (Frobenius norms, in f64). Returns the
 /// absolute norm of the difference when `want` is all zeros, and infinity
 /// when the lengths differ or `got` holds a NaN.

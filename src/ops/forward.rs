@@ -436,14 +436,11 @@ impl Context {
                 &scratch_state
             }
         };
-        let chunked = opts.method == Method::Chunk;
-        let segments = plan::plan(
-            opts.layout,
-            &dims,
-            &super::limits(self),
-            &sequences,
-            chunked,
-        )?;
+        let needs = match opts.method {
+            Method::Chunk => plan::Needs::CHUNK,
+            Method::Recurrent => plan::Needs::RECURRENT,
+        };
+        let segments = plan::plan(opts.layout, &dims, &super::limits(self), &sequences, needs)?;
         if let Some(s0) = opts.initial_state {
             super::submit(self, "initial state", |encoder| {
                 encoder.copy_buffer_to_buffer(s0.buffer(), 0, state.buffer(), 0, s0.size_bytes());

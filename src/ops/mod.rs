@@ -7,6 +7,7 @@ mod chunk;
 pub mod forward;
 pub(crate) mod plan;
 pub mod recurrent;
+pub mod softmax;
 
 use std::num::NonZeroU64;
 

@@ -168,15 +168,39 @@ fn misfit(
     None
 }
 
+/// What an op's segments need.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Needs {
+    /// Per-block scratch states (the chunked forward).
+    pub scratch: bool,
+    /// Rows may be split into ranges, the state carried between them (not so
+    /// for softmax attention, which needs every earlier key at once).
+    pub split_rows: bool,
+}
+
+impl Needs {
+    pub(crate) const CHUNK: Needs = Needs {
+        scratch: true,
+        split_rows: true,
+    };
+    pub(crate) const RECURRENT: Needs = Needs {
+        scratch: false,
+        split_rows: true,
+    };
+    pub(crate) const WHOLE_ROWS: Needs = Needs {
+        scratch: false,
+        split_rows: false,
+    };
+}
+
 /// Splits the problem into segments, in an order that carries the state
 /// correctly: per sequence, all row ranges of a head range, first to last.
-/// `scratch` says whether the segments need per-block scratch states.
 pub(crate) fn plan(
     layout: Layout,
     dims: &Dims,
     lim: &Limits,
     sequences: &[Sequence],
-    scratch: bool,
+    needs: Needs,
 ) -> Result<Vec<Segment>> {
     let heads = dims.b * dims.h;
     let mut count = heads;
@@ -196,7 +220,7 @@ pub(crate) fn plan(
                         bh,
                         (n0, rows.min(seq.start + seq.len - n0)),
                     );
-                    if !scratch {
+                    if !needs.scratch {
                         s.scratch_bytes = 0;
                     }
                     if worst.is_none() {
@@ -211,7 +235,7 @@ pub(crate) fn plan(
         };
         if count > 1 {
             count = count.div_ceil(2);
-        } else if rows > lim.tile {
+        } else if needs.split_rows && rows > lim.tile {
             rows = rows.div_ceil(2).next_multiple_of(lim.tile);
         } else {
             return Err(Error::TooLarge {
@@ -248,7 +272,14 @@ mod tests {
     /// Every (bh, row) is covered exactly once, in row order per bh, and
     /// every window holds the elements its segment touches.
     fn check_cover(layout: Layout, dims: Dims, max_binding: u64) -> usize {
-        let segs = plan(layout, &dims, &lim(max_binding), &whole(&dims), true).expect("plan");
+        let segs = plan(
+            layout,
+            &dims,
+            &lim(max_binding),
+            &whole(&dims),
+            Needs::CHUNK,
+        )
+        .expect("plan");
         // Next row expected per (batch, head).
         let mut next_row = std::collections::HashMap::new();
         for s in &segs {
@@ -331,7 +362,7 @@ mod tests {
                 first_state: 4,
             },
         ];
-        let segs = plan(Layout::Bhnd, &dims, &lim(1 << 20), &seqs, true).expect("plan");
+        let segs = plan(Layout::Bhnd, &dims, &lim(1 << 20), &seqs, Needs::CHUNK).expect("plan");
         assert_eq!(segs.len(), 3);
         for (s, seq) in segs.iter().zip(&seqs) {
             assert_eq!((s.n0, s.rows, s.seq_start), (seq.start, seq.len, seq.start));
@@ -351,7 +382,7 @@ mod tests {
             d: 256,
             e: 256,
         };
-        let err = plan(Layout::Bhnd, &dims, &lim(4096), &whole(&dims), true).unwrap_err();
+        let err = plan(Layout::Bhnd, &dims, &lim(4096), &whole(&dims), Needs::CHUNK).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     }
 }

@@ -209,7 +209,13 @@ impl Context {
             len: 1,
             first_state: 0,
         }];
-        let mut segments = plan::plan(Layout::Bhnd, &dims, &super::limits(self), &whole, false)?;
+        let mut segments = plan::plan(
+            Layout::Bhnd,
+            &dims,
+            &super::limits(self),
+            &whole,
+            plan::Needs::RECURRENT,
+        )?;
         // Slots can point anywhere in the cache: bind all of it.
         let cache_bytes = cache.size_bytes();
         if cache_bytes > self.inner.max_binding {
