@@ -348,6 +348,23 @@ impl Context {
         self.inner.pool.clear();
     }
 
+    /// Device memory this context's buffers hold now (in use or pooled),
+    /// in bytes.
+    pub fn memory_allocated(&self) -> u64 {
+        self.inner.pool.memory().0
+    }
+
+    /// The most device memory held since the last
+    /// [`Context::reset_peak_memory`], in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        self.inner.pool.memory().1
+    }
+
+    /// Starts a new peak-memory measurement from what is held now.
+    pub fn reset_peak_memory(&self) {
+        self.inner.pool.reset_peak();
+    }
+
     /// Fails with [`Error::DeviceLost`] once the device is gone.
     pub(crate) fn check_lost(&self) -> Result<()> {
         match &*self.inner.lost.lock().unwrap_or_else(|p| p.into_inner()) {

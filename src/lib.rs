@@ -34,6 +34,7 @@
 //! # Ok::<(), lightning_wgpu::Error>(())
 //! ```
 
+pub mod bench;
 mod context;
 mod error;
 pub mod kernels;

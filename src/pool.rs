@@ -14,6 +14,10 @@ type Key = (u64, wgpu::BufferUsages);
 pub(crate) struct BufferPool {
     idle: Mutex<HashMap<Key, Vec<wgpu::Buffer>>>,
     created: AtomicU64,
+    /// Bytes of device memory held through the pool (in use or idle), and
+    /// the most it has held since the last `reset_peak`.
+    allocated: AtomicU64,
+    peak: AtomicU64,
 }
 
 impl BufferPool {
@@ -30,6 +34,8 @@ impl BufferPool {
         let reused = lock(&self.idle).get_mut(&key).and_then(Vec::pop);
         let buffer = reused.unwrap_or_else(|| {
             self.created.fetch_add(1, Ordering::Relaxed);
+            let now = self.allocated.fetch_add(size, Ordering::Relaxed) + size;
+            self.peak.fetch_max(now, Ordering::Relaxed);
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
@@ -50,7 +56,26 @@ impl BufferPool {
 
     /// Drops every idle buffer.
     pub(crate) fn clear(&self) {
-        lock(&self.idle).clear();
+        let freed: u64 = lock(&self.idle)
+            .drain()
+            .flat_map(|(_, list)| list)
+            .map(|b| b.size())
+            .sum();
+        self.allocated.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// Bytes held now, and the most held since the last reset.
+    pub(crate) fn memory(&self) -> (u64, u64) {
+        (
+            self.allocated.load(Ordering::Relaxed),
+            self.peak.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Starts a new peak from what is held now.
+    pub(crate) fn reset_peak(&self) {
+        self.peak
+            .store(self.allocated.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn give_back(&self, buffer: wgpu::Buffer) {
@@ -58,6 +83,8 @@ impl BufferPool {
         let list = idle.entry((buffer.size(), buffer.usage())).or_default();
         if list.len() < KEEP_PER_KEY {
             list.push(buffer);
+        } else {
+            self.allocated.fetch_sub(buffer.size(), Ordering::Relaxed);
         }
     }
 }

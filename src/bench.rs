@@ -1,0 +1,330 @@
+//! The benchmark registry: every provider and case that the runner
+//! (`lightning-wgpu bench`), the criterion benches and the browser demo
+//! measure is named here, and measured the same way.
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::layout::Dims;
+use crate::ops::forward::{ForwardOptions, Method};
+use crate::ops::softmax::SoftmaxOptions;
+use crate::slopes::alibi_slopes;
+use crate::tensor::Tensor;
+
+/// What computes the attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// Lightning Attention, blockwise (the four-pass chunked schedule).
+    Lightning,
+    /// The token-by-token recurrence: linear too, but sequential in n (the
+    /// cumsum-style baseline the paper beats).
+    Recurrent,
+    /// Causal softmax attention, FlashAttention-style (quadratic in n).
+    Softmax,
+}
+
+impl Provider {
+    /// Every provider, in the order tables list them.
+    pub const ALL: [Provider; 3] = [Provider::Lightning, Provider::Recurrent, Provider::Softmax];
+
+    /// The name used on the command line, in tables and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Lightning => "lightning-chunk",
+            Provider::Recurrent => "recurrent",
+            Provider::Softmax => "softmax",
+        }
+    }
+
+    /// Parses [`Provider::name`] (also `lightning` for the chunked one).
+    pub fn parse(name: &str) -> Option<Provider> {
+        match name {
+            "lightning" | "lightning-chunk" | "chunk" => Some(Provider::Lightning),
+            "recurrent" => Some(Provider::Recurrent),
+            "softmax" => Some(Provider::Softmax),
+            _ => None,
+        }
+    }
+
+    /// Useful floating-point operations of one forward pass: what the
+    /// algorithm must do, not what a kernel happens to do.
+    /// Lightning: `2nB(d+e)` inside blocks (masked products, counted whole as
+    /// the official kernels count them) plus `4nde` for the states;
+    /// recurrent: `4nde`; softmax: `n^2 (d+e)` (the causal half).
+    pub fn forward_flops(self, dims: &Dims, block: usize) -> f64 {
+        let Dims { b, h, n, d, e } = *dims;
+        let (n, d, e, bh) = (n as f64, d as f64, e as f64, (b * h) as f64);
+        bh * match self {
+            Provider::Lightning => 2.0 * n * block as f64 * (d + e) + 4.0 * n * d * e,
+            Provider::Recurrent => 4.0 * n * d * e,
+            Provider::Softmax => n * n * (d + e),
+        }
+    }
+}
+
+/// How to repeat a measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct Repeat {
+    /// Untimed runs first (pipeline compilation, caches).
+    pub warmup: usize,
+    /// Timed runs; the median is reported.
+    pub reps: usize,
+}
+
+impl Default for Repeat {
+    fn default() -> Self {
+        Repeat { warmup: 2, reps: 7 }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    /// Median forward time, milliseconds.
+    pub fwd_ms: f64,
+    /// Every timed run, milliseconds.
+    pub samples_ms: Vec<f64>,
+    /// Peak device memory held by the context during the runs (inputs
+    /// included), MiB.
+    pub peak_mem_mb: f64,
+    /// `gpu-timestamps` or `wall-clock`.
+    pub timer: &'static str,
+}
+
+/// Inputs of a sweep: q, k and v for `tokens = b * n` tokens of `h` heads,
+/// reshaped for each case without a copy (every case of a sweep has the same
+/// `b * n`). Values are deterministic, O(1/sqrt(d)).
+pub struct Inputs {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    tokens: usize,
+}
+
+/// Cheap deterministic values in [-s, s).
+fn pattern(len: usize, seed: u32, s: f32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * s
+        })
+        .collect()
+}
+
+impl Inputs {
+    /// Uploads inputs for `tokens` tokens of `h` heads, widths `d` and `e`.
+    pub fn new(ctx: &Context, tokens: usize, h: usize, d: usize, e: usize) -> Result<Inputs> {
+        let s = 1.0 / (d as f32).sqrt();
+        let q = ctx.tensor(&pattern(tokens * h * d, 1, s), &[1, h, tokens, d])?;
+        let k = ctx.tensor(&pattern(tokens * h * d, 2, s), &[1, h, tokens, d])?;
+        let v = ctx.tensor(&pattern(tokens * h * e, 3, 1.0), &[1, h, tokens, e])?;
+        Ok(Inputs { q, k, v, tokens })
+    }
+
+    /// Tokens these inputs hold.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    fn view(&mut self, dims: &Dims) -> Result<()> {
+        let widths = (self.q.shape[3], self.v.shape[3]) != (dims.d, dims.e);
+        if dims.b * dims.n != self.tokens || self.q.shape[1] != dims.h || widths {
+            return Err(crate::Error::InvalidValue {
+                arg: "dims",
+                value: format!("{dims:?}"),
+                reason: "a case must have the tokens (b * n), heads and widths of its inputs",
+            });
+        }
+        self.q.shape = vec![dims.b, dims.h, dims.n, dims.d];
+        self.k.shape = vec![dims.b, dims.h, dims.n, dims.d];
+        self.v.shape = vec![dims.b, dims.h, dims.n, dims.e];
+        Ok(())
+    }
+}
+
+async fn run_once(
+    ctx: &Context,
+    provider: Provider,
+    inputs: &Inputs,
+    slopes: &[f32],
+) -> Result<Tensor> {
+    let (q, k, v) = (&inputs.q, &inputs.k, &inputs.v);
+    match provider {
+        Provider::Lightning | Provider::Recurrent => {
+            let method = if provider == Provider::Lightning {
+                Method::Chunk
+            } else {
+                Method::Recurrent
+            };
+            let opts = ForwardOptions {
+                slopes: Some(slopes),
+                method,
+                ..Default::default()
+            };
+            Ok(ctx.forward_async(q, k, v, &opts).await?.o)
+        }
+        Provider::Softmax => {
+            ctx.softmax_attention_async(q, k, v, &SoftmaxOptions::default())
+                .await
+        }
+    }
+}
+
+/// Waits until the device is idle (native), or until `t` can be read.
+async fn settle(ctx: &Context, t: &Tensor) -> Result<()> {
+    // Reading one element back waits for everything submitted before.
+    let probe = ctx.empty(&[1], "probe")?;
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(t.buffer(), 0, probe.buffer(), 0, 4);
+    ctx.queue().submit([encoder.finish()]);
+    ctx.read_async(&probe).await.map(|_| ())
+}
+
+/// Measures `provider` on `dims` (decay from [`alibi_slopes`]): warm-up, then
+/// the median of timed runs, by timestamp queries where the adapter has them
+/// and by the wall clock around a device wait otherwise.
+pub async fn measure(
+    ctx: &Context,
+    provider: Provider,
+    dims: &Dims,
+    inputs: &mut Inputs,
+    repeat: Repeat,
+) -> Result<Measurement> {
+    inputs.view(dims)?;
+    let slopes = alibi_slopes(dims.h);
+    ctx.reset_peak_memory();
+    for _ in 0..repeat.warmup {
+        let o = run_once(ctx, provider, inputs, &slopes).await?;
+        settle(ctx, &o).await?;
+    }
+    let reps = repeat.reps.max(1);
+    let mut samples = Vec::with_capacity(reps);
+    let timer = if ctx.can_time() {
+        ctx.start_timing(reps as u32)?;
+        let mut last = None;
+        for _ in 0..reps {
+            last = Some(run_once(ctx, provider, inputs, &slopes).await?);
+        }
+        if let Some(o) = &last {
+            settle(ctx, o).await?;
+        }
+        samples = ctx
+            .finish_timing_async()
+            .await?
+            .into_iter()
+            .map(|s| s * 1e3)
+            .collect();
+        "gpu-timestamps"
+    } else {
+        for _ in 0..reps {
+            let start = web_time::Instant::now();
+            let o = run_once(ctx, provider, inputs, &slopes).await?;
+            settle(ctx, &o).await?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        "wall-clock"
+    };
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Measurement {
+        fwd_ms: sorted[sorted.len() / 2],
+        samples_ms: samples,
+        peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
+        timer,
+    })
+}
+
+/// A sweep of sequence lengths at a fixed number of tokens `b * n`.
+#[derive(Clone, Debug)]
+pub struct Sweep {
+    pub tokens: usize,
+    pub h: usize,
+    pub d: usize,
+    pub e: usize,
+    pub lengths: Vec<usize>,
+}
+
+impl Sweep {
+    /// The default sweep for an adapter: on a CPU (software) adapter a small
+    /// one that ends in about a minute; on a GPU 1K to 128K tokens at
+    /// `b * n = 128K`, 32 heads of width 128 (the paper's figure, and the
+    /// anchors' shape).
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Sweep {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            Sweep {
+                tokens: 2048,
+                h: 4,
+                d: 64,
+                e: 64,
+                lengths: vec![128, 256, 512, 1024, 2048],
+            }
+        } else {
+            let lengths = (10..=17).map(|p| 1usize << p).collect();
+            Sweep {
+                tokens: 1 << 17,
+                h: 32,
+                d: 128,
+                e: 128,
+                lengths,
+            }
+        }
+    }
+
+    /// The case of length `n`.
+    pub fn dims(&self, n: usize) -> Dims {
+        Dims {
+            b: (self.tokens / n).max(1),
+            h: self.h,
+            n,
+            d: self.d,
+            e: self.e,
+        }
+    }
+}
+
+/// Fixed shapes the criterion benches time, per provider: small enough for a
+/// software adapter.
+pub const CRITERION_CASES: [(Provider, Dims); 4] = [
+    (
+        Provider::Lightning,
+        Dims {
+            b: 1,
+            h: 4,
+            n: 1024,
+            d: 64,
+            e: 64,
+        },
+    ),
+    (
+        Provider::Lightning,
+        Dims {
+            b: 2,
+            h: 4,
+            n: 512,
+            d: 128,
+            e: 96,
+        },
+    ),
+    (
+        Provider::Recurrent,
+        Dims {
+            b: 1,
+            h: 4,
+            n: 1024,
+            d: 64,
+            e: 64,
+        },
+    ),
+    (
+        Provider::Softmax,
+        Dims {
+            b: 1,
+            h: 4,
+            n: 1024,
+            d: 64,
+            e: 64,
+        },
+    ),
+];
