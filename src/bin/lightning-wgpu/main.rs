@@ -1,1 +1,111 @@
-fn main() {}
+//! `lightning-wgpu`: Lightning Attention from the command line.
+//!
+//! - `forward`: run the forward pass on `.npy` files (for checking the
+//!   kernels against another implementation, or using them from any
+//!   language that writes NumPy files);
+//! - `info`: the adapters wgpu finds and which one is used;
+//! - `demo`: random inputs, one pass, compared with the CPU reference.
+//!
+//! Without a subcommand it runs `info` then `demo`: the one thing to try
+//! after installing.
+//!
+//! Each subcommand lives in its own module with its `Args` and a
+//! `run(...) -> anyhow::Result<ExitCode>`; adding one (`backward`, `bench`)
+//! means a module, a `Command` variant and a match arm.
+//!
+//! Every failure is one line on stderr, `error: <reason>`, and a non-zero
+//! exit status, so scripts can report it and people can read it.
+
+mod demo;
+mod forward;
+mod info;
+mod npy;
+mod random;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use lightning_wgpu::ContextOptions;
+
+#[derive(Parser, Debug)]
+#[command(name = "lightning-wgpu", version, about, long_about = None)]
+#[command(after_help = "Without a subcommand, runs `info` then `demo`.")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Options of every subcommand: how to open the GPU.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "GPU options")]
+struct Global {
+    /// Adapter to use: a case-insensitive substring of its name, or its index
+    /// in `info` (default: LIGHTNING_ADAPTER, else the best GPU found).
+    #[arg(long, global = true, value_name = "NAME|INDEX")]
+    adapter: Option<String>,
+    /// Keep wgpu's shader bounds checks on (slower; for debugging).
+    #[arg(long, global = true)]
+    checked: bool,
+}
+
+impl Global {
+    fn options(&self) -> ContextOptions {
+        ContextOptions {
+            adapter: self.adapter.clone(),
+            // Absent means "let LIGHTNING_CHECKED decide", not "off".
+            checked: self.checked.then_some(true),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the forward pass on .npy files.
+    Forward(forward::Args),
+    /// List the GPU adapters, their features and limits, and which one is used.
+    Info,
+    /// Run random inputs on the GPU and check them against the CPU reference.
+    Demo(demo::Args),
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let options = cli.global.options();
+    match cli.command {
+        Some(Command::Forward(args)) => forward::run(&args, options),
+        Some(Command::Info) => info::run(&options),
+        Some(Command::Demo(args)) => demo::run(&args, options),
+        None => {
+            // The first-run tour; a benchmark sweep will take `demo`'s place.
+            info::run(&options)?;
+            println!();
+            demo::run(&demo::Args::default(), options)
+        }
+    }
+}
+
+/// The error and its causes on one line: anyhow's `{:#}` joins the chain with
+/// `: `, and any line breaks inside a message (driver errors have them) are
+/// folded so the reason stays one line.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

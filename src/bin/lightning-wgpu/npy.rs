@@ -1,0 +1,128 @@
+//! `.npy` input and output through npyz: the format is NumPy's, so the tool
+//! reads what `np.save` writes and its outputs load with `np.load`.
+//!
+//! Only what the kernels can take is accepted: float32, or float16 converted
+//! on load (exactly: every f16 is an f32), in C order. Anything else is
+//! refused with a reason rather than converted silently, because a silent
+//! float64 -> float32 or int -> float conversion usually hides a mistake in
+//! the script that saved the file.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, ErrorKind};
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use npyz::{DType, NpyFile, Order, TypeChar, TypeStr, WriteOptions, WriterBuilder};
+
+/// A dense row-major array read from a `.npy` file, as f32.
+#[derive(Debug)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Storage types accepted on input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    F32,
+    F16,
+}
+
+/// NumPy's name of a dtype (`int32`, `float64`, ...), so that an error
+/// message reads like what the user wrote in Python.
+fn numpy_name(dtype: &DType) -> String {
+    match dtype {
+        DType::Plain(ts) => type_name(ts),
+        DType::Record(_) => "a structured (record) dtype".to_string(),
+        DType::Array(..) => "a subarray dtype".to_string(),
+    }
+}
+
+fn type_name(ts: &TypeStr) -> String {
+    let bits = ts.size_field() * 8;
+    match ts.type_char() {
+        TypeChar::Bool => "bool".to_string(),
+        TypeChar::Int => format!("int{bits}"),
+        TypeChar::Uint => format!("uint{bits}"),
+        TypeChar::Float => format!("float{bits}"),
+        TypeChar::Complex => format!("complex{bits}"),
+        TypeChar::Object => "object (pickled)".to_string(),
+        _ => format!("`{ts}`"),
+    }
+}
+
+fn stored(dtype: &DType) -> Option<Stored> {
+    match dtype {
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float => match ts.size_field() {
+            4 => Some(Stored::F32),
+            2 => Some(Stored::F16),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Reads `path` as a float32 array. `arg` names the option the file came
+/// from (`q`, `slopes`, ...) in error messages.
+pub fn read(path: &Path, arg: &str) -> Result<Array> {
+    let shown = path.display();
+    let file = File::open(path).with_context(|| format!("cannot open `{arg}` file {shown}"))?;
+    let npy = NpyFile::new(BufReader::new(file))
+        .with_context(|| format!("`{arg}` file {shown} is not a valid .npy file"))?;
+
+    let dtype = npy.dtype();
+    let Some(kind) = stored(&dtype) else {
+        bail!(
+            "`{arg}` file {shown} holds {}; expected float32 (or float16): save it with .astype(np.float32)",
+            numpy_name(&dtype)
+        );
+    };
+    let shape = npy
+        .shape()
+        .iter()
+        .map(|&x| usize::try_from(x))
+        .collect::<Result<Vec<usize>, _>>()
+        .with_context(|| format!("`{arg}` file {shown} has a shape too large for this machine"))?;
+    // Fortran order only changes the data when two or more axes are longer
+    // than 1; otherwise both orders store the same sequence.
+    let long_axes = shape.iter().filter(|&&x| x > 1).count();
+    if npy.order() == Order::Fortran && long_axes > 1 {
+        bail!(
+            "`{arg}` file {shown} is in Fortran order; save a C-ordered array (np.ascontiguousarray)"
+        );
+    }
+
+    let len = npy.len();
+    let data = match kind {
+        Stored::F32 => npy.into_vec::<f32>(),
+        Stored::F16 => npy
+            .into_vec::<npyz::half::f16>()
+            .map(|v| v.into_iter().map(f32::from).collect()),
+    };
+    match data {
+        Ok(data) => Ok(Array { shape, data }),
+        // The usual way a copy or a crashed writer damages a file; say so
+        // rather than "failed to fill whole buffer".
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => bail!(
+            "`{arg}` file {shown} is truncated: its header promises {len} values of shape {shape:?}"
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot read the data of `{arg}` file {shown}")),
+    }
+}
+
+/// Writes `data` of `shape` to `path` as a C-ordered float32 `.npy` file.
+pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let shown = path.display();
+    let file = File::create(path).with_context(|| format!("cannot create {shown}"))?;
+    let shape: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+    let mut writer = WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .with_context(|| format!("cannot write {shown}"))?;
+    writer
+        .extend(data.iter().copied())
+        .and_then(|()| writer.finish())
+        .with_context(|| format!("cannot write {shown}"))
+}

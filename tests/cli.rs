@@ -1,0 +1,431 @@
+//! The `lightning-wgpu` binary end to end: `.npy` files in, `.npy` files out,
+//! checked against the f64 reference; bad inputs fail with one line on
+//! stderr and a non-zero status, never a panic.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lightning_wgpu::{alibi_slopes, reference, ContextOptions, Dims, Layout};
+use npyz::half::f16;
+use npyz::{NpyFile, Order, WriteOptions, WriterBuilder};
+use rand::RngExt;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lightning-wgpu"))
+}
+
+fn run(args: &[&str]) -> Output {
+    match bin().args(args).output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run lightning-wgpu: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Writes a C-ordered `.npy` (or Fortran-ordered with `order`).
+fn write_npy_ordered<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[usize],
+    data: &[T],
+    order: Order,
+) {
+    let shape: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+    let file = std::fs::File::create(path).expect("create .npy");
+    let mut w = WriteOptions::<T>::new()
+        .default_dtype()
+        .order(order)
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .expect("npy header");
+    w.extend(data.iter().copied()).expect("npy data");
+    w.finish().expect("npy finish");
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], data: &[T]) {
+    write_npy_ordered(path, shape, data, Order::C);
+}
+
+/// Reads an f32 `.npy`, checking it is C-ordered float32 as promised.
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let file = std::fs::File::open(path).expect("open output .npy");
+    let npy = NpyFile::new(std::io::BufReader::new(file)).expect("output .npy header");
+    assert_eq!(npy.order(), Order::C, "{} not in C order", path.display());
+    assert_eq!(
+        npy.dtype().descr(),
+        "'<f4'",
+        "{} not float32",
+        path.display()
+    );
+    let shape = npy.shape().iter().map(|&x| x as usize).collect();
+    (shape, npy.into_vec::<f32>().expect("output .npy data"))
+}
+
+/// Random inputs of one problem, and where they were written.
+struct Case {
+    dir: tempfile::TempDir,
+    dims: Dims,
+    layout: Layout,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Case {
+    /// Random q, k, v of `dims` in `layout`, written as q.npy, k.npy, v.npy.
+    fn new(dims: Dims, layout: Layout, rng: &mut rand::rngs::StdRng) -> Case {
+        let Dims { b, h, n, d, e } = dims;
+        let q = common::random(rng, b * h * n * d, d);
+        let k = common::random(rng, b * h * n * d, d);
+        let v = common::random(rng, b * h * n * e, e);
+        let case = Case {
+            dir: tempfile::tempdir().expect("temp dir"),
+            dims,
+            layout,
+            q,
+            k,
+            v,
+        };
+        write_npy(&case.path("q.npy"), &case.qk_shape(), &case.q);
+        write_npy(&case.path("k.npy"), &case.qk_shape(), &case.k);
+        write_npy(&case.path("v.npy"), &case.v_shape(), &case.v);
+        case
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `name` inside the case's directory, as an argument.
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    fn qk_shape(&self) -> [usize; 4] {
+        let Dims { b, h, n, d, .. } = self.dims;
+        self.layout.shape(b, h, n, d)
+    }
+
+    fn v_shape(&self) -> [usize; 4] {
+        let Dims { b, h, n, e, .. } = self.dims;
+        self.layout.shape(b, h, n, e)
+    }
+
+    /// `forward --q --k --v --layout --out o.npy` followed by `extra`.
+    fn forward(&self, extra: &[&str]) -> Output {
+        let (q, k, v, out) = (
+            self.arg("q.npy"),
+            self.arg("k.npy"),
+            self.arg("v.npy"),
+            self.arg("o.npy"),
+        );
+        let layout = self.layout.to_string();
+        let mut args = vec![
+            "forward", "--q", &q, "--k", &k, "--v", &v, "--layout", &layout, "--out", &out,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "lightning-wgpu failed ({}): stdout {:?} stderr {:?}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Odd sizes everywhere (n not a multiple of the block, d != e, several
+/// batches and heads), random slopes, an initial state, a scale: the output
+/// and final state must match the f64 reference.
+fn forward_matches_reference(layout: Layout) {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 2,
+        h: 3,
+        n: 77,
+        d: 20,
+        e: 12,
+    };
+    let case = Case::new(dims, layout, &mut rng);
+    let slopes: Vec<f32> = (0..dims.h).map(|_| rng.random_range(0.0f32..0.5)).collect();
+    let s0 = common::random(&mut rng, dims.b * dims.h * dims.d * dims.e, dims.d);
+    write_npy(&case.path("slopes.npy"), &[dims.h], &slopes);
+    write_npy(&case.path("s0.npy"), &dims.state_shape(), &s0);
+
+    let (slopes_arg, s0_arg, sn_arg) = (
+        case.arg("slopes.npy"),
+        case.arg("s0.npy"),
+        case.arg("sn.npy"),
+    );
+    let out = case.forward(&[
+        "--slopes",
+        &slopes_arg,
+        "--initial-state",
+        &s0_arg,
+        "--final-state",
+        &sn_arg,
+        "--scale",
+        "0.5",
+    ]);
+    assert_success(&out);
+
+    let want = reference::forward(
+        dims,
+        layout,
+        &case.q,
+        &case.k,
+        &case.v,
+        &slopes,
+        0.5,
+        Some(&s0),
+    );
+    let (o_shape, o) = read_npy(&case.path("o.npy"));
+    assert_eq!(o_shape, case.v_shape());
+    let err = reference::relative_error(&o, &want.o);
+    assert!(
+        err <= 1e-5,
+        "{layout}: output relative error {err} (seed {seed})"
+    );
+    let (sn_shape, sn) = read_npy(&case.path("sn.npy"));
+    assert_eq!(sn_shape, dims.state_shape());
+    let err = reference::relative_error(&sn, &want.final_state);
+    assert!(
+        err <= 1e-5,
+        "{layout}: final state relative error {err} (seed {seed})"
+    );
+}
+
+#[test]
+fn forward_bhnd_matches_reference() {
+    forward_matches_reference(Layout::Bhnd);
+}
+
+#[test]
+fn forward_bnhd_matches_reference() {
+    forward_matches_reference(Layout::Bnhd);
+}
+
+/// float16 files are widened exactly, so the result must match the
+/// reference on the widened values as closely as float32 input does.
+#[test]
+fn forward_accepts_float16_and_alibi() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 5,
+        n: 40,
+        d: 8,
+        e: 16,
+    };
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    let halves = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+    let (q16, v16) = (halves(&case.q), halves(&case.v));
+    write_npy(&case.path("q.npy"), &case.qk_shape(), &q16);
+    write_npy(&case.path("v.npy"), &case.v_shape(), &v16);
+    let widen = |x: &[f16]| x.iter().map(|&x| x.to_f32()).collect::<Vec<_>>();
+
+    let out = case.forward(&["--alibi"]);
+    assert_success(&out);
+
+    let slopes = alibi_slopes(dims.h);
+    let want = reference::forward(
+        dims,
+        Layout::Bhnd,
+        &widen(&q16),
+        &case.k,
+        &widen(&v16),
+        &slopes,
+        1.0,
+        None,
+    );
+    let (_, o) = read_npy(&case.path("o.npy"));
+    let err = reference::relative_error(&o, &want.o);
+    assert!(err <= 1e-5, "relative error {err} (seed {seed})");
+}
+
+/// A failure: status 1 (not a panic's 101, not a signal), and stderr exactly
+/// one line `error: ...` containing every word of `words`.
+fn assert_fails(out: &Output, words: &[&str]) {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit status 1, stderr {stderr:?}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got {stderr:?}"
+    );
+    assert!(
+        lines[0].starts_with("error: "),
+        "no `error: ` prefix: {stderr:?}"
+    );
+    for w in words {
+        assert!(lines[0].contains(w), "{w:?} not in {stderr:?}");
+    }
+}
+
+fn small_case(layout: Layout) -> Case {
+    let mut rng = common::rng(common::seed());
+    Case::new(
+        Dims {
+            b: 1,
+            h: 3,
+            n: 9,
+            d: 4,
+            e: 5,
+        },
+        layout,
+        &mut rng,
+    )
+}
+
+#[test]
+fn missing_file_fails() {
+    let case = small_case(Layout::Bhnd);
+    std::fs::remove_file(case.path("k.npy")).expect("remove k");
+    assert_fails(&case.forward(&[]), &["k.npy", "No such file"]);
+    assert!(
+        !case.path("o.npy").exists(),
+        "output written despite the error"
+    );
+}
+
+#[test]
+fn mismatched_shape_fails() {
+    let case = small_case(Layout::Bnhd);
+    // k with a different n: (b, n, h, d) with n = 7 instead of 9.
+    write_npy(&case.path("k.npy"), &[1, 7, 3, 4], &vec![0.0f32; 7 * 3 * 4]);
+    assert_fails(&case.forward(&[]), &["mismatch", "`k`", "n = 7", "n = 9"]);
+}
+
+#[test]
+fn wrong_rank_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(&case.path("q.npy"), &[3, 9, 4], &case.q);
+    assert_fails(&case.forward(&[]), &["`q`", "4 dimensions", "[3, 9, 4]"]);
+}
+
+#[test]
+fn wrong_slopes_length_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(&case.path("slopes.npy"), &[4], &[0.1f32, 0.2, 0.3, 0.4]);
+    let slopes = case.arg("slopes.npy");
+    assert_fails(
+        &case.forward(&["--slopes", &slopes]),
+        &["slopes", "3 values", "[4]"],
+    );
+}
+
+#[test]
+fn wrong_initial_state_shape_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(&case.path("s0.npy"), &[1, 3, 5, 4], &[0.0f32; 60]);
+    let s0 = case.arg("s0.npy");
+    assert_fails(
+        &case.forward(&["--initial-state", &s0]),
+        &["initial_state", "[1, 3, 4, 5]"],
+    );
+}
+
+#[test]
+fn int32_array_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(
+        &case.path("v.npy"),
+        &case.v_shape(),
+        &vec![1i32; case.v.len()],
+    );
+    assert_fails(&case.forward(&[]), &["v.npy", "int32", "float32"]);
+}
+
+#[test]
+fn fortran_order_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy_ordered(
+        &case.path("q.npy"),
+        &case.qk_shape(),
+        &case.q,
+        Order::Fortran,
+    );
+    assert_fails(&case.forward(&[]), &["q.npy", "Fortran"]);
+}
+
+#[test]
+fn not_npy_fails() {
+    let case = small_case(Layout::Bhnd);
+    std::fs::write(case.path("q.npy"), b"q,k,v\n1,2,3\n").expect("write");
+    assert_fails(&case.forward(&[]), &["q.npy", ".npy"]);
+}
+
+#[test]
+fn info_lists_adapters() {
+    let out = run(&["info"]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    let adapters = lightning_wgpu::adapters(&ContextOptions::default());
+    assert!(!adapters.is_empty(), "no adapter; stdout {stdout:?}");
+    for a in &adapters {
+        assert!(
+            stdout.contains(&a.info.name),
+            "{:?} not listed in {stdout:?}",
+            a.info.name
+        );
+    }
+    for word in ["max_storage_buffer_binding_size", "SHADER_F16", "SUBGROUP"] {
+        assert!(stdout.contains(word), "{word} not in {stdout:?}");
+    }
+    let picked = stdout.lines().filter(|l| l.starts_with("* [")).count();
+    assert_eq!(picked, 1, "exactly one adapter must be marked: {stdout:?}");
+}
+
+#[test]
+fn unknown_adapter_fails() {
+    let out = run(&["info", "--adapter", "no-such-gpu-anywhere"]);
+    assert_fails(&out, &["no-such-gpu-anywhere"]);
+}
+
+#[test]
+fn demo_passes() {
+    // Global flags after the subcommand reach it too.
+    let out = run(&[
+        "demo",
+        "--n",
+        "70",
+        "--h",
+        "3",
+        "--d",
+        "16",
+        "--e",
+        "8",
+        "--checked",
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("PASS"), "{stdout:?}");
+    assert!(stdout.contains("n=70"), "{stdout:?}");
+}
+
+/// No subcommand: `info` then the default `demo`.
+#[test]
+fn no_subcommand_runs_info_and_demo() {
+    let out = run(&[]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("adapters ("), "{stdout:?}");
+    assert!(stdout.contains("PASS"), "{stdout:?}");
+}
