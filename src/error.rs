@@ -30,7 +30,7 @@ pub enum Error {
         got: Vec<usize>,
     },
     /// Two tensors disagree on a dimension.
-    #[error("`{arg}` has {dim} = {got}, but {reference} has {dim} = {expected}")]
+    #[error("shape mismatch: `{arg}` has {dim} = {got}, but `{reference}` has {dim} = {expected}")]
     ShapeMismatch {
         arg: &'static str,
         dim: &'static str,

@@ -52,7 +52,7 @@ pub use context::adapters_async;
 pub use context::{AdapterSummary, Context, ContextOptions, ADAPTER_ENV, CHECKED_ENV, TILE_ENV};
 pub use error::{Error, Result};
 pub use layout::{Dims, Layout};
-pub use ops::forward::{ForwardOptions, ForwardOutput, Method, MAX_HEAD_DIM};
+pub use ops::forward::{problem_dims, ForwardOptions, ForwardOutput, Method, MAX_HEAD_DIM};
 pub use ops::recurrent::DecodeOptions;
 pub use ops::softmax::SoftmaxOptions;
 pub use slopes::{alibi_slopes, layer_slopes};

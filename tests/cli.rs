@@ -429,3 +429,108 @@ fn no_subcommand_runs_info_and_demo() {
     assert!(stdout.contains("adapters ("), "{stdout:?}");
     assert!(stdout.contains("PASS"), "{stdout:?}");
 }
+
+/// `--method recurrent` gives the reference's output too.
+#[test]
+fn forward_recurrent_method_matches_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 2,
+        h: 2,
+        n: 45,
+        d: 12,
+        e: 20,
+    };
+    let case = Case::new(dims, Layout::Bnhd, &mut rng);
+    assert_success(&case.forward(&["--method", "recurrent", "--alibi"]));
+    let want = reference::forward(
+        dims,
+        Layout::Bnhd,
+        &case.q,
+        &case.k,
+        &case.v,
+        &alibi_slopes(2),
+        1.0,
+        None,
+    );
+    let (_, o) = read_npy(&case.path("o.npy"));
+    let err = reference::relative_error(&o, &want.o);
+    assert!(err <= 1e-5, "relative error {err} (seed {seed})");
+}
+
+/// `--cu-seqlens` (int64 here, int32 below): each packed sequence equals the
+/// reference run on it alone, with its own initial and final state.
+#[test]
+fn forward_packed_sequences_match_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let lens = [30usize, 1, 66];
+    let n: usize = lens.iter().sum();
+    let dims = Dims {
+        b: 1,
+        h: 2,
+        n,
+        d: 8,
+        e: 12,
+    };
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    let cu: Vec<i64> = [0, 30, 31, 97].to_vec();
+    write_npy(&case.path("cu.npy"), &[4], &cu);
+    let state_len = dims.h * dims.d * dims.e;
+    let s0 = common::random(&mut rng, 3 * state_len, 1);
+    write_npy(&case.path("s0.npy"), &[3, dims.h, dims.d, dims.e], &s0);
+    let (cu_arg, s0_arg, sn_arg) = (case.arg("cu.npy"), case.arg("s0.npy"), case.arg("sn.npy"));
+    let out = case.forward(&[
+        "--cu-seqlens",
+        &cu_arg,
+        "--initial-state",
+        &s0_arg,
+        "--final-state",
+        &sn_arg,
+    ]);
+    assert_success(&out);
+    let (_, o) = read_npy(&case.path("o.npy"));
+    let (sn_shape, sn) = read_npy(&case.path("sn.npy"));
+    assert_eq!(sn_shape, vec![3, dims.h, dims.d, dims.e]);
+    for (s, w) in cu.windows(2).enumerate() {
+        let (r0, r1) = (w[0] as usize, w[1] as usize);
+        let part = Dims { n: r1 - r0, ..dims };
+        // (1, h, n, w): rows r0..r1 of every head.
+        let rows = |x: &[f32], width: usize| -> Vec<f32> {
+            (0..dims.h)
+                .flat_map(|h| x[(h * n + r0) * width..(h * n + r1) * width].to_vec())
+                .collect()
+        };
+        let init = &s0[s * state_len..(s + 1) * state_len];
+        let want = reference::forward(
+            part,
+            Layout::Bhnd,
+            &rows(&case.q, 8),
+            &rows(&case.k, 8),
+            &rows(&case.v, 12),
+            &[0.0; 2],
+            1.0,
+            Some(init),
+        );
+        let eo = reference::relative_error(&rows(&o, 12), &want.o);
+        let es =
+            reference::relative_error(&sn[s * state_len..(s + 1) * state_len], &want.final_state);
+        assert!(
+            eo <= 1e-5 && es <= 1e-5,
+            "sequence {s}: o {eo:e} state {es:e} (seed {seed})"
+        );
+    }
+    // Offsets that do not end at n are refused in one line.
+    write_npy(&case.path("cu.npy"), &[3], &[0i32, 30, 90]);
+    assert_fails(
+        &case.forward(&["--cu-seqlens", &cu_arg]),
+        &["cu_seqlens", "end at n = 97"],
+    );
+    // Float offsets are refused.
+    write_npy(&case.path("cu.npy"), &[2], &[0.0f32, 97.0]);
+    assert_fails(
+        &case.forward(&["--cu-seqlens", &cu_arg]),
+        &["cu.npy", "float32", "int32 or int64"],
+    );
+}

@@ -91,15 +91,15 @@ fn dim_names(layout: Layout, width: &'static str) -> [&'static str; 4] {
     }
 }
 
-fn rank4(arg: &'static str, t: &Tensor, layout: Layout) -> Result<[usize; 4]> {
-    <[usize; 4]>::try_from(t.shape()).map_err(|_| Error::Rank {
+fn rank4(arg: &'static str, shape: &[usize], layout: Layout) -> Result<[usize; 4]> {
+    <[usize; 4]>::try_from(shape).map_err(|_| Error::Rank {
         arg,
         expected: 4,
         what: match layout {
             Layout::Bhnd => "(batch, heads, n, width)",
             Layout::Bnhd => "(batch, n, heads, width)",
         },
-        got: t.shape().to_vec(),
+        got: shape.to_vec(),
     })
 }
 
@@ -221,18 +221,20 @@ pub(crate) struct Checked {
     pub state_shape: [usize; 4],
 }
 
-/// Checks every input of a forward call.
-pub(crate) fn validate(
-    ctx: &Context,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    opts: &ForwardOptions,
-) -> Result<Checked> {
-    for (arg, t) in [("q", q), ("k", k), ("v", v)] {
-        check_tensor(ctx, arg, t)?;
-    }
-    let layout = opts.layout;
+/// The sizes of a problem from the shapes of q, k and v in `layout`, or the
+/// typed error naming what is wrong: rank, an empty dimension, a mismatch, a
+/// head dimension over [`MAX_HEAD_DIM`]. This is the check the forward pass
+/// makes before anything else, exposed so callers can fail before touching
+/// the GPU.
+///
+/// ```
+/// use lightning_wgpu::{problem_dims, Dims, Layout};
+/// let dims = problem_dims(Layout::Bnhd, &[2, 100, 4, 64], &[2, 100, 4, 64], &[2, 100, 4, 32])?;
+/// assert_eq!(dims, Dims { b: 2, h: 4, n: 100, d: 64, e: 32 });
+/// assert!(problem_dims(Layout::Bhnd, &[2, 4, 100, 64], &[2, 4, 99, 64], &[2, 4, 100, 32]).is_err());
+/// # Ok::<(), lightning_wgpu::Error>(())
+/// ```
+pub fn problem_dims(layout: Layout, q: &[usize], k: &[usize], v: &[usize]) -> Result<Dims> {
     let qs = rank4("q", q, layout)?;
     let ks = rank4("k", k, layout)?;
     let vs = rank4("v", v, layout)?;
@@ -269,13 +271,28 @@ pub(crate) fn validate(
     if u32::try_from(b * h).is_err() || u32::try_from(n).is_err() {
         return Err(Error::InvalidValue {
             arg: "q",
-            value: format!("{:?}", q.shape()),
+            value: format!("{q:?}"),
             reason: "batch x heads and n must each be below 2^32",
         });
     }
+    Ok(Dims { b, h, n, d, e })
+}
+
+/// Checks every input of a forward call.
+pub(crate) fn validate(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &ForwardOptions,
+) -> Result<Checked> {
+    for (arg, t) in [("q", q), ("k", k), ("v", v)] {
+        check_tensor(ctx, arg, t)?;
+    }
+    let dims = problem_dims(opts.layout, q.shape(), k.shape(), v.shape())?;
+    let Dims { b, h, d, e, .. } = dims;
     check_slopes(opts.slopes, h)?;
     check_scale(opts.scale)?;
-    let dims = Dims { b, h, n, d, e };
     let sequences = sequences(&dims, opts.cu_seqlens)?;
     let states = if opts.cu_seqlens.is_some() {
         sequences.len()

@@ -6,12 +6,14 @@
 //! library checks the same things again; these checks only exist to fail
 //! earlier and to talk about files rather than tensors.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
-use lightning_wgpu::{alibi_slopes, Context, ContextOptions, Dims, ForwardOptions, Layout, Method};
+use lightning_wgpu::{
+    alibi_slopes, problem_dims, Context, ContextOptions, Dims, ForwardOptions, Layout, Method,
+};
 
 use crate::npy::{self, Array};
 
@@ -49,12 +51,15 @@ pub enum MethodArg {
     /// Blockwise (Lightning Attention-2).
     #[default]
     Chunk,
+    /// Token by token through the d x e state (for short prompts and checking).
+    Recurrent,
 }
 
 impl From<MethodArg> for Method {
     fn from(m: MethodArg) -> Method {
         match m {
             MethodArg::Chunk => Method::Chunk,
+            MethodArg::Recurrent => Method::Recurrent,
         }
     }
 }
@@ -82,9 +87,13 @@ pub struct Args {
     /// Multiplies q (1 in the official kernel, 1/sqrt(d) in FLA's).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub scale: f32,
-    /// State before the first position, (b, h, d, e).
+    /// State before the first position: (b, h, d, e), or (N, h, d, e) with --cu-seqlens.
     #[arg(long, value_name = "S0.npy")]
     pub initial_state: Option<PathBuf>,
+    /// A packed batch of N sequences: int32 or int64 offsets of shape (N + 1,),
+    /// from 0 to n, strictly increasing; b must then be 1.
+    #[arg(long, value_name = "CU.npy")]
+    pub cu_seqlens: Option<PathBuf>,
     /// Layout of q, k, v and the output.
     #[arg(long, value_enum, default_value_t)]
     pub layout: LayoutArg,
@@ -97,75 +106,21 @@ pub struct Args {
     /// Where to write the output (float32 .npy, shaped like v).
     #[arg(long, value_name = "O.npy")]
     pub out: PathBuf,
-    /// Where to write the state after the last position (float32 .npy, (b, h, d, e)).
+    /// Where to write the state after the last position (float32 .npy, shaped like the initial state).
     #[arg(long, value_name = "SN.npy")]
     pub final_state: Option<PathBuf>,
 }
 
-/// Names of the four axes of q/k/v in `layout`, `width` being `d` or `e`.
-fn axes(layout: Layout, width: &'static str) -> [&'static str; 4] {
-    match layout {
-        Layout::Bhnd => ["batch", "heads", "n", width],
-        Layout::Bnhd => ["batch", "n", "heads", width],
-    }
-}
-
-fn rank4(
-    arg: &str,
-    path: &Path,
-    a: &Array,
-    layout: Layout,
-    width: &'static str,
-) -> Result<[usize; 4]> {
-    let shape = <[usize; 4]>::try_from(a.shape.as_slice()).map_err(|_| {
-        anyhow::anyhow!(
-            "`{arg}` ({}) must have 4 dimensions ({}) for layout {layout}, got shape {:?}",
-            path.display(),
-            axes(layout, width).join(", "),
-            a.shape
-        )
-    })?;
-    if let Some(i) = shape.iter().position(|&x| x == 0) {
-        bail!(
-            "`{arg}` ({}) has {} = 0: every dimension must be at least 1",
-            path.display(),
-            axes(layout, width)[i]
-        );
-    }
-    Ok(shape)
-}
-
-/// The problem's sizes from the shapes of q, k and v, or why they disagree.
+/// The problem's sizes from the shapes of q, k and v (the library's own
+/// check, made before the GPU is opened), naming the files on failure.
 fn dims(args: &Args, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<Dims> {
-    let qs = rank4("q", &args.q, q, layout, "d")?;
-    let ks = rank4("k", &args.k, k, layout, "d")?;
-    let vs = rank4("v", &args.v, v, layout, "e")?;
-    let names = axes(layout, "d");
-    for i in 0..4 {
-        if ks[i] != qs[i] {
-            bail!(
-                "shape mismatch: `k` has {dim} = {}, but `q` has {dim} = {} (k {ks:?}, q {qs:?}, layout {layout})",
-                ks[i],
-                qs[i],
-                dim = names[i]
-            );
-        }
-        if i < 3 && vs[i] != qs[i] {
-            bail!(
-                "shape mismatch: `v` has {dim} = {}, but `q` has {dim} = {} (v {vs:?}, q {qs:?}, layout {layout})",
-                vs[i],
-                qs[i],
-                dim = names[i]
-            );
-        }
-    }
-    let (b, h, n, d) = layout.split(&qs);
-    Ok(Dims {
-        b,
-        h,
-        n,
-        d,
-        e: vs[3],
+    problem_dims(layout, &q.shape, &k.shape, &v.shape).with_context(|| {
+        format!(
+            "{}, {}, {} (layout {layout})",
+            args.q.display(),
+            args.k.display(),
+            args.v.display()
+        )
     })
 }
 
@@ -190,12 +145,15 @@ fn slopes(args: &Args, h: usize) -> Result<Option<Vec<f32>>> {
     Ok(Some(s.data))
 }
 
-fn initial_state(args: &Args, dims: &Dims) -> Result<Option<Array>> {
+fn initial_state(args: &Args, dims: &Dims, sequences: Option<usize>) -> Result<Option<Array>> {
     let Some(path) = &args.initial_state else {
         return Ok(None);
     };
     let s = npy::read(path, "initial_state")?;
-    let want = dims.state_shape();
+    let mut want = dims.state_shape();
+    if let Some(n) = sequences {
+        want[0] = n;
+    }
     if s.shape != want {
         bail!(
             "`initial_state` ({}) must have shape (batch, heads, d, e) = {want:?}, got {:?}",
@@ -219,7 +177,16 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let v = npy::read(&args.v, "v")?;
     let dims = dims(args, layout, &q, &k, &v)?;
     let slopes = slopes(args, dims.h)?;
-    let s0 = initial_state(args, &dims)?;
+    let cu_seqlens = args
+        .cu_seqlens
+        .as_deref()
+        .map(|p| npy::read_offsets(p, "cu_seqlens"))
+        .transpose()?;
+    let s0 = initial_state(
+        args,
+        &dims,
+        cu_seqlens.as_ref().map(|c| c.len().saturating_sub(1)),
+    )?;
     if !args.scale.is_finite() {
         bail!("--scale {} must be finite", args.scale);
     }
@@ -229,8 +196,6 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let k_t = ctx.tensor(&k.data, &k.shape)?;
     let v_t = ctx.tensor(&v.data, &v.shape)?;
     let s0_t = s0.map(|s| ctx.tensor(&s.data, &s.shape)).transpose()?;
-    // Options the tool does not expose (cu_seqlens, later ones) keep the
-    // library's defaults.
     let opts = ForwardOptions {
         slopes: slopes.as_deref(),
         scale: args.scale,
@@ -238,7 +203,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         initial_state: s0_t.as_ref(),
         output_final_state: args.final_state.is_some(),
         method: args.method.into(),
-        ..Default::default()
+        cu_seqlens: cu_seqlens.as_deref(),
     };
     let out = ctx.forward(&q_t, &k_t, &v_t, &opts)?;
 

@@ -110,6 +110,42 @@ pub fn read(path: &Path, arg: &str) -> Result<Array> {
     }
 }
 
+/// Reads `path` as a vector of offsets: a 1-d int32 or int64 array of
+/// values >= 0 (as FLA's `cu_seqlens`).
+pub fn read_offsets(path: &Path, arg: &str) -> Result<Vec<usize>> {
+    let shown = path.display();
+    let file = File::open(path).with_context(|| format!("cannot open `{arg}` file {shown}"))?;
+    let npy = NpyFile::new(BufReader::new(file))
+        .with_context(|| format!("`{arg}` file {shown} is not a valid .npy file"))?;
+    let dtype = npy.dtype();
+    if npy.shape().len() != 1 {
+        bail!(
+            "`{arg}` file {shown} must be 1-dimensional (N + 1 offsets), got shape {:?}",
+            npy.shape()
+        );
+    }
+    let values: Vec<i64> = match &dtype {
+        DType::Plain(ts) if ts.type_char() == TypeChar::Int && ts.size_field() == 4 => npy
+            .into_vec::<i32>()
+            .map(|v| v.into_iter().map(i64::from).collect()),
+        DType::Plain(ts) if ts.type_char() == TypeChar::Int && ts.size_field() == 8 => {
+            npy.into_vec::<i64>()
+        }
+        _ => bail!(
+            "`{arg}` file {shown} holds {}; expected int32 or int64",
+            numpy_name(&dtype)
+        ),
+    }
+    .with_context(|| format!("cannot read the data of `{arg}` file {shown}"))?;
+    values
+        .into_iter()
+        .map(|x| {
+            usize::try_from(x)
+                .map_err(|_| anyhow::anyhow!("`{arg}` file {shown} holds a negative offset {x}"))
+        })
+        .collect()
+}
+
 /// Writes `data` of `shape` to `path` as a C-ordered float32 `.npy` file.
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     let shown = path.display();
