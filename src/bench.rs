@@ -70,6 +70,18 @@ pub struct Repeat {
     pub reps: usize,
 }
 
+impl Repeat {
+    /// Fewer runs on a software adapter, where one run takes long and the
+    /// numbers are not performance numbers anyway.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Repeat {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            Repeat { warmup: 1, reps: 3 }
+        } else {
+            Repeat::default()
+        }
+    }
+}
+
 impl Default for Repeat {
     fn default() -> Self {
         Repeat { warmup: 2, reps: 7 }

@@ -534,3 +534,98 @@ fn forward_packed_sequences_match_reference() {
         &["cu.npy", "float32", "int32 or int64"],
     );
 }
+
+/// `bench` writes the table, the JSON schema of docs/BENCHMARKS.md (with
+/// anchors merged under this project's provider names) and an SVG plot.
+#[test]
+fn bench_writes_json_plot_and_merges_anchors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let anchors = dir.path().join("anchors.json");
+    std::fs::write(
+        &anchors,
+        r#"{"device": "test", "rows": [{"dtype": "bf16", "b": 4, "h": 32, "n": 1024, "d": 128,
+            "provider": "la2", "fwd_ms": 0.5, "fwd_bwd_ms": 2.0, "peak_mem_MB": 100.0}],
+            "ceilings": {"copy_TBps": 3.0}}"#,
+    )
+    .expect("write anchors");
+    let (json, svg) = (dir.path().join("b.json"), dir.path().join("b.svg"));
+    let out = run(&[
+        "bench",
+        "--lengths",
+        "32,64",
+        "--tokens",
+        "64",
+        "--h",
+        "1",
+        "--d",
+        "8",
+        "--e",
+        "4",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--anchors",
+        anchors.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("lightning-chunk") && stdout.contains("official-la2"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["adapter"]["name"].is_string() && report["date"].is_string());
+    let rows = report["rows"].as_array().unwrap();
+    // 2 lengths x 3 providers, plus the anchor.
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for r in rows {
+        for key in [
+            "provider",
+            "dtype",
+            "b",
+            "h",
+            "n",
+            "d",
+            "e",
+            "fwd_ms",
+            "fwd_bwd_ms",
+            "tokens_per_s",
+            "peak_mem_mb",
+        ] {
+            assert!(r.get(key).is_some(), "row without {key}: {r}");
+        }
+        assert_eq!(
+            r["b"].as_u64().unwrap() * r["n"].as_u64().unwrap(),
+            if r["provider"] == "official-la2" {
+                4096
+            } else {
+                64
+            }
+        );
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["provider"] == "official-la2" && r["fwd_ms"] == 0.5));
+    assert_eq!(report["anchors"]["ceilings"]["copy_TBps"], 3.0);
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.starts_with("<svg")
+            && plot.contains("lightning-chunk (f32)")
+            && plot.contains("official-la2 (bf16)")
+    );
+    // Bad arguments fail in one line.
+    assert_fails(
+        &run(&["bench", "--providers", "nonsense"]),
+        &["unknown provider", "nonsense"],
+    );
+    assert_fails(
+        &run(&["bench", "--lengths", "48", "--tokens", "64"]),
+        &["48", "divide"],
+    );
+}

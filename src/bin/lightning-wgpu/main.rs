@@ -4,22 +4,25 @@
 //!   kernels against another implementation, or using them from any
 //!   language that writes NumPy files);
 //! - `info`: the adapters wgpu finds and which one is used;
-//! - `demo`: random inputs, one pass, compared with the CPU reference.
+//! - `demo`: random inputs, one pass, compared with the CPU reference;
+//! - `bench`: the speed-versus-length sweep (see docs/BENCHMARKS.md).
 //!
-//! Without a subcommand it runs `info` then `demo`: the one thing to try
+//! Without a subcommand it runs `info`, `demo`, then `bench`: the one thing to try
 //! after installing.
 //!
 //! Each subcommand lives in its own module with its `Args` and a
-//! `run(...) -> anyhow::Result<ExitCode>`; adding one (`backward`, `bench`)
+//! `run(...) -> anyhow::Result<ExitCode>`; adding one (`backward`)
 //! means a module, a `Command` variant and a match arm.
 //!
 //! Every failure is one line on stderr, `error: <reason>`, and a non-zero
 //! exit status, so scripts can report it and people can read it.
 
+mod bench;
 mod demo;
 mod forward;
 mod info;
 mod npy;
+mod plot;
 mod random;
 
 use std::process::ExitCode;
@@ -30,7 +33,9 @@ use lightning_wgpu::ContextOptions;
 
 #[derive(Parser, Debug)]
 #[command(name = "lightning-wgpu", version, about, long_about = None)]
-#[command(after_help = "Without a subcommand, runs `info` then `demo`.")]
+#[command(
+    after_help = "Without a subcommand, runs `info`, `demo`, then `bench` with its defaults."
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -70,6 +75,9 @@ enum Command {
     Info,
     /// Run random inputs on the GPU and check them against the CPU reference.
     Demo(demo::Args),
+    /// Sweep sequence lengths at a fixed b*n: Lightning Attention against the
+    /// recurrence and softmax attention on this adapter.
+    Bench(bench::Args),
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -78,11 +86,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Forward(args)) => forward::run(&args, options),
         Some(Command::Info) => info::run(&options),
         Some(Command::Demo(args)) => demo::run(&args, options),
+        Some(Command::Bench(args)) => bench::run(&args, options),
         None => {
-            // The first-run tour; a benchmark sweep will take `demo`'s place.
+            // The main job: what this adapter is, that the kernels are right
+            // on it, then the speed-versus-length sweep.
             info::run(&options)?;
             println!();
-            demo::run(&demo::Args::default(), options)
+            let verdict = demo::run(&demo::Args::default(), options.clone())?;
+            if verdict != ExitCode::SUCCESS {
+                return Ok(verdict);
+            }
+            println!();
+            bench::run(&bench::Args::default(), options)
         }
     }
 }
