@@ -6,6 +6,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::layout::Dims;
 use crate::ops::forward::{ForwardOptions, Method};
+use crate::ops::recurrent::DecodeOptions;
 use crate::ops::softmax::SoftmaxOptions;
 use crate::slopes::alibi_slopes;
 use crate::tensor::Tensor;
@@ -207,8 +208,23 @@ pub async fn measure(
     inputs.view(dims)?;
     let slopes = alibi_slopes(dims.h);
     ctx.reset_peak_memory();
+    let inputs = &*inputs;
+    time_runs(ctx, repeat, async || {
+        run_once(ctx, provider, inputs, &slopes).await
+    })
+    .await
+}
+
+/// Runs `op` `repeat.warmup` times untimed, then `repeat.reps` times timed:
+/// by timestamp queries where the adapter has them (each op is one compute
+/// pass), else by the wall clock around a device wait.
+async fn time_runs(
+    ctx: &Context,
+    repeat: Repeat,
+    mut op: impl AsyncFnMut() -> Result<Tensor>,
+) -> Result<Measurement> {
     for _ in 0..repeat.warmup {
-        let o = run_once(ctx, provider, inputs, &slopes).await?;
+        let o = op().await?;
         settle(ctx, &o).await?;
     }
     let reps = repeat.reps.max(1);
@@ -217,7 +233,7 @@ pub async fn measure(
         ctx.start_timing(reps as u32)?;
         let mut last = None;
         for _ in 0..reps {
-            last = Some(run_once(ctx, provider, inputs, &slopes).await?);
+            last = Some(op().await?);
         }
         if let Some(o) = &last {
             settle(ctx, o).await?;
@@ -232,7 +248,7 @@ pub async fn measure(
     } else {
         for _ in 0..reps {
             let start = web_time::Instant::now();
-            let o = run_once(ctx, provider, inputs, &slopes).await?;
+            let o = op().await?;
             settle(ctx, &o).await?;
             samples.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -246,6 +262,39 @@ pub async fn measure(
         peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
         timer,
     })
+}
+
+/// Measures one decoding step ([`Context::decode_step`]) for `batch` requests
+/// of `h` heads against a cache of `batch` states (`d x e`, f32): warm-up,
+/// then the median of timed steps. Each step reads and writes every state
+/// once, so `2 * batch * h * d * e * 4` bytes over the step time is the state
+/// traffic rate.
+pub async fn measure_decode(
+    ctx: &Context,
+    batch: usize,
+    h: usize,
+    d: usize,
+    e: usize,
+    repeat: Repeat,
+) -> Result<Measurement> {
+    let slopes = alibi_slopes(h);
+    let opts = DecodeOptions {
+        slopes: Some(&slopes),
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    ctx.reset_peak_memory();
+    let s = 1.0 / (d as f32).sqrt();
+    let q = ctx.tensor(&pattern(batch * h * d, 4, s), &[batch, h, d])?;
+    let k = ctx.tensor(&pattern(batch * h * d, 5, s), &[batch, h, d])?;
+    let v = ctx.tensor(&pattern(batch * h * e, 6, 1.0), &[batch, h, e])?;
+    let mut cache = ctx.tensor(&pattern(batch * h * d * e, 7, 0.1), &[batch, h, d, e])?;
+    let slots: Vec<i32> = (0..batch as i32).collect();
+    let cache = &mut cache;
+    time_runs(ctx, repeat, async || {
+        ctx.decode_step_async(&q, &k, &v, cache, &slots, &opts)
+            .await
+    })
+    .await
 }
 
 /// A sweep of sequence lengths at a fixed number of tokens `b * n`.

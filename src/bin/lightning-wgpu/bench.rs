@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use lightning_wgpu::bench::{measure, Inputs, Provider, Repeat, Sweep};
+use lightning_wgpu::bench::{measure, measure_decode, Inputs, Provider, Repeat, Sweep};
 use lightning_wgpu::{Context, ContextOptions, Dims};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,13 @@ pub struct Args {
     /// longer than this (milliseconds, all runs of the case together).
     #[arg(long, default_value_t = MAX_MS)]
     pub max_ms: f64,
+    /// Measure decoding steps instead of the length sweep: one new token for
+    /// each of a batch of requests against their cached states.
+    #[arg(long)]
+    pub decode: bool,
+    /// Batch sizes of --decode, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64, 256])]
+    pub decode_batches: Vec<usize>,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -83,6 +90,8 @@ impl Default for Args {
             warmup: None,
             reps: None,
             max_ms: MAX_MS,
+            decode: false,
+            decode_batches: vec![1, 8, 64, 256],
             json: None,
             plot: None,
             anchors: None,
@@ -105,6 +114,9 @@ pub struct Row {
     pub tokens_per_s: Option<f64>,
     pub tflops: Option<f64>,
     pub peak_mem_mb: Option<f64>,
+    /// Decode rows: state bytes read and written per second, GB/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_gb_per_s: Option<f64>,
     /// Where the row was measured: `lightning-wgpu` or `bench_anchors.py`.
     pub source: String,
 }
@@ -186,6 +198,7 @@ fn read_anchors(path: &Path) -> Result<(Vec<Row>, serde_json::Value)> {
                 fwd_ms: a.fwd_ms,
                 fwd_bwd_ms: a.fwd_bwd_ms,
                 peak_mem_mb: a.peak_mem_mb,
+                state_gb_per_s: None,
                 source: "bench_anchors.py".into(),
             }
         })
@@ -280,6 +293,10 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         repeat.warmup,
         repeat.reps
     );
+    if args.decode {
+        let rows = decode_rows(args, &ctx, &sweep, repeat)?;
+        return finish(args, &ctx, rows, None, "decode");
+    }
     let cases: Vec<Dims> = sweep
         .lengths
         .iter()
@@ -337,6 +354,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                 tokens_per_s: Some(tokens as f64 / (m.fwd_ms * 1e-3)),
                 tflops: Some(flops / (m.fwd_ms * 1e-3) / 1e12),
                 peak_mem_mb: Some(m.peak_mem_mb),
+                state_gb_per_s: None,
                 source: "lightning-wgpu".into(),
             });
             progress.inc(1);
@@ -348,6 +366,46 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         None => (Vec::new(), None),
     };
     rows.extend(anchor_rows);
+    finish(args, &ctx, rows, anchor_meta, timer)
+}
+
+/// Decode steps for each batch size of `--decode-batches`.
+fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Result<Vec<Row>> {
+    let (h, d, e) = (sweep.h, sweep.d, sweep.e);
+    let mut rows = Vec::new();
+    for &batch in &args.decode_batches {
+        let m = pollster::block_on(measure_decode(ctx, batch, h, d, e, repeat))
+            .with_context(|| format!("decode with batch {batch}"))?;
+        let state_bytes = (2 * batch * h * d * e * 4) as f64;
+        rows.push(Row {
+            provider: "decode".into(),
+            dtype: "f32".into(),
+            b: batch,
+            h,
+            n: 1,
+            d,
+            e,
+            fwd_ms: Some(m.fwd_ms),
+            fwd_bwd_ms: None,
+            tokens_per_s: Some(batch as f64 / (m.fwd_ms * 1e-3)),
+            tflops: Some(4.0 * (batch * h * d * e) as f64 / (m.fwd_ms * 1e-3) / 1e12),
+            peak_mem_mb: Some(m.peak_mem_mb),
+            state_gb_per_s: Some(state_bytes / (m.fwd_ms * 1e-3) / 1e9),
+            source: "lightning-wgpu".into(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Prints the table and writes what was asked for.
+fn finish(
+    args: &Args,
+    ctx: &Context,
+    rows: Vec<Row>,
+    anchors: Option<serde_json::Value>,
+    timer: &str,
+) -> Result<ExitCode> {
+    let info = ctx.adapter_info();
     print_table(&rows);
     let report = Report {
         adapter: Adapter {
@@ -360,7 +418,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         timer: timer.into(),
         rows,
-        anchors: anchor_meta,
+        anchors,
     };
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -377,13 +435,24 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9}",
-        "provider", "dtype", "b", "h", "n", "d", "e", "fwd ms", "tokens/s", "TFLOP/s", "peak MiB"
+        "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>8}",
+        "provider",
+        "dtype",
+        "b",
+        "h",
+        "n",
+        "d",
+        "e",
+        "fwd ms",
+        "tokens/s",
+        "TFLOP/s",
+        "peak MiB",
+        "state GB/s"
     );
     let show = |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in rows {
         println!(
-            "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9}",
+            "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>8}",
             r.provider,
             r.dtype,
             r.b,
@@ -395,6 +464,7 @@ fn print_table(rows: &[Row]) {
             r.tokens_per_s.map_or("-".into(), |t| format!("{:.3e}", t)),
             show(r.tflops, 2),
             show(r.peak_mem_mb, 0),
+            show(r.state_gb_per_s, 1),
         );
     }
 }
