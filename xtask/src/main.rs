@@ -2,10 +2,17 @@
 //!
 //! - `setup`: installs the system packages the tests need (Mesa's software
 //!   Vulkan and OpenGL drivers), only those missing, so it is safe to rerun.
-//! - `test`:  setup, then formatting, clippy with warnings denied, and every test.
+//! - `test`:  setup, then formatting, clippy with warnings denied, every test,
+//!   and `web-test`.
 //! - `run`:   setup, then the main job: `cargo run --release` on the default adapter.
+//! - `web-test`: builds the browser demo (`web/`) and runs it in headless
+//!   Chromium; fails unless the page reports PASS. Saves docs/web-demo.png.
+//! - `web-serve [--port N]`: builds the browser demo and serves it on
+//!   127.0.0.1 until Ctrl-C.
 
 use std::process::{Command, ExitCode};
+
+mod web;
 
 /// Debian packages: lavapipe (Vulkan) and llvmpipe through EGL (wgpu's GL back end).
 const GPU_PACKAGES: &[&str] = &[
@@ -20,9 +27,15 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(),
-        Some("test") => setup().and_then(|()| test(&args[1..])),
+        Some("test") => setup()
+            .and_then(|()| test(&args[1..]))
+            .and_then(|()| web::test(&[])),
         Some("run") => setup().and_then(|()| cargo(&["run", "--release", "--"], &args[1..])),
-        _ => Err("usage: cargo xtask <setup | test | run> [extra args]".into()),
+        Some("web-test") => web::test(&args[1..]),
+        Some("web-serve") => web::serve(&args[1..]),
+        _ => Err(
+            "usage: cargo xtask <setup | test | run | web-test | web-serve> [extra args]".into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,7 +62,7 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
         .is_err()
     {
         eprintln!(
-            "xtask: not a Debian system; make sure a Vulkan driver is installed ({})",
+            "xtask: not a Debian system; make sure the equivalents of these are installed: {}",
             packages.join(" ")
         );
         return Ok(());
