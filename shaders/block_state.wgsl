@@ -6,8 +6,8 @@
 // One workgroup per (bh, block, d tile, e tile), TILE x TILE outputs, each
 // thread a 4x4 tile in four vec4 registers.
 
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<Stored>;
+@group(0) @binding(3) var<storage, read> v: array<Stored>;
 @group(0) @binding(4) var<storage, read_write> states: array<f32>; // [bh][block][d][e]
 
 var<workgroup> k_tile: array<vec4<f32>, CHUNK * QUADS>; // decayed K as [c][dd / 4]
@@ -51,10 +51,10 @@ fn main(
             var vx = 0.0;
             if c < len {
                 if d0 + x < params.dim_k {
-                    kx = k[offset_of(params.k_stride, bh, row0 + c, d0 + x)] * decay(slope, len - 1u - c);
+                    kx = read_k(offset_of(params.k_stride, bh, row0 + c, d0 + x)) * decay(slope, len - 1u - c);
                 }
                 if e0 + x < params.dim_v {
-                    vx = v[offset_of(params.v_stride, bh, row0 + c, e0 + x)];
+                    vx = read_v(offset_of(params.v_stride, bh, row0 + c, e0 + x));
                 }
             }
             k_tile[cc * QUADS + x / 4u][x % 4u] = kx;
@@ -87,4 +87,13 @@ fn store_state_row(base: u32, dd: u32, ee: u32, x: vec4<f32>) {
     if ee + 1u < params.dim_v { states[at + 1u] = x.y; }
     if ee + 2u < params.dim_v { states[at + 2u] = x.z; }
     if ee + 3u < params.dim_v { states[at + 3u] = x.w; }
+}
+
+// q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
+fn read_k(i: u32) -> f32 {
+    return widen(k[i >> PACK], i);
+}
+
+fn read_v(i: u32) -> f32 {
+    return widen(v[i >> PACK], i);
 }

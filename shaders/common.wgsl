@@ -9,6 +9,13 @@ const THREADS: u32 = 256u;   // specialise: (TILE / 4)^2, each thread owns a 4x4
 
 const QUADS: u32 = TILE / 4u; // threads along one side of a tile
 
+// Storage of q, k and v. f32 as written; the host rewrites these three lines
+// for f16 (native with `enable f16;`, or packed two to a u32 word) and for
+// bf16 (packed). Arithmetic is f32 whatever the storage.
+alias Stored = f32;                               // specialise: storage word
+const PACK: u32 = 0u;                             // specialise: log2(elements per word)
+fn widen(w: Stored, i: u32) -> f32 { return w; }  // specialise: element i of word w
+
 // One dispatch covers `bh_count` consecutive (batch, head) pairs starting at
 // `bh_start`, and `rows` consecutive positions of the sequence. Tensor
 // addresses are element offsets inside the bound window: the host binds each

@@ -6,7 +6,7 @@
 // One workgroup per (bh, block, e tile); each thread a 4x4 tile in four vec4
 // registers, d reduced CHUNK rows at a time through workgroup memory.
 
-@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<Stored>;
 @group(0) @binding(3) var<storage, read> states: array<f32>; // [bh][block][d][e]
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;
 
@@ -47,7 +47,7 @@ fn main(
             let kk = i % CHUNK;
             var qx = 0.0;
             if r < len && k0 + kk < params.dim_k {
-                qx = q[offset_of(params.q_stride, bh, row0 + r, k0 + kk)];
+                qx = read_q(offset_of(params.q_stride, bh, row0 + r, k0 + kk));
             }
             q_tile[kk * QUADS + r / 4u][r % 4u] = qx;
             let sk = i / TILE;
@@ -86,4 +86,9 @@ fn add_row(bh: u32, row0: u32, r: u32, len: u32, col: u32, x: vec4<f32>) {
     if col + 1u < params.dim_v { o[base + 1u] += x.y; }
     if col + 2u < params.dim_v { o[base + 2u] += x.z; }
     if col + 3u < params.dim_v { o[base + 3u] += x.w; }
+}
+
+// q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
+fn read_q(i: u32) -> f32 {
+    return widen(q[i >> PACK], i);
 }

@@ -9,9 +9,9 @@
 // Every thread owns a 4x4 tile held in four vec4 registers: constant-indexed,
 // so the loops stay fast even when the runtime bounds checks are on.
 
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k: array<f32>;
-@group(0) @binding(4) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<Stored>;
+@group(0) @binding(3) var<storage, read> k: array<Stored>;
+@group(0) @binding(4) var<storage, read> v: array<Stored>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 
 var<workgroup> q_tile: array<vec4<f32>, CHUNK * QUADS>;  // [kk][row / 4]
@@ -48,8 +48,8 @@ fn main(
             var qx = 0.0;
             var kx = 0.0;
             if r < len && k0 + kk < params.dim_k {
-                qx = q[offset_of(params.q_stride, bh, row0 + r, k0 + kk)];
-                kx = k[offset_of(params.k_stride, bh, row0 + r, k0 + kk)];
+                qx = read_q(offset_of(params.q_stride, bh, row0 + r, k0 + kk));
+                kx = read_k(offset_of(params.k_stride, bh, row0 + r, k0 + kk));
             }
             q_tile[kk * QUADS + r / 4u][r % 4u] = qx;
             kv_tile[kk * QUADS + r / 4u][r % 4u] = kx;
@@ -85,7 +85,7 @@ fn main(
                 let ee = i % TILE;
                 var vx = 0.0;
                 if cb + cc < len && e0 + ee < params.dim_v {
-                    vx = v[offset_of(params.v_stride, bh, row0 + cb + cc, e0 + ee)];
+                    vx = read_v(offset_of(params.v_stride, bh, row0 + cb + cc, e0 + ee));
                 }
                 kv_tile[cc * QUADS + ee / 4u][ee % 4u] = vx;
             }
@@ -132,4 +132,17 @@ fn store_row(bh: u32, row0: u32, r: u32, len: u32, col: u32, x: vec4<f32>) {
     if col + 1u < params.dim_v { o[base + 1u] = x.y; }
     if col + 2u < params.dim_v { o[base + 2u] = x.z; }
     if col + 3u < params.dim_v { o[base + 3u] = x.w; }
+}
+
+// q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
+fn read_q(i: u32) -> f32 {
+    return widen(q[i >> PACK], i);
+}
+
+fn read_k(i: u32) -> f32 {
+    return widen(k[i >> PACK], i);
+}
+
+fn read_v(i: u32) -> f32 {
+    return widen(v[i >> PACK], i);
 }

@@ -15,9 +15,9 @@
 // a request whose slot is negative is padding: its output is zero and no
 // state is touched.
 
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k: array<f32>;
-@group(0) @binding(4) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<Stored>;
+@group(0) @binding(3) var<storage, read> k: array<Stored>;
+@group(0) @binding(4) var<storage, read> v: array<Stored>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> state: array<f32>;
 @group(0) @binding(7) var<storage, read> slots: array<i32>;
@@ -69,10 +69,10 @@ fn main(
     for (var i = 0u; i < params.rows; i++) {
         let vo = offset_of(params.v_stride, bh, i, col);
         var vi = vec4<f32>(0.0);
-        if live.x { vi.x = v[vo]; }
-        if live.y { vi.y = v[vo + 1u]; }
-        if live.z { vi.z = v[vo + 2u]; }
-        if live.w { vi.w = v[vo + 3u]; }
+        if live.x { vi.x = read_v(vo); }
+        if live.y { vi.y = read_v(vo + 1u); }
+        if live.z { vi.z = read_v(vo + 2u); }
+        if live.w { vi.w = read_v(vo + 3u); }
         var acc = vec4<f32>(0.0);
         for (var r = lane; r < params.dim_k; r += ROW_LANES) {
             let at = origin + r * params.dim_v + col;
@@ -80,9 +80,9 @@ fn main(
             if params.has_state != 0u || i > 0u {
                 s = load_state(at, live);
             }
-            s = lambda * s + k[offset_of(params.k_stride, bh, i, r)] * vi;
+            s = lambda * s + read_k(offset_of(params.k_stride, bh, i, r)) * vi;
             store_state(at, live, s);
-            acc = fma(vec4<f32>(q[offset_of(params.q_stride, bh, i, r)]), s, acc);
+            acc = fma(vec4<f32>(read_q(offset_of(params.q_stride, bh, i, r))), s, acc);
         }
         partial[tid] = acc;
         workgroupBarrier();
@@ -121,4 +121,17 @@ fn store_state(at: u32, live: vec4<bool>, s: vec4<f32>) {
     if live.y { state[at + 1u] = s.y; }
     if live.z { state[at + 2u] = s.z; }
     if live.w { state[at + 3u] = s.w; }
+}
+
+// q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
+fn read_q(i: u32) -> f32 {
+    return widen(q[i >> PACK], i);
+}
+
+fn read_k(i: u32) -> f32 {
+    return widen(k[i >> PACK], i);
+}
+
+fn read_v(i: u32) -> f32 {
+    return widen(v[i >> PACK], i);
 }

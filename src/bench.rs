@@ -9,7 +9,7 @@ use crate::ops::forward::{ForwardOptions, Method};
 use crate::ops::recurrent::DecodeOptions;
 use crate::ops::softmax::SoftmaxOptions;
 use crate::slopes::alibi_slopes;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// What computes the attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,11 +129,28 @@ fn pattern(len: usize, seed: u32, s: f32) -> Vec<f32> {
 impl Inputs {
     /// Uploads inputs for `tokens` tokens of `h` heads, widths `d` and `e`.
     pub fn new(ctx: &Context, tokens: usize, h: usize, d: usize, e: usize) -> Result<Inputs> {
+        Self::with_dtype(ctx, tokens, h, d, e, DType::F32)
+    }
+
+    /// Inputs stored as `dtype`.
+    pub fn with_dtype(
+        ctx: &Context,
+        tokens: usize,
+        h: usize,
+        d: usize,
+        e: usize,
+        dtype: DType,
+    ) -> Result<Inputs> {
         let s = 1.0 / (d as f32).sqrt();
-        let q = ctx.tensor(&pattern(tokens * h * d, 1, s), &[1, h, tokens, d])?;
-        let k = ctx.tensor(&pattern(tokens * h * d, 2, s), &[1, h, tokens, d])?;
-        let v = ctx.tensor(&pattern(tokens * h * e, 3, 1.0), &[1, h, tokens, e])?;
+        let q = ctx.tensor_as(&pattern(tokens * h * d, 1, s), &[1, h, tokens, d], dtype)?;
+        let k = ctx.tensor_as(&pattern(tokens * h * d, 2, s), &[1, h, tokens, d], dtype)?;
+        let v = ctx.tensor_as(&pattern(tokens * h * e, 3, 1.0), &[1, h, tokens, e], dtype)?;
         Ok(Inputs { q, k, v, tokens })
+    }
+
+    /// Storage type of the inputs (and so of the outputs).
+    pub fn dtype(&self) -> DType {
+        self.q.dtype()
     }
 
     /// Tokens these inputs hold.
@@ -215,9 +232,12 @@ pub async fn measure(
     .await
 }
 
+/// Most compute passes one measured op runs.
+const PASSES_PER_OP: usize = 4;
+
 /// Runs `op` `repeat.warmup` times untimed, then `repeat.reps` times timed:
-/// by timestamp queries where the adapter has them (each op is one compute
-/// pass), else by the wall clock around a device wait.
+/// by timestamp queries over the op's compute passes where the adapter has
+/// them, else by the wall clock around a device wait.
 async fn time_runs(
     ctx: &Context,
     repeat: Repeat,
@@ -230,20 +250,24 @@ async fn time_runs(
     let reps = repeat.reps.max(1);
     let mut samples = Vec::with_capacity(reps);
     let timer = if ctx.can_time() {
-        ctx.start_timing(reps as u32)?;
+        // An op runs one pass or a few (half-precision outputs are packed by
+        // a second one): each sample is the sum of one op's passes.
+        ctx.start_timing((reps * PASSES_PER_OP) as u32)?;
         let mut last = None;
+        let mut ends = Vec::with_capacity(reps);
         for _ in 0..reps {
             last = Some(op().await?);
+            ends.push(ctx.timed_passes());
         }
         if let Some(o) = &last {
             settle(ctx, o).await?;
         }
-        samples = ctx
-            .finish_timing_async()
-            .await?
-            .into_iter()
-            .map(|s| s * 1e3)
-            .collect();
+        let passes = ctx.finish_timing_async().await?;
+        let mut start = 0;
+        for end in ends {
+            samples.push(passes[start..end].iter().sum::<f64>() * 1e3);
+            start = end;
+        }
         "gpu-timestamps"
     } else {
         for _ in 0..reps {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::kernels::{KernelConfig, Pass};
+use crate::kernels::{KernelConfig, Pass, Storage};
 use crate::pool::BufferPool;
 use crate::tensor::{DType, Tensor};
 
@@ -18,6 +18,9 @@ pub const ADAPTER_ENV: &str = "LIGHTNING_ADAPTER";
 pub const CHECKED_ENV: &str = "LIGHTNING_CHECKED";
 /// Environment variable forcing the tile (block) size: 32 or 64.
 pub const TILE_ENV: &str = "LIGHTNING_TILE";
+/// Environment variable forcing f16 to be read packed two to a u32
+/// (`unpack2x16float`) even where the adapter has SHADER_F16 (`1`).
+pub const PACKED_F16_ENV: &str = "LIGHTNING_PACKED_F16";
 
 /// Features the kernels use when the adapter has them.
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
@@ -38,6 +41,9 @@ pub struct ContextOptions {
     /// Rows per block, 32 or 64; overrides [`TILE_ENV`]. By default the largest
     /// the adapter's workgroup limits allow.
     pub tile: Option<u32>,
+    /// Read f16 packed in u32 words even where the adapter has SHADER_F16;
+    /// overrides [`PACKED_F16_ENV`]. Both paths give the same results.
+    pub packed_f16: Option<bool>,
     /// Lowers the largest storage binding the host will use (bytes). Tensors
     /// beyond it are processed in several dispatches over windows; useful to
     /// bound scratch memory, and to test that path on small tensors.
@@ -61,10 +67,11 @@ pub(crate) struct Inner {
     pub(crate) features: wgpu::Features,
     pub(crate) limits: wgpu::Limits,
     pub(crate) checked: bool,
+    pub(crate) native_f16: bool,
     pub(crate) config: KernelConfig,
     pub(crate) max_binding: u64,
     pub(crate) pool: Arc<BufferPool>,
-    pipelines: Mutex<HashMap<Pass, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(Pass, Storage), wgpu::ComputePipeline>>,
     lost: Arc<Mutex<Option<String>>>,
     pub(crate) timer: crate::timing::TimerSlot,
 }
@@ -154,6 +161,7 @@ async fn list(instance: &wgpu::Instance, options: &ContextOptions) -> Vec<wgpu::
             power_preference: wgpu::PowerPreference::HighPerformance,
             force_fallback_adapter: false,
             compatible_surface: None,
+            ..Default::default()
         };
         instance
             .request_adapter(&request)
@@ -276,6 +284,11 @@ impl Context {
             (None, None) => None,
         };
         let config = KernelConfig::for_limits(&limits, tile)?;
+        let packed = options
+            .packed_f16
+            .or_else(|| env_flag(PACKED_F16_ENV))
+            .unwrap_or(false);
+        let native_f16 = features.contains(wgpu::Features::SHADER_F16) && !packed;
         let mut max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -291,6 +304,7 @@ impl Context {
                 features,
                 limits,
                 checked,
+                native_f16,
                 config,
                 max_binding,
                 pool: Arc::new(BufferPool::default()),
@@ -319,6 +333,22 @@ impl Context {
     /// True when shaders keep wgpu's runtime bounds checks.
     pub fn checked(&self) -> bool {
         self.inner.checked
+    }
+
+    /// True when f16 tensors are read as WGSL `f16` (SHADER_F16, not forced
+    /// packed); false when they are unpacked from u32 words.
+    pub fn native_f16(&self) -> bool {
+        self.inner.native_f16
+    }
+
+    /// How the kernels read q, k and v stored as `dtype` on this device.
+    pub(crate) fn storage(&self, dtype: DType) -> Storage {
+        match dtype {
+            DType::F32 => Storage::F32,
+            DType::F16 if self.inner.native_f16 => Storage::F16Native,
+            DType::F16 => Storage::F16Packed,
+            DType::BF16 => Storage::Bf16,
+        }
     }
 
     /// Rows per block the kernels use on this device.
@@ -383,20 +413,25 @@ impl Context {
     }
 
     /// The compiled pipeline of a pass, built on first use.
-    pub(crate) async fn pipeline(&self, pass: Pass) -> Result<wgpu::ComputePipeline> {
+    pub(crate) async fn pipeline(
+        &self,
+        pass: Pass,
+        storage: Storage,
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = (pass, storage);
         let cached = self
             .inner
             .pipelines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&pass)
+            .get(&key)
             .cloned();
         if let Some(p) = cached {
             return Ok(p);
         }
         let device = &self.inner.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let source = crate::kernels::wgsl(pass, self.inner.config);
+        let source = crate::kernels::wgsl(pass, self.inner.config, storage);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(pass.name()),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -430,13 +465,19 @@ impl Context {
             .pipelines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(pass, pipeline.clone());
+            .insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
     /// Uploads `data` as an f32 tensor of `shape`.
     pub fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        let t = self.empty(shape, "data")?;
+        self.tensor_as(data, shape, DType::F32)
+    }
+
+    /// Uploads `data` as a tensor of `shape` stored as `dtype` (rounded to
+    /// nearest even on the host for f16 and bf16).
+    pub fn tensor_as(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.empty_as(shape, dtype, "data")?;
         if data.len() != t.len() {
             return Err(Error::DataLength {
                 arg: "data",
@@ -445,18 +486,31 @@ impl Context {
                 got: data.len(),
             });
         }
-        self.inner
-            .queue
-            .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        let mut bytes = crate::tensor::encode(data, dtype);
+        // Buffers hold whole 32-bit words.
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        if !bytes.is_empty() {
+            self.inner.queue.write_buffer(t.buffer(), 0, &bytes);
+        }
         Ok(t)
     }
 
     /// An f32 tensor of `shape` with unspecified contents.
     pub(crate) fn empty(&self, shape: &[usize], arg: &'static str) -> Result<Tensor> {
+        self.empty_as(shape, DType::F32, arg)
+    }
+
+    /// A tensor of `shape` stored as `dtype`, with unspecified contents.
+    pub(crate) fn empty_as(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        arg: &'static str,
+    ) -> Result<Tensor> {
         self.check_lost()?;
         let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let bytes = elements
-            .and_then(|e| e.checked_mul(DType::F32.size()))
+            .and_then(|e| e.checked_mul(dtype.size()))
             .map(|b| b as u64);
         let limit = self.inner.limits.max_buffer_size;
         let bytes = match bytes {
@@ -477,7 +531,7 @@ impl Context {
         Ok(Tensor {
             buffer,
             shape: shape.to_vec(),
-            dtype: DType::F32,
+            dtype,
             owner: self.inner.id,
         })
     }
@@ -492,7 +546,9 @@ impl Context {
     pub async fn read_async(&self, t: &Tensor) -> Result<Vec<f32>> {
         self.owns("tensor", t)?;
         self.check_lost()?;
-        let bytes = t.size_bytes();
+        // Copies move whole 32-bit words; a half tensor of odd length has a
+        // padding half at the end of its buffer.
+        let bytes = t.size_bytes().next_multiple_of(4);
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -534,7 +590,7 @@ impl Context {
                 .buffer()
                 .get_mapped_range(0..bytes)
                 .map_err(|_| Error::Readback("tensor"))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            crate::tensor::decode(&view, t.dtype(), t.len())
         };
         staging.buffer().unmap();
         Ok(out)

@@ -24,17 +24,20 @@ pub enum Pass {
     Recurrent,
     /// Causal softmax attention with an online softmax (the baseline).
     SoftmaxAttention,
+    /// Packs an f32 output into f16 or bf16 words (no prelude).
+    PackOutput,
 }
 
 impl Pass {
     /// Every pass.
-    pub const ALL: [Pass; 6] = [
+    pub const ALL: [Pass; 7] = [
         Pass::IntraBlock,
         Pass::BlockState,
         Pass::StateScan,
         Pass::InterBlock,
         Pass::Recurrent,
         Pass::SoftmaxAttention,
+        Pass::PackOutput,
     ];
     /// The passes of the chunked forward, in dispatch order.
     pub const CHUNK: [Pass; 4] = [
@@ -53,6 +56,7 @@ impl Pass {
             Pass::InterBlock => "inter_block",
             Pass::Recurrent => "recurrent",
             Pass::SoftmaxAttention => "softmax_attention",
+            Pass::PackOutput => "pack_output",
         }
     }
 
@@ -65,6 +69,56 @@ impl Pass {
             Pass::InterBlock => include_str!("../shaders/inter_block.wgsl"),
             Pass::Recurrent => include_str!("../shaders/recurrent.wgsl"),
             Pass::SoftmaxAttention => include_str!("../shaders/softmax_attention.wgsl"),
+            Pass::PackOutput => include_str!("../shaders/pack_output.wgsl"),
+        }
+    }
+
+    /// Whether the pass is compiled after `shaders/common.wgsl`.
+    pub fn uses_prelude(self) -> bool {
+        self != Pass::PackOutput
+    }
+}
+
+/// How q, k and v are stored, as the kernels read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// `array<f32>`.
+    F32,
+    /// `array<f16>` with `enable f16;` (adapters with SHADER_F16).
+    F16Native,
+    /// f16 two to a `u32`, read with `unpack2x16float` (every WebGPU device).
+    F16Packed,
+    /// bf16 two to a `u32`, widened by a shift.
+    Bf16,
+}
+
+impl Storage {
+    /// Every storage, for tests that compile all variants.
+    pub const ALL: [Storage; 4] = [
+        Storage::F32,
+        Storage::F16Native,
+        Storage::F16Packed,
+        Storage::Bf16,
+    ];
+
+    /// The three specialised lines of the prelude: word type, log2 of the
+    /// elements per word, and the widening of element `i` of word `w`.
+    fn lines(self) -> [&'static str; 3] {
+        match self {
+            Storage::F32 => ["alias Stored = f32;", "const PACK: u32 = 0u;", "fn widen(w: Stored, i: u32) -> f32 { return w; }"],
+            Storage::F16Native => {
+                ["alias Stored = f16;", "const PACK: u32 = 0u;", "fn widen(w: Stored, i: u32) -> f32 { return f32(w); }"]
+            }
+            Storage::F16Packed => [
+                "alias Stored = u32;",
+                "const PACK: u32 = 1u;",
+                "fn widen(w: Stored, i: u32) -> f32 { return unpack2x16float(w)[i & 1u]; }",
+            ],
+            Storage::Bf16 => [
+                "alias Stored = u32;",
+                "const PACK: u32 = 1u;",
+                "fn widen(w: Stored, i: u32) -> f32 { return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u)); }",
+            ],
         }
     }
 }
@@ -149,28 +203,38 @@ impl Default for KernelConfig {
     }
 }
 
-/// The complete WGSL of `pass` specialised to `config`: the common prelude
-/// with its marked constants rewritten, then the pass.
-pub fn wgsl(pass: Pass, config: KernelConfig) -> String {
+/// The complete WGSL of `pass` specialised to `config` and to the storage
+/// of q, k and v: the common prelude with its marked lines rewritten, then
+/// the pass.
+pub fn wgsl(pass: Pass, config: KernelConfig, storage: Storage) -> String {
+    if !pass.uses_prelude() {
+        return pass.body().to_string();
+    }
     let mut out = String::with_capacity(COMMON.len() + pass.body().len() + 64);
+    if storage == Storage::F16Native {
+        out.push_str("enable f16;\n");
+    }
+    let [word, pack, widen] = storage.lines();
     for line in COMMON.lines() {
-        let value = if line.contains("// specialise") {
-            match line.split(':').next().map(str::trim) {
-                Some("const TILE") => Some(config.tile),
-                Some("const CHUNK") => Some(config.chunk),
-                Some("const THREADS") => Some(config.threads()),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        match (value, line.split(':').next()) {
-            (Some(v), Some(head)) => out.push_str(&format!("{head}: u32 = {v}u; // specialised\n")),
-            _ => {
-                out.push_str(line);
-                out.push('\n');
-            }
+        if !line.contains("// specialise") {
+            out.push_str(line);
+            out.push('\n');
+            continue;
         }
+        let head = line.split(':').next().unwrap_or_default().trim();
+        let new = match head {
+            "const TILE" => format!("const TILE: u32 = {}u;", config.tile),
+            "const CHUNK" => format!("const CHUNK: u32 = {}u;", config.chunk),
+            "const THREADS" => format!("const THREADS: u32 = {}u;", config.threads()),
+            "const PACK" => pack.to_string(),
+            _ if head.starts_with("alias Stored") => word.to_string(),
+            _ if head.starts_with("fn widen") => widen.to_string(),
+            // An unknown marker is kept as written; the shader tests compile
+            // every specialisation, so a typo cannot ship.
+            _ => line.to_string(),
+        };
+        out.push_str(&new);
+        out.push_str(" // specialised\n");
     }
     out.push_str(pass.body());
     out

@@ -72,6 +72,17 @@ impl Context {
         &self.inner.timer
     }
 
+    /// How many passes have been timed since [`Context::start_timing`]
+    /// (0 when timing is off): an op may run several passes, so callers
+    /// group [`Context::finish_timing`]'s times by the difference.
+    pub fn timed_passes(&self) -> usize {
+        self.timer()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |t| t.used as usize / 2)
+    }
+
     /// The timestamp pair of the next pass, while timing is on.
     pub(crate) fn next_stamps(&self) -> Option<Stamps> {
         let mut slot = self.timer().lock().unwrap_or_else(|p| p.into_inner());

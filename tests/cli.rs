@@ -422,12 +422,18 @@ fn demo_passes() {
 
 /// No subcommand: `info` then the default `demo`.
 #[test]
-fn no_subcommand_runs_info_and_demo() {
+fn no_subcommand_runs_info_demo_and_the_sweep() {
     let out = run(&[]);
     assert_success(&out);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("adapters ("), "{stdout:?}");
     assert!(stdout.contains("PASS"), "{stdout:?}");
+    for provider in ["lightning-chunk", "recurrent", "softmax"] {
+        assert!(
+            stdout.contains(provider),
+            "{provider} missing from the sweep: {stdout:?}"
+        );
+    }
 }
 
 /// `--method recurrent` gives the reference's output too.
@@ -627,5 +633,74 @@ fn bench_writes_json_plot_and_merges_anchors() {
     assert_fails(
         &run(&["bench", "--lengths", "48", "--tokens", "64"]),
         &["48", "divide"],
+    );
+}
+
+/// `--dtype f16|bf16`: inputs rounded on the way in, outputs written as
+/// float32, within the half-precision tolerances of the reference on the
+/// rounded inputs.
+#[test]
+fn forward_in_half_precision() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 2,
+        n: 50,
+        d: 16,
+        e: 8,
+    };
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    for (dtype, tol) in [("f16", 2e-3), ("bf16", 1e-2)] {
+        assert_success(&case.forward(&["--dtype", dtype, "--alibi"]));
+        let round = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&v| {
+                    if dtype == "f16" {
+                        f16::from_f32(v).to_f32()
+                    } else {
+                        half::bf16::from_f32(v).to_f32()
+                    }
+                })
+                .collect()
+        };
+        let want = reference::forward(
+            dims,
+            Layout::Bhnd,
+            &round(&case.q),
+            &round(&case.k),
+            &round(&case.v),
+            &alibi_slopes(2),
+            1.0,
+            None,
+        );
+        let (_, o) = read_npy(&case.path("o.npy"));
+        let err = reference::relative_error(&o, &want.o);
+        assert!(err <= tol, "{dtype}: relative error {err} (seed {seed})");
+    }
+    let out = run(&[
+        "bench",
+        "--dtype",
+        "f16,bf16",
+        "--lengths",
+        "32",
+        "--tokens",
+        "32",
+        "--h",
+        "1",
+        "--d",
+        "8",
+        "--reps",
+        "1",
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(" f16 ") && stdout.contains(" bf16 "),
+        "{stdout}"
+    );
+    assert_fails(
+        &run(&["bench", "--dtype", "f64"]),
+        &["unknown dtype", "f64"],
     );
 }

@@ -2,7 +2,7 @@
 //! (Vulkan), MSL (Metal) and HLSL (DX12) with naga, offline: no GPU needed,
 //! so the back ends this machine cannot run at least compile what we ship.
 
-use lightning_wgpu::kernels::{wgsl, KernelConfig, Pass};
+use lightning_wgpu::kernels::{wgsl, KernelConfig, Pass, Storage};
 
 fn translate(name: &str, source: &str) {
     let module = naga::front::wgsl::parse_str(source)
@@ -59,7 +59,15 @@ fn shipped_files_translate_as_written() {
             continue;
         }
         let body = std::fs::read_to_string(&path).expect("read shader");
-        translate(&name, &format!("{common}\n{body}"));
+        let pass = Pass::ALL
+            .into_iter()
+            .find(|p| format!("{}.wgsl", p.name()) == name)
+            .unwrap_or_else(|| panic!("{name} is not a pass in Pass::ALL"));
+        if pass.uses_prelude() {
+            translate(&name, &format!("{common}\n{body}"));
+        } else {
+            translate(&name, &body);
+        }
         seen += 1;
     }
     assert_eq!(
@@ -73,14 +81,29 @@ fn shipped_files_translate_as_written() {
 fn every_specialisation_translates() {
     for tile in KernelConfig::TILES {
         let config = KernelConfig { tile, chunk: 16 };
-        for pass in Pass::ALL {
-            let source = wgsl(pass, config);
-            assert!(
-                source.contains(&format!("const TILE: u32 = {tile}u;")),
-                "TILE not specialised"
-            );
-            assert!(source.contains(&format!("const THREADS: u32 = {}u;", config.threads())));
-            translate(&format!("{} tile {tile}", pass.name()), &source);
+        for pass in Pass::ALL.into_iter().filter(|p| p.uses_prelude()) {
+            for storage in Storage::ALL {
+                let source = wgsl(pass, config, storage);
+                assert!(
+                    source.contains(&format!("const TILE: u32 = {tile}u;")),
+                    "TILE not specialised"
+                );
+                assert!(source.contains(&format!("const THREADS: u32 = {}u;", config.threads())));
+                let pack = if matches!(storage, Storage::F16Packed | Storage::Bf16) {
+                    1
+                } else {
+                    0
+                };
+                assert!(
+                    source.contains(&format!("const PACK: u32 = {pack}u;")),
+                    "{storage:?}: PACK not specialised"
+                );
+                assert_eq!(
+                    source.starts_with("enable f16;"),
+                    storage == Storage::F16Native
+                );
+                translate(&format!("{} tile {tile} {storage:?}", pass.name()), &source);
+            }
         }
     }
 }
@@ -92,7 +115,7 @@ fn specialisation_fits_the_declared_workgroup_memory() {
     for tile in KernelConfig::TILES {
         let config = KernelConfig { tile, chunk: 16 };
         for pass in Pass::ALL {
-            let source = wgsl(pass, config);
+            let source = wgsl(pass, config, Storage::F32);
             let module = naga::front::wgsl::parse_str(&source).expect("parse");
             let mut layouter = naga::proc::Layouter::default();
             layouter.update(module.to_ctx()).expect("layout");

@@ -8,7 +8,7 @@ use crate::kernels::Pass;
 use crate::ops::plan::Window;
 
 pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> Result<()> {
-    let pipes = pipelines(ctx, Pass::CHUNK).await?;
+    let pipes = pipelines(ctx, Pass::CHUNK, launch.storage).await?;
     let inner = &ctx.inner;
     let common = Common::new(ctx, launch);
     let scratch_bytes = launch
@@ -33,7 +33,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
                 bind(io.q.buffer(), s.q),
                 bind(io.k.buffer(), s.k),
                 bind(io.v.buffer(), s.v),
-                bind(io.o.buffer(), s.o),
+                bind(io.o, s.o),
             );
             let states = bind(
                 scratch.buffer(),

@@ -5,7 +5,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::layout::{Dims, Layout};
 use crate::ops::plan::{self, Sequence};
-use crate::ops::{chunk, recurrent, Io, Launch};
+use crate::ops::{chunk, recurrent, Io, Launch, Output};
 use crate::tensor::{DType, Tensor};
 
 /// Largest `d` and `e` the kernels accept.
@@ -103,13 +103,19 @@ fn rank4(arg: &'static str, shape: &[usize], layout: Layout) -> Result<[usize; 4
     })
 }
 
-pub(crate) fn check_tensor(ctx: &Context, arg: &'static str, t: &Tensor) -> Result<()> {
+/// Checks that `t` lives on this context and is stored as `dtype`.
+pub(crate) fn check_tensor(
+    ctx: &Context,
+    arg: &'static str,
+    t: &Tensor,
+    dtype: DType,
+) -> Result<()> {
     ctx.owns(arg, t)?;
-    if t.dtype() != DType::F32 {
+    if t.dtype() != dtype {
         return Err(Error::DType {
             arg,
             got: t.dtype(),
-            expected: DType::F32,
+            expected: dtype,
         });
     }
     Ok(())
@@ -286,8 +292,9 @@ pub(crate) fn validate(
     v: &Tensor,
     opts: &ForwardOptions,
 ) -> Result<Checked> {
+    // q, k and v share one storage type, any of them; states are f32.
     for (arg, t) in [("q", q), ("k", k), ("v", v)] {
-        check_tensor(ctx, arg, t)?;
+        check_tensor(ctx, arg, t, q.dtype())?;
     }
     let dims = problem_dims(opts.layout, q.shape(), k.shape(), v.shape())?;
     let Dims { b, h, d, e, .. } = dims;
@@ -316,7 +323,7 @@ pub(crate) fn check_state(
     t: &Tensor,
     want: &[usize; 4],
 ) -> Result<()> {
-    check_tensor(ctx, arg, t)?;
+    check_tensor(ctx, arg, t, DType::F32)?;
     check_shape(
         arg,
         t,
@@ -393,7 +400,7 @@ impl Context {
         opts: &ForwardOptions<'_>,
     ) -> Result<ForwardOutput> {
         let checked = validate(self, q, k, v, opts)?;
-        let mut o = self.empty(v.shape(), "o")?;
+        let mut o = self.empty_as(v.shape(), v.dtype(), "o")?;
         let mut state = if opts.output_final_state {
             Some(self.empty(&checked.state_shape, "final_state")?)
         } else {
@@ -439,7 +446,7 @@ impl Context {
             sequences,
             state_shape,
         } = validate(self, q, k, v, opts)?;
-        check_tensor(self, "o", o)?;
+        check_tensor(self, "o", o, v.dtype())?;
         let o_shape = opts.layout.shape(dims.b, dims.h, dims.n, dims.e);
         check_shape("o", o, &o_shape, dim_names(opts.layout, "e"), "v")?;
         let scratch_state;
@@ -457,7 +464,13 @@ impl Context {
             Method::Chunk => plan::Needs::CHUNK,
             Method::Recurrent => plan::Needs::RECURRENT,
         };
-        let segments = plan::plan(opts.layout, &dims, &super::limits(self), &sequences, needs)?;
+        let segments = plan::plan(
+            opts.layout,
+            &dims,
+            &super::limits(self, q.dtype()),
+            &sequences,
+            needs,
+        )?;
         if let Some(s0) = opts.initial_state {
             super::submit(self, "initial state", |encoder| {
                 encoder.copy_buffer_to_buffer(s0.buffer(), 0, state.buffer(), 0, s0.size_bytes());
@@ -471,12 +484,21 @@ impl Context {
             slopes: opts.slopes,
             starts_from_state: opts.initial_state.is_some(),
             slotted: false,
+            storage: self.storage(q.dtype()),
             segments,
         };
-        let io = Io { q, k, v, o, state };
+        let output = Output::new(self, o)?;
+        let io = Io {
+            q,
+            k,
+            v,
+            o: output.buffer(),
+            state,
+        };
         match opts.method {
-            Method::Chunk => chunk::record(self, &launch, &io).await,
-            Method::Recurrent => recurrent::record(self, &launch, &io, None).await,
+            Method::Chunk => chunk::record(self, &launch, &io).await?,
+            Method::Recurrent => recurrent::record(self, &launch, &io, None).await?,
         }
+        output.finish(self).await
     }
 }

@@ -13,10 +13,10 @@ use std::num::NonZeroU64;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::Pass;
+use crate::kernels::{Pass, Storage};
 use crate::layout::{Dims, Layout};
 use crate::pool::PooledBuffer;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use plan::{Segment, Window};
 
 /// Uniform block of every pass (`Params` in shaders/common.wgsl).
@@ -52,6 +52,8 @@ pub(crate) struct Launch<'a> {
     pub starts_from_state: bool,
     /// Decode: states are found through a slot per batch entry.
     pub slotted: bool,
+    /// How the kernels read q, k and v.
+    pub storage: Storage,
     pub segments: Vec<Segment>,
 }
 
@@ -217,10 +219,11 @@ fn fold(groups: u64, max: u64) -> (u32, u32) {
 }
 
 /// The plan limits of this context.
-pub(crate) fn limits(ctx: &Context) -> plan::Limits {
+pub(crate) fn limits(ctx: &Context, input: DType) -> plan::Limits {
     let inner = &ctx.inner;
     plan::Limits {
         tile: inner.config.tile as usize,
+        input_bytes: input.size() as u64,
         max_binding: inner.max_binding,
         offset_align: inner.limits.min_storage_buffer_offset_alignment as u64,
         max_groups: inner.limits.max_compute_workgroups_per_dimension as u64,
@@ -231,10 +234,11 @@ pub(crate) fn limits(ctx: &Context) -> plan::Limits {
 pub(crate) async fn pipelines<const N: usize>(
     ctx: &Context,
     passes: [Pass; N],
+    storage: Storage,
 ) -> Result<[wgpu::ComputePipeline; N]> {
     let mut out = Vec::with_capacity(N);
     for pass in passes {
-        out.push(ctx.pipeline(pass).await?);
+        out.push(ctx.pipeline(pass, storage).await?);
     }
     out.try_into().map_err(|_| Error::Gpu {
         op: "pipelines",
@@ -286,11 +290,166 @@ pub(crate) async fn submit_pass(
     .await
 }
 
+/// Where a pass writes its output: the tensor itself when it is f32, else
+/// an f32 scratch that [`Output::finish`] packs into the tensor's halves
+/// (packing in place would make neighbouring invocations share words).
+pub(crate) struct Output<'a> {
+    target: &'a Tensor,
+    wide: Option<PooledBuffer>,
+}
+
+impl<'a> Output<'a> {
+    pub(crate) fn new(ctx: &Context, target: &'a Tensor) -> Result<Self> {
+        let wide = match target.dtype() {
+            DType::F32 => None,
+            DType::F16 | DType::BF16 => {
+                let bytes = (target.len() * 4) as u64;
+                let limit = ctx.inner.limits.max_buffer_size;
+                if bytes > limit {
+                    return Err(Error::TooLarge {
+                        arg: "o (f32 while computed)",
+                        bytes,
+                        limit,
+                        which: "max_buffer_size",
+                    });
+                }
+                Some(ctx.inner.pool.take(
+                    &ctx.inner.device,
+                    "o in f32",
+                    bytes,
+                    wgpu::BufferUsages::STORAGE,
+                ))
+            }
+        };
+        Ok(Output { target, wide })
+    }
+
+    /// The buffer the passes write, in f32.
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        self.wide
+            .as_ref()
+            .map_or(self.target.buffer(), |w| w.buffer())
+    }
+
+    /// Packs the f32 result into the target, when it is stored in halves.
+    pub(crate) async fn finish(self, ctx: &Context) -> Result<()> {
+        match &self.wide {
+            Some(wide) => pack(ctx, wide.buffer(), self.target).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Packs the f32 elements of `wide` into `target`'s f16 or bf16 words, on the GPU.
+pub(crate) async fn pack(ctx: &Context, wide: &wgpu::Buffer, target: &Tensor) -> Result<()> {
+    let [pipe] = pipelines(ctx, [Pass::PackOutput], Storage::F32).await?;
+    let inner = &ctx.inner;
+    let elements = target.len() as u64;
+    // Chunks of whole words that fit one binding on both sides, starting
+    // on aligned offsets (a multiple of 128 elements: 512 B of f32, 256 B of halves).
+    let per_chunk = (inner.max_binding / 4 / 128 * 128).max(128);
+    let chunks: Vec<(u64, u64)> = (0..elements)
+        .step_by(per_chunk as usize)
+        .map(|e0| (e0, per_chunk.min(elements - e0)))
+        .collect();
+    let stride = 16u64.next_multiple_of(inner.limits.min_uniform_buffer_offset_alignment as u64);
+    let jobs = inner.pool.take(
+        &inner.device,
+        "pack jobs",
+        stride * chunks.len() as u64,
+        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+    );
+    let bf16 = u32::from(target.dtype() == DType::BF16);
+    let mut bytes = vec![0u8; (stride * chunks.len() as u64) as usize];
+    for (i, &(_, n)) in chunks.iter().enumerate() {
+        let job = [n.div_ceil(2) as u32, n as u32, bf16, 0];
+        let at = i * stride as usize;
+        bytes[at..at + 16].copy_from_slice(bytemuck::cast_slice(&job));
+    }
+    inner.queue.write_buffer(jobs.buffer(), 0, &bytes);
+    submit_pass(ctx, "pack output", |pass| {
+        pass.set_pipeline(&pipe);
+        for (i, &(e0, n)) in chunks.iter().enumerate() {
+            let entries = [
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: jobs.buffer(),
+                        offset: i as u64 * stride,
+                        size: NonZeroU64::new(16),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: bind(
+                        wide,
+                        Window {
+                            offset: e0 * 4,
+                            size: n * 4,
+                            base: 0,
+                        },
+                    ),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: bind(
+                        target.buffer(),
+                        Window {
+                            offset: e0 * 2,
+                            size: n.div_ceil(2) * 4,
+                            base: 0,
+                        },
+                    ),
+                },
+            ];
+            let group = inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipe.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            pass.set_bind_group(0, &group, &[]);
+            let (x, y) = fold(
+                n.div_ceil(2).div_ceil(256),
+                inner.limits.max_compute_workgroups_per_dimension as u64,
+            );
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    })
+    .await
+}
+
 /// The tensors of one call.
 pub(crate) struct Io<'a> {
     pub q: &'a Tensor,
     pub k: &'a Tensor,
     pub v: &'a Tensor,
-    pub o: &'a Tensor,
+    /// The f32 buffer the passes write o into (see [`Output`]).
+    pub o: &'a wgpu::Buffer,
     pub state: &'a Tensor,
+}
+
+impl Context {
+    /// Converts an f32 tensor to `dtype` on the GPU (f16 and bf16 round to
+    /// nearest even, as the kernels' outputs do). Blocks.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn convert(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
+        pollster::block_on(self.convert_async(t, dtype))
+    }
+
+    /// Async form of [`Context::convert`].
+    pub async fn convert_async(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
+        forward::check_tensor(self, "tensor", t, DType::F32)?;
+        let out = self.empty_as(t.shape(), dtype, "converted")?;
+        match dtype {
+            DType::F32 => {
+                let bytes = t.size_bytes();
+                submit(self, "copy", |e| {
+                    e.copy_buffer_to_buffer(t.buffer(), 0, out.buffer(), 0, bytes)
+                })
+                .await?
+            }
+            DType::F16 | DType::BF16 => pack(self, t.buffer(), &out).await?,
+        }
+        Ok(out)
+    }
 }

@@ -59,6 +59,8 @@ pub(crate) struct Segment {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     pub tile: usize,
+    /// Bytes per element of q, k and v (o is always computed in f32).
+    pub input_bytes: u64,
     pub max_binding: u64,
     pub offset_align: u64,
     pub max_groups: u64,
@@ -78,6 +80,7 @@ fn window(
     bh: (usize, usize),
     rows: (usize, usize),
     align: u64,
+    elem: u64,
 ) -> Window {
     let (sb, sh, sn) = layout.strides(dims.h, dims.n, width);
     let (bh_start, bh_count) = bh;
@@ -89,12 +92,14 @@ fn window(
         lo = lo.min(origin);
         hi = hi.max(origin + (len - 1) * sn + width);
     }
-    let start = (lo as u64 * 4) / align * align;
-    let start_elements = (start / 4) as i128;
+    // `align` is a multiple of 4, so a window starts on an element (for
+    // halves, on an even one: the first of a word) and covers whole words.
+    let start = (lo as u64 * elem) / align * align;
+    let start_elements = (start / elem) as i128;
     let origin = ((bh_start / dims.h) * sb + n0 * sn) as i128;
     Window {
         offset: start,
-        size: hi as u64 * 4 - start,
+        size: (hi as u64 * elem - start).next_multiple_of(4),
         base: (origin - start_elements).rem_euclid(1 << 32) as u32,
     }
 }
@@ -118,10 +123,34 @@ fn segment(
         n0: rows.0,
         rows: rows.1,
         blocks,
-        q: window(layout, dims, dims.d, bh, rows, lim.offset_align),
-        k: window(layout, dims, dims.d, bh, rows, lim.offset_align),
-        v: window(layout, dims, dims.e, bh, rows, lim.offset_align),
-        o: window(layout, dims, dims.e, bh, rows, lim.offset_align),
+        q: window(
+            layout,
+            dims,
+            dims.d,
+            bh,
+            rows,
+            lim.offset_align,
+            lim.input_bytes,
+        ),
+        k: window(
+            layout,
+            dims,
+            dims.d,
+            bh,
+            rows,
+            lim.offset_align,
+            lim.input_bytes,
+        ),
+        v: window(
+            layout,
+            dims,
+            dims.e,
+            bh,
+            rows,
+            lim.offset_align,
+            lim.input_bytes,
+        ),
+        o: window(layout, dims, dims.e, bh, rows, lim.offset_align, 4),
         state: Window {
             offset: state_start,
             size: ((state_lo + bh.1 * state_size) as u64) * 4 - state_start,
@@ -258,6 +287,7 @@ mod tests {
     fn lim(max_binding: u64) -> Limits {
         Limits {
             tile: 64,
+            input_bytes: 4,
             max_binding,
             offset_align: 256,
             max_groups: 65535,

@@ -1,14 +1,14 @@
 //! The token-by-token recurrence: the `recurrent` forward method, and the
 //! decode step that serves a batch of requests against a cache of states.
 
-use super::{bind, dispatch, pipelines, Common, Io, Launch};
+use super::{bind, dispatch, pipelines, Common, Io, Launch, Output};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::Pass;
 use crate::layout::{Dims, Layout};
 use crate::ops::forward::{check_head_dims, check_scale, check_shape, check_slopes, check_tensor};
 use crate::ops::plan::{self, Sequence, Window};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// Columns of e one workgroup of the recurrent pass covers
 /// (`4 * COLUMN_QUADS` in shaders/recurrent.wgsl).
@@ -20,7 +20,7 @@ pub(crate) async fn record(
     io: &Io<'_>,
     slots: Option<&[i32]>,
 ) -> Result<()> {
-    let [pipe] = pipelines(ctx, [Pass::Recurrent]).await?;
+    let [pipe] = pipelines(ctx, [Pass::Recurrent], launch.storage).await?;
     let inner = &ctx.inner;
     let common = Common::new(ctx, launch);
     // The slot map is bound in either mode; sequence mode never reads it.
@@ -42,7 +42,7 @@ pub(crate) async fn record(
                 bind(io.q.buffer(), s.q),
                 bind(io.k.buffer(), s.k),
                 bind(io.v.buffer(), s.v),
-                bind(io.o.buffer(), s.o),
+                bind(io.o, s.o),
                 bind(io.state.buffer(), s.state),
                 bind(
                     slot_buffer.buffer(),
@@ -149,9 +149,10 @@ impl Context {
         opts: &DecodeOptions<'_>,
     ) -> Result<Tensor> {
         self.check_lost()?;
-        for (arg, t) in [("q", q), ("k", k), ("v", v), ("cache", &*cache)] {
-            check_tensor(self, arg, t)?;
+        for (arg, t) in [("q", q), ("k", k), ("v", v)] {
+            check_tensor(self, arg, t, q.dtype())?;
         }
+        check_tensor(self, "cache", cache, DType::F32)?;
         let names = ["batch", "heads", "d", "e"];
         let qs = q.shape();
         if qs.len() != 3 {
@@ -212,7 +213,7 @@ impl Context {
         let mut segments = plan::plan(
             Layout::Bhnd,
             &dims,
-            &super::limits(self),
+            &super::limits(self, q.dtype()),
             &whole,
             plan::Needs::RECURRENT,
         )?;
@@ -234,7 +235,7 @@ impl Context {
             };
             s.state_base = 0;
         }
-        let o = self.empty(&[batch, h, e], "o")?;
+        let o = self.empty_as(&[batch, h, e], v.dtype(), "o")?;
         let launch = Launch {
             dims,
             layout: Layout::Bhnd,
@@ -242,21 +243,19 @@ impl Context {
             slopes: opts.slopes,
             starts_from_state: true,
             slotted: true,
+            storage: self.storage(q.dtype()),
             segments,
         };
-        record(
-            self,
-            &launch,
-            &Io {
-                q,
-                k,
-                v,
-                o: &o,
-                state: cache,
-            },
-            Some(slots),
-        )
-        .await?;
+        let output = Output::new(self, &o)?;
+        let io = Io {
+            q,
+            k,
+            v,
+            o: output.buffer(),
+            state: cache,
+        };
+        record(self, &launch, &io, Some(slots)).await?;
+        output.finish(self).await?;
         Ok(o)
     }
 }

@@ -1,7 +1,7 @@
 //! Causal softmax attention (FlashAttention-style online softmax): the
 //! baseline Lightning Attention is compared with, on the same GPU and API.
 
-use super::{bind, dispatch, pipelines, Common, Launch};
+use super::{bind, dispatch, pipelines, Common, Launch, Output};
 use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::Pass;
@@ -74,11 +74,12 @@ impl Context {
         let segments = plan::plan(
             opts.layout,
             &dims,
-            &super::limits(self),
+            &super::limits(self, q.dtype()),
             &whole,
             plan::Needs::WHOLE_ROWS,
         )?;
-        let o = self.empty(v.shape(), "o")?;
+        let o = self.empty_as(v.shape(), v.dtype(), "o")?;
+        let output = Output::new(self, &o)?;
         let launch = Launch {
             dims,
             layout: opts.layout,
@@ -86,9 +87,10 @@ impl Context {
             slopes: opts.alibi,
             starts_from_state: false,
             slotted: false,
+            storage: self.storage(q.dtype()),
             segments,
         };
-        let [pipe] = pipelines(self, [Pass::SoftmaxAttention]).await?;
+        let [pipe] = pipelines(self, [Pass::SoftmaxAttention], launch.storage).await?;
         let common = Common::new(self, &launch);
         let e_tiles = dims.e.div_ceil(self.inner.config.tile as usize);
         super::submit_pass(self, "softmax attention", |pass| {
@@ -97,7 +99,7 @@ impl Context {
                     bind(q.buffer(), s.q),
                     bind(k.buffer(), s.k),
                     bind(v.buffer(), s.v),
-                    bind(o.buffer(), s.o),
+                    bind(output.buffer(), s.o),
                 ];
                 dispatch(
                     self,
@@ -111,6 +113,7 @@ impl Context {
             }
         })
         .await?;
+        output.finish(self).await?;
         Ok(o)
     }
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use lightning_wgpu::bench::{measure, measure_decode, Inputs, Provider, Repeat, Sweep};
-use lightning_wgpu::{Context, ContextOptions, Dims};
+use lightning_wgpu::{Context, ContextOptions, DType, Dims};
 use serde::{Deserialize, Serialize};
 
 /// Arguments of `bench`. Every size defaults to the adapter's own sweep: a
@@ -41,9 +41,9 @@ pub struct Args {
     /// Providers, comma separated: lightning-chunk, recurrent, softmax.
     #[arg(long, value_delimiter = ',')]
     pub providers: Vec<String>,
-    /// Storage type (f32 only for now).
-    #[arg(long, default_value = DTYPE)]
-    pub dtype: String,
+    /// Storage types of q, k, v and o, comma separated: f32, f16, bf16.
+    #[arg(long, value_delimiter = ',', default_value = DTYPE)]
+    pub dtype: Vec<String>,
     /// Untimed runs before timing (default: 2 on a GPU, 1 on a CPU adapter).
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -86,7 +86,7 @@ impl Default for Args {
             d: None,
             e: None,
             providers: Vec::new(),
-            dtype: DTYPE.into(),
+            dtype: vec![DTYPE.into()],
             warmup: None,
             reps: None,
             max_ms: MAX_MS,
@@ -264,9 +264,11 @@ fn sweep(args: &Args, ctx: &Context) -> Result<(Sweep, Option<usize>)> {
 
 /// Runs the sweep and prints the table; writes JSON and SVG when asked.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
-    if args.dtype != "f32" {
-        bail!("--dtype {}: only f32 storage exists so far", args.dtype);
-    }
+    let dtypes: Vec<DType> = args
+        .dtype
+        .iter()
+        .map(|d| d.trim().parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
     let providers = providers(args)?;
     let anchors = args.anchors.as_deref().map(read_anchors).transpose()?;
     let ctx = Context::with_options(options)?;
@@ -305,59 +307,65 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
             None => sweep.dims(n),
         })
         .collect();
-    let progress = indicatif::ProgressBar::new((cases.len() * providers.len()) as u64);
+    let progress =
+        indicatif::ProgressBar::new((dtypes.len() * cases.len() * providers.len()) as u64);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
     let mut timer = "";
-    // Inputs are shared by every case of the same b * n.
-    let mut inputs: Option<Inputs> = None;
-    let mut predicted: Vec<Option<f64>> = vec![None; providers.len()];
-    for dims in &cases {
-        let tokens = dims.b * dims.n;
-        if inputs.as_ref().is_none_or(|i| i.tokens() != tokens) {
-            drop(inputs.take()); // free the old ones before allocating
-            inputs = Some(Inputs::new(&ctx, tokens, dims.h, dims.d, dims.e)?);
-        }
-        let Some(inputs) = inputs.as_mut() else {
-            continue;
-        };
-        for (p, provider) in providers.iter().enumerate() {
-            progress.set_message(format!("{} n={}", provider.name(), dims.n));
-            let runs = (repeat.warmup + repeat.reps) as f64;
-            if predicted[p].is_some_and(|ms| ms * runs > args.max_ms) {
-                progress.inc(1);
-                continue;
+    // Storage types outermost: inputs are made once per type and reused by
+    // every length of the same b * n.
+    for &dtype in &dtypes {
+        let mut inputs: Option<Inputs> = None;
+        let mut predicted: Vec<Option<f64>> = vec![None; providers.len()];
+        for dims in &cases {
+            let tokens = dims.b * dims.n;
+            if inputs.as_ref().is_none_or(|i| i.tokens() != tokens) {
+                drop(inputs.take()); // free the old ones before allocating
+                inputs = Some(Inputs::with_dtype(
+                    &ctx, tokens, dims.h, dims.d, dims.e, dtype,
+                )?);
             }
-            let m = pollster::block_on(measure(&ctx, *provider, dims, inputs, repeat))
-                .with_context(|| format!("{} at n = {}", provider.name(), dims.n))?;
-            timer = m.timer;
-            // Work per case at fixed b*n: linear providers stay put, softmax grows with n.
-            let growth = match provider {
-                Provider::Softmax => 2.0,
-                _ => 1.0,
+            let Some(inputs) = inputs.as_mut() else {
+                continue;
             };
-            predicted[p] = Some(m.fwd_ms * growth * if fixed_b.is_some() { 2.0 } else { 1.0 });
-            let flops = provider.forward_flops(dims, ctx.tile() as usize);
-            rows.push(Row {
-                provider: provider.name().into(),
-                dtype: "f32".into(),
-                b: dims.b,
-                h: dims.h,
-                n: dims.n,
-                d: dims.d,
-                e: dims.e,
-                fwd_ms: Some(m.fwd_ms),
-                fwd_bwd_ms: None,
-                tokens_per_s: Some(tokens as f64 / (m.fwd_ms * 1e-3)),
-                tflops: Some(flops / (m.fwd_ms * 1e-3) / 1e12),
-                peak_mem_mb: Some(m.peak_mem_mb),
-                state_gb_per_s: None,
-                source: "lightning-wgpu".into(),
-            });
-            progress.inc(1);
+            for (p, provider) in providers.iter().enumerate() {
+                progress.set_message(format!("{} {dtype} n={}", provider.name(), dims.n));
+                let runs = (repeat.warmup + repeat.reps) as f64;
+                if predicted[p].is_some_and(|ms| ms * runs > args.max_ms) {
+                    progress.inc(1);
+                    continue;
+                }
+                let m = pollster::block_on(measure(&ctx, *provider, dims, inputs, repeat))
+                    .with_context(|| format!("{} {dtype} at n = {}", provider.name(), dims.n))?;
+                timer = m.timer;
+                // Work per case at fixed b*n: linear providers stay put, softmax grows with n.
+                let growth = match provider {
+                    Provider::Softmax => 2.0,
+                    _ => 1.0,
+                };
+                predicted[p] = Some(m.fwd_ms * growth * if fixed_b.is_some() { 2.0 } else { 1.0 });
+                let flops = provider.forward_flops(dims, ctx.tile() as usize);
+                rows.push(Row {
+                    provider: provider.name().into(),
+                    dtype: dtype.to_string(),
+                    b: dims.b,
+                    h: dims.h,
+                    n: dims.n,
+                    d: dims.d,
+                    e: dims.e,
+                    fwd_ms: Some(m.fwd_ms),
+                    fwd_bwd_ms: None,
+                    tokens_per_s: Some(tokens as f64 / (m.fwd_ms * 1e-3)),
+                    tflops: Some(flops / (m.fwd_ms * 1e-3) / 1e12),
+                    peak_mem_mb: Some(m.peak_mem_mb),
+                    state_gb_per_s: None,
+                    source: "lightning-wgpu".into(),
+                });
+                progress.inc(1);
+            }
         }
     }
     progress.finish_and_clear();

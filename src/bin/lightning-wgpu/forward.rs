@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
 use lightning_wgpu::{
-    alibi_slopes, problem_dims, Context, ContextOptions, Dims, ForwardOptions, Layout, Method,
+    alibi_slopes, problem_dims, Context, ContextOptions, DType, Dims, ForwardOptions, Layout,
+    Method,
 };
 
 use crate::npy::{self, Array};
@@ -36,13 +37,26 @@ impl From<LayoutArg> for Layout {
     }
 }
 
-/// Storage type of the tensors on the GPU. Only f32 exists today; it is an
-/// enum so that f16 and bf16 can be added without changing the interface.
+/// Storage type of q, k, v and o on the GPU (arithmetic and states are f32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum DTypeArg {
     /// IEEE binary32.
     #[default]
     F32,
+    /// IEEE binary16 (inputs rounded to nearest even).
+    F16,
+    /// bfloat16 (inputs rounded to nearest even).
+    Bf16,
+}
+
+impl From<DTypeArg> for DType {
+    fn from(d: DTypeArg) -> DType {
+        match d {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// Algorithm of the forward pass (see `lightning_wgpu::Method`).
@@ -97,7 +111,8 @@ pub struct Args {
     /// Layout of q, k, v and the output.
     #[arg(long, value_enum, default_value_t)]
     pub layout: LayoutArg,
-    /// Storage type on the GPU (inputs are converted to it).
+    /// Storage type of q, k, v and o on the GPU (inputs are converted to it;
+    /// outputs are written as float32 whatever it is).
     #[arg(long, value_enum, default_value_t)]
     pub dtype: DTypeArg,
     /// Algorithm.
@@ -166,11 +181,7 @@ fn initial_state(args: &Args, dims: &Dims, sequences: Option<usize>) -> Result<O
 
 /// Runs `forward`: read and check the inputs, run on the GPU, write the outputs.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
-    // Exhaustive on purpose: adding f16 or bf16 must fail to compile here
-    // until this function handles it.
-    match args.dtype {
-        DTypeArg::F32 => {}
-    }
+    let dtype = DType::from(args.dtype);
     let layout = Layout::from(args.layout);
     let q = npy::read(&args.q, "q")?;
     let k = npy::read(&args.k, "k")?;
@@ -192,9 +203,9 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     }
 
     let ctx = Context::with_options(options)?;
-    let q_t = ctx.tensor(&q.data, &q.shape)?;
-    let k_t = ctx.tensor(&k.data, &k.shape)?;
-    let v_t = ctx.tensor(&v.data, &v.shape)?;
+    let q_t = ctx.tensor_as(&q.data, &q.shape, dtype)?;
+    let k_t = ctx.tensor_as(&k.data, &k.shape, dtype)?;
+    let v_t = ctx.tensor_as(&v.data, &v.shape, dtype)?;
     let s0_t = s0.map(|s| ctx.tensor(&s.data, &s.shape)).transpose()?;
     let opts = ForwardOptions {
         slopes: slopes.as_deref(),
