@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use lightning_wgpu::{
-    alibi_slopes, reference, Context, ContextOptions, Dims, ForwardOptions, Layout,
+    alibi_slopes, reference, Context, ContextOptions, DType, Dims, ForwardOptions, Layout,
 };
 
+use crate::forward::DTypeArg;
 use crate::random::{fresh_seed, Rng};
 
 /// Largest relative error (Frobenius norm) that still counts as correct.
@@ -46,6 +47,9 @@ pub struct Args {
     /// Seed of the random inputs (default: a fresh one, printed to replay).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Storage type of q, k, v and o on the GPU.
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: DTypeArg,
 }
 
 impl Default for Args {
@@ -59,6 +63,7 @@ impl Default for Args {
             d: DEFAULT_D,
             e: DEFAULT_E,
             seed: None,
+            dtype: DTypeArg::F32,
         }
     }
 }
@@ -83,9 +88,24 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
 
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let mut rng = Rng::new(seed);
-    let q = rng.vec(qk_len, d);
-    let k = rng.vec(qk_len, d);
-    let v = rng.vec(v_len, e);
+    // The reference sees exactly what the GPU stores: the rounded inputs.
+    let dtype = DType::from(args.dtype);
+    let round = |x: Vec<f32>| -> Vec<f32> {
+        match dtype {
+            DType::F16 => x
+                .into_iter()
+                .map(|v| half::f16::from_f32(v).to_f32())
+                .collect(),
+            DType::BF16 => x
+                .into_iter()
+                .map(|v| half::bf16::from_f32(v).to_f32())
+                .collect(),
+            _ => x,
+        }
+    };
+    let q = round(rng.vec(qk_len, d));
+    let k = round(rng.vec(qk_len, d));
+    let v = round(rng.vec(v_len, e));
     let slopes = alibi_slopes(h);
 
     let ctx = Context::with_options(options)?;
@@ -97,11 +117,11 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         info.device_type,
         ctx.tile()
     );
-    println!("shape:   b={b} h={h} n={n} d={d} e={e}, layout {layout}, alibi slopes, seed {seed}");
+    println!("shape:   b={b} h={h} n={n} d={d} e={e}, {dtype}, layout {layout}, alibi slopes, seed {seed}");
 
-    let q_t = ctx.tensor(&q, &qk_shape)?;
-    let k_t = ctx.tensor(&k, &qk_shape)?;
-    let v_t = ctx.tensor(&v, &v_shape)?;
+    let q_t = ctx.tensor_as(&q, &qk_shape, dtype)?;
+    let k_t = ctx.tensor_as(&k, &qk_shape, dtype)?;
+    let v_t = ctx.tensor_as(&v, &v_shape, dtype)?;
     let opts = ForwardOptions {
         slopes: Some(&slopes),
         ..Default::default()
@@ -124,8 +144,14 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
 
     let want = reference::forward(dims, layout, &q, &k, &v, &slopes, 1.0, None);
     let err = reference::relative_error(&o, &want.o);
-    println!("error:   {err:.3e} relative to the f64 CPU reference (tolerance {TOLERANCE:.0e})");
-    if err <= TOLERANCE {
+    // Half outputs are rounded to their storage: the tolerances.
+    let tolerance = match dtype {
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
+        _ => TOLERANCE,
+    };
+    println!("error:   {err:.3e} relative to the f64 CPU reference (tolerance {tolerance:.0e})");
+    if err <= tolerance {
         println!("PASS");
         Ok(ExitCode::SUCCESS)
     } else {
