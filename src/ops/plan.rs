@@ -116,6 +116,16 @@ fn segment(
     let state_size = dims.d * dims.e;
     let state_lo = (seq.first_state + bh.0) * state_size;
     let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
+    // q and k have the same shape, so the same window.
+    let qk = window(
+        layout,
+        dims,
+        dims.d,
+        bh,
+        rows,
+        lim.offset_align,
+        lim.input_bytes,
+    );
     Segment {
         seq_start: seq.start,
         bh_start: bh.0,
@@ -123,24 +133,8 @@ fn segment(
         n0: rows.0,
         rows: rows.1,
         blocks,
-        q: window(
-            layout,
-            dims,
-            dims.d,
-            bh,
-            rows,
-            lim.offset_align,
-            lim.input_bytes,
-        ),
-        k: window(
-            layout,
-            dims,
-            dims.d,
-            bh,
-            rows,
-            lim.offset_align,
-            lim.input_bytes,
-        ),
+        q: qk,
+        k: qk,
         v: window(
             layout,
             dims,
