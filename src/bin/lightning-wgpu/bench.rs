@@ -67,6 +67,9 @@ pub struct Args {
     /// Draw time and tokens/s against length (SVG, log scales).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Draw --plot from a results file written by --json, measuring nothing.
+    #[arg(long, value_name = "RESULTS.json", requires = "plot")]
+    pub replot: Option<PathBuf>,
     /// Merge anchors measured by shared/tools/bench_anchors.py (its JSON).
     #[arg(long, value_name = "ANCHORS.json")]
     pub anchors: Option<PathBuf>,
@@ -94,6 +97,7 @@ impl Default for Args {
             decode_batches: vec![1, 8, 64, 256],
             json: None,
             plot: None,
+            replot: None,
             anchors: None,
         }
     }
@@ -269,6 +273,20 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         .iter()
         .map(|d| d.trim().parse().map_err(anyhow::Error::msg))
         .collect::<Result<_>>()?;
+    if let (Some(from), Some(plot)) = (&args.replot, &args.plot) {
+        let text = std::fs::read_to_string(from)
+            .with_context(|| format!("cannot read {}", from.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", from.display()))?;
+        let rows: Vec<Row> = serde_json::from_value(report["rows"].clone())
+            .with_context(|| format!("{} has no valid `rows`", from.display()))?;
+        let adapter = report["adapter"]["name"]
+            .as_str()
+            .unwrap_or("unknown adapter");
+        crate::plot::draw(plot, adapter, &rows)?;
+        println!("wrote {}", plot.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let providers = providers(args)?;
     let anchors = args.anchors.as_deref().map(read_anchors).transpose()?;
     let ctx = Context::with_options(options)?;
@@ -323,7 +341,10 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         for dims in &cases {
             let tokens = dims.b * dims.n;
             if inputs.as_ref().is_none_or(|i| i.tokens() != tokens) {
-                drop(inputs.take()); // free the old ones before allocating
+                // Free the old inputs, and what the pool kept of the last
+                // cases, so each peak counts only this case's buffers.
+                drop(inputs.take());
+                ctx.trim_pool();
                 inputs = Some(Inputs::with_dtype(
                     &ctx, tokens, dims.h, dims.d, dims.e, dtype,
                 )?);

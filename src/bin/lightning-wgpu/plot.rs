@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use crate::bench::Row;
 
 /// Palette that stays readable on white, one colour per series.
-const COLOURS: [RGBColor; 8] = [
+const COLOURS: [RGBColor; 16] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -19,6 +19,14 @@ const COLOURS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(127, 127, 127),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 0, 0),
+    RGBColor(0, 100, 0),
+    RGBColor(255, 0, 255),
+    RGBColor(0, 0, 0),
+    RGBColor(184, 134, 11),
 ];
 
 /// (n, value) points per series label, sorted by n.
@@ -91,13 +99,26 @@ fn panel(
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(|e| anyhow!("plot: {e}"))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
+    Ok(())
+}
+
+/// The legend in a column of its own, so it never hides a line.
+fn legend(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    colours: &BTreeMap<String, RGBColor>,
+) -> Result<()> {
+    for (i, (label, colour)) in colours.iter().enumerate() {
+        let y = 60 + 24 * i as i32;
+        area.draw(&PathElement::new(
+            vec![(10, y), (40, y)],
+            colour.stroke_width(3),
+        ))
         .map_err(|e| anyhow!("plot: {e}"))?;
+        area.draw(&Circle::new((25, y), 3, colour.filled()))
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        area.draw(&Text::new(label.clone(), (48, y - 7), ("sans-serif", 14)))
+            .map_err(|e| anyhow!("plot: {e}"))?;
+    }
     Ok(())
 }
 
@@ -111,7 +132,7 @@ pub fn draw(path: &Path, adapter: &str, rows: &[Row]) -> Result<()> {
         .enumerate()
         .map(|(i, k)| (k.clone(), COLOURS[i % COLOURS.len()]))
         .collect();
-    let root = SVGBackend::new(path, (1400, 560)).into_drawing_area();
+    let root = SVGBackend::new(path, (1600, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
     let root = root
         .titled(
@@ -119,7 +140,8 @@ pub fn draw(path: &Path, adapter: &str, rows: &[Row]) -> Result<()> {
             ("sans-serif", 22),
         )
         .map_err(|e| anyhow!("plot: {e}"))?;
-    let (left, right) = root.split_horizontally(700);
+    let (charts, key) = root.split_horizontally(1330);
+    let (left, right) = charts.split_horizontally(665);
     panel(
         &left,
         "forward time (lower is better)",
@@ -129,11 +151,12 @@ pub fn draw(path: &Path, adapter: &str, rows: &[Row]) -> Result<()> {
     )?;
     panel(
         &right,
-        "throughput at fixed b*n (flat = constant speed)",
+        "throughput (flat = constant speed)",
         "tokens / s",
         &speed,
         &colours,
     )?;
+    legend(&key, &colours)?;
     root.present()
         .map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
     Ok(())
