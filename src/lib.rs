@@ -52,6 +52,7 @@ pub use context::adapters_async;
 pub use context::{AdapterSummary, Context, ContextOptions, ADAPTER_ENV, CHECKED_ENV, TILE_ENV};
 pub use error::{Error, Result};
 pub use layout::{Dims, Layout};
+pub use ops::backward::{BackwardOptions, Gradients, MAX_SLOPE_WITH_FINAL_STATE_GRAD};
 pub use ops::forward::{problem_dims, ForwardOptions, ForwardOutput, Method, MAX_HEAD_DIM};
 pub use ops::recurrent::DecodeOptions;
 pub use ops::softmax::SoftmaxOptions;

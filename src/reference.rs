@@ -144,3 +144,106 @@ pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
         (diff / norm).sqrt()
     }
 }
+
+/// Gradients of [`forward`], from [`backward`].
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    pub dq: Vec<f64>,
+    pub dk: Vec<f64>,
+    pub dv: Vec<f64>,
+    /// Gradient of the initial state, `(b, h, d, e)`.
+    pub d_initial_state: Vec<f64>,
+}
+
+/// Backward of [`forward`] in f64, summed directly from the definitions
+/// (O(n^2) per head: for checking on small inputs). `d_o` is shaped like `v`,
+/// `d_final_state` (the incoming gradient of the final state) like the state.
+/// With `M_ij = lambda^(i-j)` for `j <= i` and `q~ = scale q`:
+/// `dq_i = scale (sum_{j<=i} M_ij (dO_i . v_j) k_j + lambda^(i+1) dO_i S0^T)`,
+/// `dk_j = sum_{i>=j} M_ij (dO_i . v_j) q~_i + lambda^(n-1-j) dS_n v_j`,
+/// `dv_j = sum_{i>=j} M_ij (q~_i . k_j) dO_i + lambda^(n-1-j) k_j dS_n`,
+/// `dS0 = sum_i lambda^(i+1) q~_i^T dO_i + lambda^n dS_n`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dims: Dims,
+    layout: Layout,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_o: &[f32],
+    slopes: &[f32],
+    scale: f32,
+    initial_state: Option<&[f32]>,
+    d_final_state: Option<&[f32]>,
+) -> Gradients {
+    let Dims { b, h, n, d, e } = dims;
+    let at = |width: usize, bi: usize, hi: usize, i: usize, c: usize| {
+        layout.index(h, n, width, [bi, hi, i, c])
+    };
+    let sc = scale as f64;
+    let mut g = Gradients {
+        dq: vec![0.0; b * h * n * d],
+        dk: vec![0.0; b * h * n * d],
+        dv: vec![0.0; b * h * n * e],
+        d_initial_state: vec![0.0; b * h * d * e],
+    };
+    for bi in 0..b {
+        for hi in 0..h {
+            let s = slopes[hi] as f64;
+            let m = |i: usize, j: usize| (-s * (i - j) as f64).exp();
+            let st = (bi * h + hi) * d * e;
+            let s0 = |r: usize, c: usize| initial_state.map_or(0.0, |x| x[st + r * e + c] as f64);
+            let dsn = |r: usize, c: usize| d_final_state.map_or(0.0, |x| x[st + r * e + c] as f64);
+            let dot = |x: &[f32], wx: usize, i: usize, y: &[f32], j: usize| -> f64 {
+                (0..wx)
+                    .map(|c| x[at(wx, bi, hi, i, c)] as f64 * y[at(wx, bi, hi, j, c)] as f64)
+                    .sum()
+            };
+            for i in 0..n {
+                for j in 0..=i {
+                    let w = m(i, j);
+                    let dov = w * dot(d_o, e, i, v, j); // M_ij (dO_i . v_j)
+                    let qk = w * sc * dot(q, d, i, k, j); // M_ij (q~_i . k_j)
+                    for r in 0..d {
+                        g.dq[at(d, bi, hi, i, r)] += sc * dov * k[at(d, bi, hi, j, r)] as f64;
+                        g.dk[at(d, bi, hi, j, r)] += dov * sc * q[at(d, bi, hi, i, r)] as f64;
+                    }
+                    for c in 0..e {
+                        g.dv[at(e, bi, hi, j, c)] += qk * d_o[at(e, bi, hi, i, c)] as f64;
+                    }
+                }
+                let li = (-s * (i + 1) as f64).exp();
+                let tail = (-s * (n - 1 - i) as f64).exp();
+                for r in 0..d {
+                    let carried: f64 = (0..e)
+                        .map(|c| d_o[at(e, bi, hi, i, c)] as f64 * s0(r, c))
+                        .sum();
+                    g.dq[at(d, bi, hi, i, r)] += sc * li * carried;
+                    let from_end: f64 = (0..e)
+                        .map(|c| dsn(r, c) * v[at(e, bi, hi, i, c)] as f64)
+                        .sum();
+                    g.dk[at(d, bi, hi, i, r)] += tail * from_end;
+                    for c in 0..e {
+                        g.d_initial_state[st + r * e + c] += li
+                            * sc
+                            * q[at(d, bi, hi, i, r)] as f64
+                            * d_o[at(e, bi, hi, i, c)] as f64;
+                    }
+                }
+                for c in 0..e {
+                    let from_end: f64 = (0..d)
+                        .map(|r| k[at(d, bi, hi, i, r)] as f64 * dsn(r, c))
+                        .sum();
+                    g.dv[at(e, bi, hi, i, c)] += tail * from_end;
+                }
+            }
+            let ln = (-s * n as f64).exp();
+            for r in 0..d {
+                for c in 0..e {
+                    g.d_initial_state[st + r * e + c] += ln * dsn(r, c);
+                }
+            }
+        }
+    }
+    g
+}

@@ -3,6 +3,7 @@
 //! share — the uniform block, bindings, grid folding, submission under error
 //! scopes — live here.
 
+pub mod backward;
 mod chunk;
 pub mod forward;
 pub(crate) mod plan;

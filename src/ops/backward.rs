@@ -1,0 +1,258 @@
+//! The backward pass, built from the forward's blockwise kernels: every
+//! gradient of Lightning Attention is itself a decayed causal linear
+//! attention, forward in time (dq) or backward in time (dk, dv, dS0):
+//!
+//! - `dq = forward(q = dO, k = v, v = k, S0 = S0^T)` (scaled like q);
+//! - in reversed time, `dk = forward(q = v, k = dO, v = scale q)` and
+//!   `dv = forward(q = k, k = scale q, v = dO)`, the incoming final-state
+//!   gradient `dS_n` entering as their initial state (over `lambda`: the
+//!   forward decays an initial state once more than `dS_n` is decayed), and
+//!   `dS0 = lambda S'` from the final state `S'` of the `dv` pass.
+//!
+//! Like the official kernels it recomputes block states instead of storing
+//! an n x d x e history: memory stays linear in n. The time reversal and the
+//! state transposes are done on the host for now (a GPU copy pass would avoid
+//! the round trip).
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::layout::{Dims, Layout};
+use crate::ops::forward::{check_shape, check_state, check_tensor, validate, ForwardOptions};
+use crate::tensor::{DType, Tensor};
+
+/// Largest slope for which an incoming final-state gradient can be carried:
+/// it enters the reversed pass as `dS_n * exp(s)`, which must stay finite.
+pub const MAX_SLOPE_WITH_FINAL_STATE_GRAD: f32 = 80.0;
+
+/// Options of [`Context::backward`]: the forward's, plus the gradient of
+/// its final state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackwardOptions<'a> {
+    /// The options the forward pass ran with (slopes, scale, layout, initial
+    /// state; `cu_seqlens` is not supported by the backward yet).
+    pub forward: ForwardOptions<'a>,
+    /// Incoming gradient of the final state `dS_n`, `(b, h, d, e)`; zero if `None`.
+    pub d_final_state: Option<&'a Tensor>,
+}
+
+/// Gradients from [`Context::backward`].
+#[derive(Debug)]
+pub struct Gradients {
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    /// Gradient of the initial state, `(b, h, d, e)` (computed whether or not
+    /// an initial state was given).
+    pub d_initial_state: Tensor,
+}
+
+/// Rows of every (b, h) in reverse order, in place of a `(b, h, n, w)` tensor.
+fn reverse_rows(x: &[f32], layout: Layout, dims: &Dims, width: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..dims.b {
+        for h in 0..dims.h {
+            for i in 0..dims.n {
+                let from = layout.index(dims.h, dims.n, width, [b, h, i, 0]);
+                let to = layout.index(dims.h, dims.n, width, [b, h, dims.n - 1 - i, 0]);
+                out[to..to + width].copy_from_slice(&x[from..from + width]);
+            }
+        }
+    }
+    out
+}
+
+/// Each `rows x cols` state of a `(b, h, rows, cols)` tensor transposed, times `factor[h]`.
+fn transpose_states(x: &[f32], dims: &Dims, rows: usize, cols: usize, factor: &[f64]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (s, (src, dst)) in x
+        .chunks(rows * cols)
+        .zip(out.chunks_mut(rows * cols))
+        .enumerate()
+    {
+        let f = factor[s % dims.h];
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[c * rows + r] = (src[r * cols + c] as f64 * f) as f32;
+            }
+        }
+    }
+    out
+}
+
+impl Context {
+    /// Gradients of [`Context::forward`] for the output gradient `d_o`
+    /// (shaped like `v`): `dq`, `dk`, `dv` and the initial state's `dS0`.
+    /// f32 storage. Blocks; see [`Context::backward_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.backward_async(q, k, v, d_o, opts))
+    }
+
+    /// Async form of [`Context::backward`].
+    pub async fn backward_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions<'_>,
+    ) -> Result<Gradients> {
+        let fwd = &opts.forward;
+        if fwd.cu_seqlens.is_some() {
+            return Err(Error::InvalidValue {
+                arg: "cu_seqlens",
+                value: "given".into(),
+                reason: "the backward pass does not take packed batches yet",
+            });
+        }
+        let checked = validate(self, q, k, v, fwd)?;
+        let dims = checked.dims;
+        let Dims { b, h, n, d, e } = dims;
+        check_tensor(self, "q", q, DType::F32)?;
+        check_tensor(self, "d_o", d_o, DType::F32)?;
+        let layout = fwd.layout;
+        let names = match layout {
+            Layout::Bhnd => ["batch", "heads", "n", "e"],
+            Layout::Bnhd => ["batch", "n", "heads", "e"],
+        };
+        check_shape("d_o", d_o, v.shape(), names, "v")?;
+        if let Some(ds) = opts.d_final_state {
+            check_state(self, "d_final_state", ds, &checked.state_shape)?;
+        }
+        let slopes: Vec<f32> = fwd.slopes.map_or(vec![0.0; h], <[f32]>::to_vec);
+        if opts.d_final_state.is_some() {
+            if let Some((i, s)) = slopes
+                .iter()
+                .enumerate()
+                .find(|(_, s)| **s > MAX_SLOPE_WITH_FINAL_STATE_GRAD)
+            {
+                return Err(Error::Slopes(format!(
+                    "slope {i} is {s}: with d_final_state the backward takes slopes up to {MAX_SLOPE_WITH_FINAL_STATE_GRAD}"
+                )));
+            }
+        }
+        let lambda: Vec<f64> = slopes.iter().map(|&s| (-(s as f64)).exp()).collect();
+        let ones = vec![1.0; h];
+        let plain = ForwardOptions {
+            slopes: fwd.slopes,
+            scale: fwd.scale,
+            layout,
+            ..Default::default()
+        };
+        let unscaled = ForwardOptions {
+            scale: 1.0,
+            ..plain
+        };
+
+        // dq: forward in time, S0^T as the initial state.
+        let s0t = match fwd.initial_state {
+            Some(s0) => Some(self.tensor(
+                &transpose_states(&self.read_async(s0).await?, &dims, d, e, &ones),
+                &[b, h, e, d],
+            )?),
+            None => None,
+        };
+        let dq = self
+            .forward_async(
+                d_o,
+                v,
+                k,
+                &ForwardOptions {
+                    initial_state: s0t.as_ref(),
+                    ..plain
+                },
+            )
+            .await?
+            .o;
+
+        // dk and dv: backward in time, through reversed copies.
+        let rev = |x: &[f32], w: usize| reverse_rows(x, layout, &dims, w);
+        let qs = layout.shape(b, h, n, d);
+        let vs = layout.shape(b, h, n, e);
+        // Reversed q, times scale: the values of the dk pass and the keys of
+        // the dv pass are scale q, and with the scale there (rather than in
+        // the passes' own `scale`, which would also multiply their initial
+        // states) dS_n enters unscaled.
+        let scaled: Vec<f32> = self
+            .read_async(q)
+            .await?
+            .iter()
+            .map(|x| x * fwd.scale)
+            .collect();
+        let qr = self.tensor(&rev(&scaled, d), &qs)?;
+        let kr = self.tensor(&rev(&self.read_async(k).await?, d), &qs)?;
+        let vr = self.tensor(&rev(&self.read_async(v).await?, e), &vs)?;
+        let dor = self.tensor(&rev(&self.read_async(d_o).await?, e), &vs)?;
+        let over_lambda: Vec<f64> = lambda.iter().map(|l| 1.0 / l).collect();
+        let (dsn_for_dk, dsn_for_dv) = match opts.d_final_state {
+            Some(ds) => {
+                let x = self.read_async(ds).await?;
+                let dk_init = transpose_states(&x, &dims, d, e, &over_lambda);
+                let dv_init: Vec<f32> = x
+                    .chunks(d * e)
+                    .enumerate()
+                    .flat_map(|(s, c)| {
+                        let f = over_lambda[s % h];
+                        c.iter().map(move |&y| (y as f64 * f) as f32)
+                    })
+                    .collect();
+                (
+                    Some(self.tensor(&dk_init, &[b, h, e, d])?),
+                    Some(self.tensor(&dv_init, &[b, h, d, e])?),
+                )
+            }
+            None => (None, None),
+        };
+        let dk_rev = self
+            .forward_async(
+                &vr,
+                &dor,
+                &qr,
+                &ForwardOptions {
+                    initial_state: dsn_for_dk.as_ref(),
+                    ..unscaled
+                },
+            )
+            .await?
+            .o;
+        let dv_out = self
+            .forward_async(
+                &kr,
+                &qr,
+                &dor,
+                &ForwardOptions {
+                    initial_state: dsn_for_dv.as_ref(),
+                    output_final_state: true,
+                    ..unscaled
+                },
+            )
+            .await?;
+        let dk = self.tensor(&rev(&self.read_async(&dk_rev).await?, d), &qs)?;
+        let dv = self.tensor(&rev(&self.read_async(&dv_out.o).await?, e), &vs)?;
+
+        // dS0 = lambda S', S' the reversed dv pass's final state:
+        // sum_i lambda^i (scale q_i)^T dO_i + lambda^(n-1) dS_n.
+        let final_state = dv_out.final_state.ok_or(Error::Readback("final state"))?;
+        let ds0: Vec<f32> = self
+            .read_async(&final_state)
+            .await?
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (lambda[(i / (d * e)) % h] * s as f64) as f32)
+            .collect();
+        let d_initial_state = self.tensor(&ds0, &[b, h, d, e])?;
+        Ok(Gradients {
+            dq,
+            dk,
+            dv,
+            d_initial_state,
+        })
+    }
+}
