@@ -704,3 +704,92 @@ fn forward_in_half_precision() {
         &["unknown dtype", "f64"],
     );
 }
+
+/// `backward` writes dq, dk, dv and dS0 matching the f64 reference backward.
+#[test]
+fn backward_matches_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 2,
+        n: 70,
+        d: 12,
+        e: 6,
+    };
+    let case = Case::new(dims, Layout::Bnhd, &mut rng);
+    let d_o = common::random(&mut rng, 2 * 70 * 6, 1);
+    let s0 = common::random(&mut rng, 2 * 12 * 6, 1);
+    let dsn = common::random(&mut rng, 2 * 12 * 6, 1);
+    write_npy(&case.path("do.npy"), &case.v_shape(), &d_o);
+    write_npy(&case.path("s0.npy"), &dims.state_shape(), &s0);
+    write_npy(&case.path("dsn.npy"), &dims.state_shape(), &dsn);
+    let a = |n: &str| case.arg(n);
+    let (q, k, v, dov, s0a, dsna) = (
+        a("q.npy"),
+        a("k.npy"),
+        a("v.npy"),
+        a("do.npy"),
+        a("s0.npy"),
+        a("dsn.npy"),
+    );
+    let (dq, dk, dv, ds0) = (a("dq.npy"), a("dk.npy"), a("dv.npy"), a("ds0.npy"));
+    let out = run(&[
+        "backward",
+        "--q",
+        &q,
+        "--k",
+        &k,
+        "--v",
+        &v,
+        "--layout",
+        "bnhd",
+        "--alibi",
+        "--scale",
+        "0.5",
+        "--initial-state",
+        &s0a,
+        "--do",
+        &dov,
+        "--d-final-state",
+        &dsna,
+        "--dq",
+        &dq,
+        "--dk",
+        &dk,
+        "--dv",
+        &dv,
+        "--d-initial-state",
+        &ds0,
+    ]);
+    assert_success(&out);
+    let want = reference::backward(
+        dims,
+        Layout::Bnhd,
+        &case.q,
+        &case.k,
+        &case.v,
+        &d_o,
+        &alibi_slopes(2),
+        0.5,
+        Some(&s0),
+        Some(&dsn),
+    );
+    for (file, want) in [
+        ("dq.npy", &want.dq),
+        ("dk.npy", &want.dk),
+        ("dv.npy", &want.dv),
+        ("ds0.npy", &want.d_initial_state),
+    ] {
+        let (_, got) = read_npy(&case.path(file));
+        let err = reference::relative_error(&got, want);
+        assert!(err <= 1e-5, "{file}: relative error {err} (seed {seed})");
+    }
+    // A gradient of the wrong shape is refused in one line.
+    write_npy(&case.path("do.npy"), &[1, 69, 2, 6], &d_o[..69 * 12]);
+    let out = run(&[
+        "backward", "--q", &q, "--k", &k, "--v", &v, "--do", &dov, "--dq", &dq, "--dk", &dk,
+        "--dv", &dv,
+    ]);
+    assert_fails(&out, &["do.npy", "shaped like v"]);
+}

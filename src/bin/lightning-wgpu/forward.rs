@@ -78,9 +78,9 @@ impl From<MethodArg> for Method {
     }
 }
 
-/// Arguments of `forward`.
+/// The inputs of one attention problem, shared by `forward` and `backward`.
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct Problem {
     /// Queries, float32 or float16 .npy: (b, h, n, d) or (b, n, h, d) per --layout.
     #[arg(long, value_name = "Q.npy")]
     pub q: PathBuf,
@@ -104,13 +104,20 @@ pub struct Args {
     /// State before the first position: (b, h, d, e), or (N, h, d, e) with --cu-seqlens.
     #[arg(long, value_name = "S0.npy")]
     pub initial_state: Option<PathBuf>,
+    /// Layout of q, k, v and the output.
+    #[arg(long, value_enum, default_value_t)]
+    pub layout: LayoutArg,
+}
+
+/// Arguments of `forward`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub problem: Problem,
     /// A packed batch of N sequences: int32 or int64 offsets of shape (N + 1,),
     /// from 0 to n, strictly increasing; b must then be 1.
     #[arg(long, value_name = "CU.npy")]
     pub cu_seqlens: Option<PathBuf>,
-    /// Layout of q, k, v and the output.
-    #[arg(long, value_enum, default_value_t)]
-    pub layout: LayoutArg,
     /// Storage type of q, k, v and o on the GPU (inputs are converted to it;
     /// outputs are written as float32 whatever it is).
     #[arg(long, value_enum, default_value_t)]
@@ -128,7 +135,7 @@ pub struct Args {
 
 /// The problem's sizes from the shapes of q, k and v (the library's own
 /// check, made before the GPU is opened), naming the files on failure.
-fn dims(args: &Args, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<Dims> {
+pub fn dims(args: &Problem, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<Dims> {
     problem_dims(layout, &q.shape, &k.shape, &v.shape).with_context(|| {
         format!(
             "{}, {}, {} (layout {layout})",
@@ -140,7 +147,7 @@ fn dims(args: &Args, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<
 }
 
 /// Slopes from `--slopes` or `--alibi`, `None` for no decay.
-fn slopes(args: &Args, h: usize) -> Result<Option<Vec<f32>>> {
+pub fn slopes(args: &Problem, h: usize) -> Result<Option<Vec<f32>>> {
     if args.alibi {
         return Ok(Some(alibi_slopes(h)));
     }
@@ -160,7 +167,11 @@ fn slopes(args: &Args, h: usize) -> Result<Option<Vec<f32>>> {
     Ok(Some(s.data))
 }
 
-fn initial_state(args: &Args, dims: &Dims, sequences: Option<usize>) -> Result<Option<Array>> {
+pub fn initial_state(
+    args: &Problem,
+    dims: &Dims,
+    sequences: Option<usize>,
+) -> Result<Option<Array>> {
     let Some(path) = &args.initial_state else {
         return Ok(None);
     };
@@ -182,24 +193,25 @@ fn initial_state(args: &Args, dims: &Dims, sequences: Option<usize>) -> Result<O
 /// Runs `forward`: read and check the inputs, run on the GPU, write the outputs.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let dtype = DType::from(args.dtype);
-    let layout = Layout::from(args.layout);
-    let q = npy::read(&args.q, "q")?;
-    let k = npy::read(&args.k, "k")?;
-    let v = npy::read(&args.v, "v")?;
-    let dims = dims(args, layout, &q, &k, &v)?;
-    let slopes = slopes(args, dims.h)?;
+    let problem = &args.problem;
+    let layout = Layout::from(problem.layout);
+    let q = npy::read(&problem.q, "q")?;
+    let k = npy::read(&problem.k, "k")?;
+    let v = npy::read(&problem.v, "v")?;
+    let dims = dims(problem, layout, &q, &k, &v)?;
+    let slopes = slopes(problem, dims.h)?;
     let cu_seqlens = args
         .cu_seqlens
         .as_deref()
         .map(|p| npy::read_offsets(p, "cu_seqlens"))
         .transpose()?;
     let s0 = initial_state(
-        args,
+        problem,
         &dims,
         cu_seqlens.as_ref().map(|c| c.len().saturating_sub(1)),
     )?;
-    if !args.scale.is_finite() {
-        bail!("--scale {} must be finite", args.scale);
+    if !problem.scale.is_finite() {
+        bail!("--scale {} must be finite", problem.scale);
     }
 
     let ctx = Context::with_options(options)?;
@@ -209,7 +221,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let s0_t = s0.map(|s| ctx.tensor(&s.data, &s.shape)).transpose()?;
     let opts = ForwardOptions {
         slopes: slopes.as_deref(),
-        scale: args.scale,
+        scale: problem.scale,
         layout,
         initial_state: s0_t.as_ref(),
         output_final_state: args.final_state.is_some(),

@@ -3,6 +3,7 @@
 //! - `forward`: run the forward pass on `.npy` files (for checking the
 //!   kernels against another implementation, or using them from any
 //!   language that writes NumPy files);
+//! - `backward`: the gradients, on `.npy` files too;
 //! - `info`: the adapters wgpu finds and which one is used;
 //! - `demo`: random inputs, one pass, compared with the CPU reference;
 //! - `bench`: the speed-versus-length sweep (see docs/BENCHMARKS.md).
@@ -11,12 +12,13 @@
 //! after installing.
 //!
 //! Each subcommand lives in its own module with its `Args` and a
-//! `run(...) -> anyhow::Result<ExitCode>`; adding one (`backward`)
+//! `run(...) -> anyhow::Result<ExitCode>`; adding one
 //! means a module, a `Command` variant and a match arm.
 //!
 //! Every failure is one line on stderr, `error: <reason>`, and a non-zero
 //! exit status, so scripts can report it and people can read it.
 
+mod backward;
 mod bench;
 mod demo;
 mod forward;
@@ -71,6 +73,8 @@ impl Global {
 enum Command {
     /// Run the forward pass on .npy files.
     Forward(forward::Args),
+    /// Gradients of the forward pass (dq, dk, dv, dS0) on .npy files.
+    Backward(backward::Args),
     /// List the GPU adapters, their features and limits, and which one is used.
     Info,
     /// Run random inputs on the GPU and check them against the CPU reference.
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let options = cli.global.options();
     match cli.command {
         Some(Command::Forward(args)) => forward::run(&args, options),
+        Some(Command::Backward(args)) => backward::run(&args, options),
         Some(Command::Info) => info::run(&options),
         Some(Command::Demo(args)) => demo::run(&args, options),
         Some(Command::Bench(args)) => bench::run(&args, options),
