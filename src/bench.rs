@@ -5,6 +5,7 @@
 use crate::context::Context;
 use crate::error::Result;
 use crate::layout::Dims;
+use crate::ops::backward::BackwardOptions;
 use crate::ops::forward::{ForwardOptions, Method};
 use crate::ops::recurrent::DecodeOptions;
 use crate::ops::softmax::SoftmaxOptions;
@@ -285,6 +286,61 @@ async fn time_runs(
         samples_ms: samples,
         peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
         timer,
+    })
+}
+
+/// Measures a Lightning forward pass followed by its backward (output
+/// gradient a fixed pattern), by the wall clock around a device
+/// wait: the backward reverses time through the host, and GPU timestamps
+/// would leave those transfers out.
+pub async fn measure_forward_backward(
+    ctx: &Context,
+    dims: &Dims,
+    inputs: &mut Inputs,
+    repeat: Repeat,
+) -> Result<Measurement> {
+    inputs.view(dims)?;
+    let slopes = alibi_slopes(dims.h);
+    let d_o = ctx.tensor_as(
+        &pattern(inputs.v.len(), 8, 1.0),
+        inputs.v.shape(),
+        inputs.dtype(),
+    )?;
+    ctx.reset_peak_memory();
+    let fwd = ForwardOptions {
+        slopes: Some(&slopes),
+        ..Default::default()
+    };
+    let (q, k, v) = (&inputs.q, &inputs.k, &inputs.v);
+    let mut samples = Vec::new();
+    for rep in 0..repeat.warmup + repeat.reps.max(1) {
+        let start = web_time::Instant::now();
+        let o = ctx.forward_async(q, k, v, &fwd).await?.o;
+        let g = ctx
+            .backward_async(
+                q,
+                k,
+                v,
+                &d_o,
+                &BackwardOptions {
+                    forward: fwd,
+                    d_final_state: None,
+                },
+            )
+            .await?;
+        settle(ctx, &g.dq).await?;
+        drop(o);
+        if rep >= repeat.warmup {
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Measurement {
+        fwd_ms: sorted[sorted.len() / 2],
+        samples_ms: samples,
+        peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
+        timer: "wall-clock",
     })
 }
 

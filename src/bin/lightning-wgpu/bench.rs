@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use lightning_wgpu::bench::{measure, measure_decode, Inputs, Provider, Repeat, Sweep};
+use lightning_wgpu::bench::{
+    measure, measure_decode, measure_forward_backward, Inputs, Provider, Repeat, Sweep,
+};
 use lightning_wgpu::{Context, ContextOptions, DType, Dims};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,10 @@ pub struct Args {
     /// longer than this (milliseconds, all runs of the case together).
     #[arg(long, default_value_t = MAX_MS)]
     pub max_ms: f64,
+    /// Also time forward + backward of the lightning provider (wall clock:
+    /// the backward reverses time through the host for now).
+    #[arg(long)]
+    pub backward: bool,
     /// Measure decoding steps instead of the length sweep: one new token for
     /// each of a batch of requests against their cached states.
     #[arg(long)]
@@ -93,6 +99,7 @@ impl Default for Args {
             warmup: None,
             reps: None,
             max_ms: MAX_MS,
+            backward: false,
             decode: false,
             decode_batches: vec![1, 8, 64, 256],
             json: None,
@@ -368,6 +375,16 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                     _ => 1.0,
                 };
                 predicted[p] = Some(m.fwd_ms * growth * if fixed_b.is_some() { 2.0 } else { 1.0 });
+                let fwd_bwd_ms = if args.backward && *provider == Provider::Lightning {
+                    let m =
+                        pollster::block_on(measure_forward_backward(&ctx, dims, inputs, repeat))
+                            .with_context(|| {
+                                format!("forward + backward {dtype} at n = {}", dims.n)
+                            })?;
+                    Some(m.fwd_ms)
+                } else {
+                    None
+                };
                 let flops = provider.forward_flops(dims, ctx.tile() as usize);
                 rows.push(Row {
                     provider: provider.name().into(),
@@ -378,7 +395,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                     d: dims.d,
                     e: dims.e,
                     fwd_ms: Some(m.fwd_ms),
-                    fwd_bwd_ms: None,
+                    fwd_bwd_ms,
                     tokens_per_s: Some(tokens as f64 / (m.fwd_ms * 1e-3)),
                     tflops: Some(flops / (m.fwd_ms * 1e-3) / 1e12),
                     peak_mem_mb: Some(m.peak_mem_mb),
@@ -464,7 +481,7 @@ fn finish(
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>8}",
+        "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>10} {:>10}",
         "provider",
         "dtype",
         "b",
@@ -476,12 +493,13 @@ fn print_table(rows: &[Row]) {
         "tokens/s",
         "TFLOP/s",
         "peak MiB",
-        "state GB/s"
+        "state GB/s",
+        "fwd+bwd ms"
     );
     let show = |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in rows {
         println!(
-            "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>8}",
+            "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>10} {:>10}",
             r.provider,
             r.dtype,
             r.b,
@@ -494,6 +512,7 @@ fn print_table(rows: &[Row]) {
             show(r.tflops, 2),
             show(r.peak_mem_mb, 0),
             show(r.state_gb_per_s, 1),
+            show(r.fwd_bwd_ms, 3),
         );
     }
 }
