@@ -29,3 +29,7 @@ for t in f32 f16 bf16; do $B demo --n 4096 --h 8 --d 128 --e 128 --dtype $t; don
 timeout 300 $B bench --dtype f32,f16,bf16 --warmup 1 --reps 5 --max-ms 8000 $A \
     --json "$OUT/h100.json" --plot "$OUT/h100.svg"
 timeout 60 $B bench --decode --decode-batches 1,8,64,256 --json "$OUT/decode.json"
+
+# Call C (a later call on the same machine): forward + backward at b = 4.
+#   timeout 400 $B bench --backward --providers lightning --b 4 --lengths 1024,4096 --dtype f32 \
+#       --warmup 1 --reps 3 --json "$OUT/h100-backward.json"
