@@ -272,18 +272,112 @@ fn bad_backward_inputs_are_refused() {
         matches!(&err, Error::Slopes(m) if m.contains("slope 0")),
         "{err:?}"
     );
+    // Packed offsets are checked as in the forward pass.
     let opts = BackwardOptions {
         forward: ForwardOptions {
-            cu_seqlens: Some(&[0, 8]),
+            cu_seqlens: Some(&[0, 5]),
             ..Default::default()
         },
         ..Default::default()
     };
-    assert!(matches!(
-        ctx.backward(&x, &x, &x, &x, &opts).unwrap_err(),
-        Error::InvalidValue {
-            arg: "cu_seqlens",
-            ..
+    let err = ctx.backward(&x, &x, &x, &x, &opts).unwrap_err();
+    assert!(
+        matches!(&err, Error::CuSeqlens(m) if m.contains("end at n = 8")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn packed_sequences_get_their_own_gradients() {
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let (h, d, e, n) = (2, 6, 10, 80);
+    let cu = [0usize, 5, 6, 80];
+    let dims = Dims { b: 1, h, n, d, e };
+    let state = h * d * e;
+    for layout in [Layout::Bhnd, Layout::Bnhd] {
+        let q = common::random(&mut rng, h * n * d, d);
+        let k = common::random(&mut rng, h * n * d, d);
+        let v = common::random(&mut rng, h * n * e, 1);
+        let d_o = common::random(&mut rng, h * n * e, 1);
+        let s0 = common::random(&mut rng, 3 * state, 1);
+        let dsn = common::random(&mut rng, 3 * state, 1);
+        let slopes = alibi_slopes(h);
+        let (qs, vs) = (layout.shape(1, h, n, d), layout.shape(1, h, n, e));
+        let s0_t = ctx.tensor(&s0, &[3, h, d, e]).unwrap();
+        let dsn_t = ctx.tensor(&dsn, &[3, h, d, e]).unwrap();
+        let opts = BackwardOptions {
+            forward: ForwardOptions {
+                slopes: Some(&slopes),
+                scale: 0.8,
+                layout,
+                initial_state: Some(&s0_t),
+                cu_seqlens: Some(&cu),
+                ..Default::default()
+            },
+            d_final_state: Some(&dsn_t),
+        };
+        let g = ctx
+            .backward(
+                &ctx.tensor(&q, &qs).unwrap(),
+                &ctx.tensor(&k, &qs).unwrap(),
+                &ctx.tensor(&v, &vs).unwrap(),
+                &ctx.tensor(&d_o, &vs).unwrap(),
+                &opts,
+            )
+            .unwrap();
+        let read = |t: &lightning_wgpu::Tensor| ctx.read(t).unwrap();
+        let (dq, dk, dv, ds0) = (
+            read(&g.dq),
+            read(&g.dk),
+            read(&g.dv),
+            read(&g.d_initial_state),
+        );
+        // Rows r0..r1 of a (1, h, n, w) tensor.
+        let rows = |x: &[f32], w: usize, r0: usize, r1: usize| -> Vec<f32> {
+            let len = r1 - r0;
+            let mut out = vec![0.0; h * len * w];
+            for hh in 0..h {
+                for i in r0..r1 {
+                    for c in 0..w {
+                        out[layout.index(h, len, w, [0, hh, i - r0, c])] =
+                            x[layout.index(h, n, w, [0, hh, i, c])];
+                    }
+                }
+            }
+            out
+        };
+        for (s, w) in cu.windows(2).enumerate() {
+            let (r0, r1) = (w[0], w[1]);
+            let want = reference::backward(
+                Dims { n: r1 - r0, ..dims },
+                layout,
+                &rows(&q, d, r0, r1),
+                &rows(&k, d, r0, r1),
+                &rows(&v, e, r0, r1),
+                &rows(&d_o, e, r0, r1),
+                &slopes,
+                0.8,
+                Some(&s0[s * state..(s + 1) * state]),
+                Some(&dsn[s * state..(s + 1) * state]),
+            );
+            for (name, got, want) in [
+                ("dq", rows(&dq, d, r0, r1), &want.dq),
+                ("dk", rows(&dk, d, r0, r1), &want.dk),
+                ("dv", rows(&dv, e, r0, r1), &want.dv),
+                (
+                    "dS0",
+                    ds0[s * state..(s + 1) * state].to_vec(),
+                    &want.d_initial_state,
+                ),
+            ] {
+                let err = reference::relative_error(&got, want);
+                assert!(
+                    err <= TOL,
+                    "{layout} sequence {s} {name} (seed {seed}): {err:e}"
+                );
+            }
         }
-    ));
+    }
 }

@@ -29,7 +29,7 @@ pub const MAX_SLOPE_WITH_FINAL_STATE_GRAD: f32 = 80.0;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BackwardOptions<'a> {
     /// The options the forward pass ran with (slopes, scale, layout, initial
-    /// state; `cu_seqlens` is not supported by the backward yet).
+    /// state, `cu_seqlens`).
     pub forward: ForwardOptions<'a>,
     /// Incoming gradient of the final state `dS_n`, `(b, h, d, e)`; zero if `None`.
     pub d_final_state: Option<&'a Tensor>,
@@ -44,6 +44,47 @@ pub struct Gradients {
     /// Gradient of the initial state, `(b, h, d, e)` (computed whether or not
     /// an initial state was given).
     pub d_initial_state: Tensor,
+}
+
+/// Rows `[r0, r1)` of a `(1, h, n, w)` tensor in `layout`, as their own tensor's data.
+fn rows(
+    x: &[f32],
+    layout: Layout,
+    h: usize,
+    n: usize,
+    width: usize,
+    (r0, r1): (usize, usize),
+) -> Vec<f32> {
+    let len = r1 - r0;
+    let mut out = vec![0.0; h * len * width];
+    for hh in 0..h {
+        for i in r0..r1 {
+            let from = layout.index(h, n, width, [0, hh, i, 0]);
+            let to = layout.index(h, len, width, [0, hh, i - r0, 0]);
+            out[to..to + width].copy_from_slice(&x[from..from + width]);
+        }
+    }
+    out
+}
+
+/// Writes `part` (rows `[r0, r1)`) back into the `(1, h, n, w)` tensor data `x`.
+fn put_rows(
+    x: &mut [f32],
+    part: &[f32],
+    layout: Layout,
+    h: usize,
+    n: usize,
+    width: usize,
+    (r0, r1): (usize, usize),
+) {
+    let len = r1 - r0;
+    for hh in 0..h {
+        for i in r0..r1 {
+            let to = layout.index(h, n, width, [0, hh, i, 0]);
+            let from = layout.index(h, len, width, [0, hh, i - r0, 0]);
+            x[to..to + width].copy_from_slice(&part[from..from + width]);
+        }
+    }
 }
 
 /// Rows of every (b, h) in reverse order, in place of a `(b, h, n, w)` tensor.
@@ -80,6 +121,115 @@ fn transpose_states(x: &[f32], dims: &Dims, rows: usize, cols: usize, factor: &[
 }
 
 impl Context {
+    /// The backward of a packed batch: each sequence on its own, with its
+    /// own initial state and final-state gradient, gathered back.
+    async fn backward_packed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions<'_>,
+        cu: &[usize],
+    ) -> Result<Gradients> {
+        let fwd = &opts.forward;
+        let checked = validate(self, q, k, v, fwd)?;
+        let Dims { h, n, d, e, .. } = checked.dims;
+        check_tensor(self, "d_o", d_o, DType::F32)?;
+        check_shape("d_o", d_o, v.shape(), ["batch", "", "", "e"], "v")?;
+        if let Some(ds) = opts.d_final_state {
+            check_state(self, "d_final_state", ds, &checked.state_shape)?;
+        }
+        let layout = fwd.layout;
+        let (xq, xk, xv, xo) = (
+            self.read_async(q).await?,
+            self.read_async(k).await?,
+            self.read_async(v).await?,
+            self.read_async(d_o).await?,
+        );
+        let s0 = match fwd.initial_state {
+            Some(t) => Some(self.read_async(t).await?),
+            None => None,
+        };
+        let dsn = match opts.d_final_state {
+            Some(t) => Some(self.read_async(t).await?),
+            None => None,
+        };
+        let state = h * d * e;
+        let (mut dq, mut dk, mut dv) = (
+            vec![0.0; xq.len()],
+            vec![0.0; xk.len()],
+            vec![0.0; xv.len()],
+        );
+        let mut ds0 = vec![0.0; checked.state_shape.iter().product()];
+        for (i, w) in cu.windows(2).enumerate() {
+            let (r0, r1) = (w[0], w[1]);
+            let qs = layout.shape(1, h, r1 - r0, d);
+            let vs = layout.shape(1, h, r1 - r0, e);
+            let part = |x: &[f32], width: usize, shape: [usize; 4]| {
+                self.tensor(&rows(x, layout, h, n, width, (r0, r1)), &shape)
+            };
+            let own = |x: &Option<Vec<f32>>| -> Result<Option<Tensor>> {
+                x.as_ref()
+                    .map(|x| self.tensor(&x[i * state..(i + 1) * state], &[1, h, d, e]))
+                    .transpose()
+            };
+            let (s0_i, dsn_i) = (own(&s0)?, own(&dsn)?);
+            let one = BackwardOptions {
+                forward: ForwardOptions {
+                    cu_seqlens: None,
+                    initial_state: s0_i.as_ref(),
+                    ..*fwd
+                },
+                d_final_state: dsn_i.as_ref(),
+            };
+            let g = self
+                .backward_async(
+                    &part(&xq, d, qs)?,
+                    &part(&xk, d, qs)?,
+                    &part(&xv, e, vs)?,
+                    &part(&xo, e, vs)?,
+                    &one,
+                )
+                .await?;
+            put_rows(
+                &mut dq,
+                &self.read_async(&g.dq).await?,
+                layout,
+                h,
+                n,
+                d,
+                (r0, r1),
+            );
+            put_rows(
+                &mut dk,
+                &self.read_async(&g.dk).await?,
+                layout,
+                h,
+                n,
+                d,
+                (r0, r1),
+            );
+            put_rows(
+                &mut dv,
+                &self.read_async(&g.dv).await?,
+                layout,
+                h,
+                n,
+                e,
+                (r0, r1),
+            );
+            ds0[i * state..(i + 1) * state]
+                .copy_from_slice(&self.read_async(&g.d_initial_state).await?);
+        }
+        Ok(Gradients {
+            dq: self.tensor(&dq, q.shape())?,
+            dk: self.tensor(&dk, k.shape())?,
+            dv: self.tensor(&dv, v.shape())?,
+            d_initial_state: self.tensor(&ds0, &checked.state_shape)?,
+        })
+    }
+
     /// Gradients of [`Context::forward`] for the output gradient `d_o`
     /// (shaped like `v`): `dq`, `dk`, `dv` and the initial state's `dS0`.
     /// f32 storage. Blocks; see [`Context::backward_async`].
@@ -105,12 +255,8 @@ impl Context {
         opts: &BackwardOptions<'_>,
     ) -> Result<Gradients> {
         let fwd = &opts.forward;
-        if fwd.cu_seqlens.is_some() {
-            return Err(Error::InvalidValue {
-                arg: "cu_seqlens",
-                value: "given".into(),
-                reason: "the backward pass does not take packed batches yet",
-            });
+        if let Some(cu) = fwd.cu_seqlens {
+            return Box::pin(self.backward_packed(q, k, v, d_o, opts, cu)).await;
         }
         let checked = validate(self, q, k, v, fwd)?;
         let dims = checked.dims;
