@@ -233,6 +233,18 @@ pub async fn measure(
     .await
 }
 
+/// The median of `samples` (ms) and the peak memory since the last reset.
+fn summarize(ctx: &Context, samples: Vec<f64>, timer: &'static str) -> Measurement {
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    Measurement {
+        fwd_ms: sorted[sorted.len() / 2],
+        samples_ms: samples,
+        peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
+        timer,
+    }
+}
+
 /// Most compute passes one measured op runs.
 const PASSES_PER_OP: usize = 4;
 
@@ -279,14 +291,7 @@ async fn time_runs(
         }
         "wall-clock"
     };
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
-    Ok(Measurement {
-        fwd_ms: sorted[sorted.len() / 2],
-        samples_ms: samples,
-        peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
-        timer,
-    })
+    Ok(summarize(ctx, samples, timer))
 }
 
 /// Measures a Lightning forward pass followed by its backward (output
@@ -334,14 +339,7 @@ pub async fn measure_forward_backward(
             samples.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
-    Ok(Measurement {
-        fwd_ms: sorted[sorted.len() / 2],
-        samples_ms: samples,
-        peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
-        timer: "wall-clock",
-    })
+    Ok(summarize(ctx, samples, "wall-clock"))
 }
 
 /// Measures one decoding step ([`Context::decode_step`]) for `batch` requests

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use lightning_wgpu::{BackwardOptions, Context, ContextOptions, ForwardOptions, Layout};
+use lightning_wgpu::{BackwardOptions, Context, ContextOptions, ForwardOptions};
 
-use crate::forward::{dims, initial_state, slopes, Problem};
+use crate::forward::{initial_state, Loaded, Problem};
 use crate::npy;
 
 /// Arguments of `backward`.
@@ -38,12 +38,14 @@ pub struct Args {
 /// Runs `backward`: read and check the inputs, run on the GPU, write the gradients.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let problem = &args.problem;
-    let layout = Layout::from(problem.layout);
-    let q = npy::read(&problem.q, "q")?;
-    let k = npy::read(&problem.k, "k")?;
-    let v = npy::read(&problem.v, "v")?;
-    let dims = dims(problem, layout, &q, &k, &v)?;
-    let slopes = slopes(problem, dims.h)?;
+    let Loaded {
+        layout,
+        q,
+        k,
+        v,
+        dims,
+        slopes,
+    } = problem.load()?;
     let s0 = initial_state(problem, &dims, None)?;
     let d_o = npy::read(&args.d_o, "do")?;
     if d_o.shape != v.shape {

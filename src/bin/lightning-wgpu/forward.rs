@@ -135,7 +135,7 @@ pub struct Args {
 
 /// The problem's sizes from the shapes of q, k and v (the library's own
 /// check, made before the GPU is opened), naming the files on failure.
-pub fn dims(args: &Problem, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<Dims> {
+fn dims(args: &Problem, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<Dims> {
     problem_dims(layout, &q.shape, &k.shape, &v.shape).with_context(|| {
         format!(
             "{}, {}, {} (layout {layout})",
@@ -147,7 +147,7 @@ pub fn dims(args: &Problem, layout: Layout, q: &Array, k: &Array, v: &Array) -> 
 }
 
 /// Slopes from `--slopes` or `--alibi`, `None` for no decay.
-pub fn slopes(args: &Problem, h: usize) -> Result<Option<Vec<f32>>> {
+fn slopes(args: &Problem, h: usize) -> Result<Option<Vec<f32>>> {
     if args.alibi {
         return Ok(Some(alibi_slopes(h)));
     }
@@ -190,16 +190,52 @@ pub fn initial_state(
     Ok(Some(s))
 }
 
+/// A problem's inputs, read and checked: what `forward` and `backward` share.
+pub struct Loaded {
+    pub layout: Layout,
+    pub q: Array,
+    pub k: Array,
+    pub v: Array,
+    pub dims: Dims,
+    pub slopes: Option<Vec<f32>>,
+}
+
+impl Problem {
+    /// Reads q, k, v and the slopes and checks their shapes, before the GPU
+    /// is opened.
+    pub fn load(&self) -> Result<Loaded> {
+        let layout = Layout::from(self.layout);
+        let q = npy::read(&self.q, "q")?;
+        let k = npy::read(&self.k, "k")?;
+        let v = npy::read(&self.v, "v")?;
+        let dims = dims(self, layout, &q, &k, &v)?;
+        let slopes = slopes(self, dims.h)?;
+        if !self.scale.is_finite() {
+            bail!("--scale {} must be finite", self.scale);
+        }
+        Ok(Loaded {
+            layout,
+            q,
+            k,
+            v,
+            dims,
+            slopes,
+        })
+    }
+}
+
 /// Runs `forward`: read and check the inputs, run on the GPU, write the outputs.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let dtype = DType::from(args.dtype);
     let problem = &args.problem;
-    let layout = Layout::from(problem.layout);
-    let q = npy::read(&problem.q, "q")?;
-    let k = npy::read(&problem.k, "k")?;
-    let v = npy::read(&problem.v, "v")?;
-    let dims = dims(problem, layout, &q, &k, &v)?;
-    let slopes = slopes(problem, dims.h)?;
+    let Loaded {
+        layout,
+        q,
+        k,
+        v,
+        dims,
+        slopes,
+    } = problem.load()?;
     let cu_seqlens = args
         .cu_seqlens
         .as_deref()
@@ -210,9 +246,6 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         &dims,
         cu_seqlens.as_ref().map(|c| c.len().saturating_sub(1)),
     )?;
-    if !problem.scale.is_finite() {
-        bail!("--scale {} must be finite", problem.scale);
-    }
 
     let ctx = Context::with_options(options)?;
     let q_t = ctx.tensor_as(&q.data, &q.shape, dtype)?;
