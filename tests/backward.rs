@@ -334,38 +334,24 @@ fn packed_sequences_get_their_own_gradients() {
             read(&g.dv),
             read(&g.d_initial_state),
         );
-        // Rows r0..r1 of a (1, h, n, w) tensor.
-        let rows = |x: &[f32], w: usize, r0: usize, r1: usize| -> Vec<f32> {
-            let len = r1 - r0;
-            let mut out = vec![0.0; h * len * w];
-            for hh in 0..h {
-                for i in r0..r1 {
-                    for c in 0..w {
-                        out[layout.index(h, len, w, [0, hh, i - r0, c])] =
-                            x[layout.index(h, n, w, [0, hh, i, c])];
-                    }
-                }
-            }
-            out
-        };
         for (s, w) in cu.windows(2).enumerate() {
             let (r0, r1) = (w[0], w[1]);
             let want = reference::backward(
                 Dims { n: r1 - r0, ..dims },
                 layout,
-                &rows(&q, d, r0, r1),
-                &rows(&k, d, r0, r1),
-                &rows(&v, e, r0, r1),
-                &rows(&d_o, e, r0, r1),
+                &common::rows(&q, layout, &dims, d, r0, r1),
+                &common::rows(&k, layout, &dims, d, r0, r1),
+                &common::rows(&v, layout, &dims, e, r0, r1),
+                &common::rows(&d_o, layout, &dims, e, r0, r1),
                 &slopes,
                 0.8,
                 Some(&s0[s * state..(s + 1) * state]),
                 Some(&dsn[s * state..(s + 1) * state]),
             );
             for (name, got, want) in [
-                ("dq", rows(&dq, d, r0, r1), &want.dq),
-                ("dk", rows(&dk, d, r0, r1), &want.dk),
-                ("dv", rows(&dv, e, r0, r1), &want.dv),
+                ("dq", common::rows(&dq, layout, &dims, d, r0, r1), &want.dq),
+                ("dk", common::rows(&dk, layout, &dims, d, r0, r1), &want.dk),
+                ("dv", common::rows(&dv, layout, &dims, e, r0, r1), &want.dv),
                 (
                     "dS0",
                     ds0[s * state..(s + 1) * state].to_vec(),

@@ -33,25 +33,6 @@ fn problem(rng: &mut StdRng, dims: Dims) -> Problem {
     }
 }
 
-/// Rows `[r0, r1)` of a `(b, h, n, w)` tensor in layout `l`, as its own tensor's data.
-fn rows(x: &[f32], l: Layout, dims: &Dims, w: usize, r0: usize, r1: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(dims.b * dims.h * (r1 - r0) * w);
-    let len = r1 - r0;
-    let mut place = vec![0.0; dims.b * dims.h * len * w];
-    for b in 0..dims.b {
-        for h in 0..dims.h {
-            for i in r0..r1 {
-                for c in 0..w {
-                    place[l.index(dims.h, len, w, [b, h, i - r0, c])] =
-                        x[l.index(dims.h, dims.n, w, [b, h, i, c])];
-                }
-            }
-        }
-    }
-    out.extend(place);
-    out
-}
-
 fn upload(ctx: &Context, x: &[f32], shape: [usize; 4]) -> Tensor {
     ctx.tensor(x, &shape).expect("upload")
 }
@@ -195,9 +176,9 @@ fn prefill_in_chunks_equals_one_call() {
                 let part = Dims { n: r1 - r0, ..dims };
                 let qk = layout.shape(dims.b, dims.h, part.n, dims.d);
                 let vs = layout.shape(dims.b, dims.h, part.n, dims.e);
-                let q = upload(&ctx, &rows(&p.q, layout, &dims, dims.d, r0, r1), qk);
-                let k = upload(&ctx, &rows(&p.k, layout, &dims, dims.d, r0, r1), qk);
-                let v = upload(&ctx, &rows(&p.v, layout, &dims, dims.e, r0, r1), vs);
+                let q = upload(&ctx, &common::rows(&p.q, layout, &dims, dims.d, r0, r1), qk);
+                let k = upload(&ctx, &common::rows(&p.k, layout, &dims, dims.d, r0, r1), qk);
+                let v = upload(&ctx, &common::rows(&p.v, layout, &dims, dims.e, r0, r1), vs);
                 let opts = ForwardOptions {
                     slopes: Some(&p.slopes),
                     layout,
@@ -282,15 +263,17 @@ fn packed_sequences_equal_running_each_alone() {
                 let want = reference::forward(
                     part,
                     layout,
-                    &rows(&p.q, layout, &dims, d, w[0], w[1]),
-                    &rows(&p.k, layout, &dims, d, w[0], w[1]),
-                    &rows(&p.v, layout, &dims, e, w[0], w[1]),
+                    &common::rows(&p.q, layout, &dims, d, w[0], w[1]),
+                    &common::rows(&p.k, layout, &dims, d, w[0], w[1]),
+                    &common::rows(&p.v, layout, &dims, e, w[0], w[1]),
                     &p.slopes,
                     1.0,
                     Some(init),
                 );
-                let eo =
-                    reference::relative_error(&rows(&got_o, layout, &dims, e, w[0], w[1]), &want.o);
+                let eo = reference::relative_error(
+                    &common::rows(&got_o, layout, &dims, e, w[0], w[1]),
+                    &want.o,
+                );
                 let es = reference::relative_error(
                     &got_s[s * h * d * e..(s + 1) * h * d * e],
                     &want.final_state,

@@ -1,7 +1,7 @@
 //! Shared test helpers: contexts, random inputs with fresh seeds, poison.
 #![allow(dead_code)]
 
-use lightning_wgpu::{Context, ContextOptions, Tensor};
+use lightning_wgpu::{Context, ContextOptions, Dims, Layout, Tensor};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -53,4 +53,22 @@ pub fn poisoned(ctx: &Context, shape: &[usize]) -> Tensor {
     let len = shape.iter().product();
     ctx.tensor(&vec![POISON; len], shape)
         .expect("poisoned tensor")
+}
+
+/// Rows `[r0, r1)` of a `(b, h, n, w)` tensor in layout `l`, as the data of
+/// a `(b, h, r1 - r0, w)` tensor in the same layout.
+pub fn rows(x: &[f32], l: Layout, dims: &Dims, w: usize, r0: usize, r1: usize) -> Vec<f32> {
+    let len = r1 - r0;
+    let mut out = vec![0.0; dims.b * dims.h * len * w];
+    for b in 0..dims.b {
+        for h in 0..dims.h {
+            for i in r0..r1 {
+                for c in 0..w {
+                    out[l.index(dims.h, len, w, [b, h, i - r0, c])] =
+                        x[l.index(dims.h, dims.n, w, [b, h, i, c])];
+                }
+            }
+        }
+    }
+    out
 }
