@@ -18,6 +18,9 @@ pub const ADAPTER_ENV: &str = "LIGHTNING_ADAPTER";
 pub const CHECKED_ENV: &str = "LIGHTNING_CHECKED";
 /// Environment variable forcing the tile (block) size: 32 or 64.
 pub const TILE_ENV: &str = "LIGHTNING_TILE";
+/// Environment variable setting the reduction depth staged per step: 8, 16
+/// (the default) or 32. A tuning knob for measurements.
+pub const CHUNK_ENV: &str = "LIGHTNING_CHUNK";
 /// Environment variable forcing f16 to be read packed two to a u32
 /// (`unpack2x16float`) even where the adapter has SHADER_F16 (`1`).
 pub const PACKED_F16_ENV: &str = "LIGHTNING_PACKED_F16";
@@ -283,7 +286,15 @@ impl Context {
             })?),
             (None, None) => None,
         };
-        let config = KernelConfig::for_limits(&limits, tile)?;
+        let chunk = match env(CHUNK_ENV) {
+            Some(s) => Some(s.trim().parse().map_err(|_| Error::InvalidValue {
+                arg: CHUNK_ENV,
+                value: s.clone(),
+                reason: "must be 8, 16 or 32",
+            })?),
+            None => None,
+        };
+        let config = KernelConfig::for_limits(&limits, tile, chunk)?;
         let packed = options
             .packed_f16
             .or_else(|| env_flag(PACKED_F16_ENV))

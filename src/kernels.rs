@@ -153,16 +153,36 @@ impl KernelConfig {
         intra.max(recurrent).max(softmax)
     }
 
-    /// The largest configuration the limits allow, or the requested tile.
-    pub fn for_limits(limits: &wgpu::Limits, tile: Option<u32>) -> Result<Self> {
+    /// Reduction depths the kernels can stage (rows of `d` per step).
+    pub const CHUNKS: [u32; 3] = [8, 16, 32];
+
+    /// The configuration for these limits: the requested tile and depth,
+    /// else the largest tile that fits with a depth of 16.
+    pub fn for_limits(
+        limits: &wgpu::Limits,
+        tile: Option<u32>,
+        chunk: Option<u32>,
+    ) -> Result<Self> {
         let fits = |c: KernelConfig| {
             c.threads() <= limits.max_compute_invocations_per_workgroup
                 && c.threads() <= limits.max_compute_workgroup_size_x
                 && c.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
         };
+        let chunk = chunk.unwrap_or(16);
+        if !Self::CHUNKS.contains(&chunk) {
+            return Err(Error::InvalidValue {
+                arg: "chunk",
+                value: chunk.to_string(),
+                reason: "must be 8, 16 or 32",
+            });
+        }
+        let too_large = |arg: &'static str, value: u32| Error::InvalidValue {
+            arg,
+            value: value.to_string(),
+            reason: "too large for this adapter's workgroup limits",
+        };
         match tile {
             Some(t) => {
-                let c = KernelConfig { tile: t, chunk: 16 };
                 if !Self::TILES.contains(&t) {
                     return Err(Error::InvalidValue {
                         arg: "tile",
@@ -170,25 +190,19 @@ impl KernelConfig {
                         reason: "must be 32 or 64",
                     });
                 }
-                if !fits(c) {
-                    return Err(Error::InvalidValue {
-                        arg: "tile",
-                        value: t.to_string(),
-                        reason: "too large for this adapter's workgroup limits",
-                    });
+                let c = KernelConfig { tile: t, chunk };
+                if fits(c) {
+                    Ok(c)
+                } else {
+                    Err(too_large("tile", t))
                 }
-                Ok(c)
             }
             None => Self::TILES
                 .iter()
                 .rev()
-                .map(|&tile| KernelConfig { tile, chunk: 16 })
+                .map(|&tile| KernelConfig { tile, chunk })
                 .find(|&c| fits(c))
-                .ok_or(Error::InvalidValue {
-                    arg: "tile",
-                    value: "any".into(),
-                    reason: "the adapter's workgroup limits are below the WebGPU minimum",
-                }),
+                .ok_or(too_large("chunk", chunk)),
         }
     }
 }

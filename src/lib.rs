@@ -49,7 +49,9 @@ mod timing;
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::adapters;
 pub use context::adapters_async;
-pub use context::{AdapterSummary, Context, ContextOptions, ADAPTER_ENV, CHECKED_ENV, TILE_ENV};
+pub use context::{
+    AdapterSummary, Context, ContextOptions, ADAPTER_ENV, CHECKED_ENV, CHUNK_ENV, TILE_ENV,
+};
 pub use error::{Error, Result};
 pub use layout::{Dims, Layout};
 pub use ops::backward::{BackwardOptions, Gradients, MAX_SLOPE_WITH_FINAL_STATE_GRAD};

@@ -79,8 +79,11 @@ fn shipped_files_translate_as_written() {
 
 #[test]
 fn every_specialisation_translates() {
-    for tile in KernelConfig::TILES {
-        let config = KernelConfig { tile, chunk: 16 };
+    for (tile, chunk) in KernelConfig::TILES
+        .into_iter()
+        .flat_map(|t| KernelConfig::CHUNKS.map(|c| (t, c)))
+    {
+        let config = KernelConfig { tile, chunk };
         for pass in Pass::ALL.into_iter().filter(|p| p.uses_prelude()) {
             for storage in Storage::ALL {
                 let source = wgsl(pass, config, storage);
@@ -102,7 +105,11 @@ fn every_specialisation_translates() {
                     source.starts_with("enable f16;"),
                     storage == Storage::F16Native
                 );
-                translate(&format!("{} tile {tile} {storage:?}", pass.name()), &source);
+                assert!(source.contains(&format!("const CHUNK: u32 = {chunk}u;")));
+                translate(
+                    &format!("{} tile {tile} chunk {chunk} {storage:?}", pass.name()),
+                    &source,
+                );
             }
         }
     }
@@ -112,8 +119,11 @@ fn every_specialisation_translates() {
 fn specialisation_fits_the_declared_workgroup_memory() {
     // The host sizes tiles from `workgroup_bytes`; it must not undercount
     // what a kernel declares.
-    for tile in KernelConfig::TILES {
-        let config = KernelConfig { tile, chunk: 16 };
+    for (tile, chunk) in KernelConfig::TILES
+        .into_iter()
+        .flat_map(|t| KernelConfig::CHUNKS.map(|c| (t, c)))
+    {
+        let config = KernelConfig { tile, chunk };
         for pass in Pass::ALL {
             let source = wgsl(pass, config, Storage::F32);
             let module = naga::front::wgsl::parse_str(&source).expect("parse");
