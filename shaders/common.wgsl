@@ -4,7 +4,7 @@
 // portable defaults, so each pass also validates as written.
 
 const TILE: u32 = 64u;       // specialise: rows per block (also the output tile width)
-const CHUNK: u32 = 16u;      // specialise: reduction depth staged per step
+const CHUNK: u32 = 8u;       // specialise: reduction depth staged per step
 const THREADS: u32 = 256u;   // specialise: (TILE / 4)^2, each thread owns a 4x4 tile
 
 const QUADS: u32 = TILE / 4u; // threads along one side of a tile

@@ -18,8 +18,8 @@ pub const ADAPTER_ENV: &str = "LIGHTNING_ADAPTER";
 pub const CHECKED_ENV: &str = "LIGHTNING_CHECKED";
 /// Environment variable forcing the tile (block) size: 32 or 64.
 pub const TILE_ENV: &str = "LIGHTNING_TILE";
-/// Environment variable setting the reduction depth staged per step: 8, 16
-/// (the default) or 32. A tuning knob for measurements.
+/// Environment variable setting the reduction depth staged per step: 8 (the
+/// default), 16 or 32. A tuning knob for measurements.
 pub const CHUNK_ENV: &str = "LIGHTNING_CHUNK";
 /// Environment variable forcing f16 to be read packed two to a u32
 /// (`unpack2x16float`) even where the adapter has SHADER_F16 (`1`).

@@ -157,7 +157,9 @@ impl KernelConfig {
     pub const CHUNKS: [u32; 3] = [8, 16, 32];
 
     /// The configuration for these limits: the requested tile and depth,
-    /// else the largest tile that fits with a depth of 16.
+    /// else the largest tile that fits with a depth of 8 (on the H100, depth
+    /// 8 / 16 / 32 ran the forward in 44.3 / 46.5 / 60.9 ms:
+    /// docs/results/chunk/).
     pub fn for_limits(
         limits: &wgpu::Limits,
         tile: Option<u32>,
@@ -168,7 +170,7 @@ impl KernelConfig {
                 && c.threads() <= limits.max_compute_workgroup_size_x
                 && c.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
         };
-        let chunk = chunk.unwrap_or(16);
+        let chunk = chunk.unwrap_or(8);
         if !Self::CHUNKS.contains(&chunk) {
             return Err(Error::InvalidValue {
                 arg: "chunk",
@@ -210,10 +212,7 @@ impl KernelConfig {
 impl Default for KernelConfig {
     /// The defaults written in `shaders/common.wgsl`.
     fn default() -> Self {
-        KernelConfig {
-            tile: 64,
-            chunk: 16,
-        }
+        KernelConfig { tile: 64, chunk: 8 }
     }
 }
 
