@@ -295,9 +295,9 @@ async fn time_runs(
 }
 
 /// Measures a Lightning forward pass followed by its backward (output
-/// gradient a fixed pattern), by the wall clock around a device
-/// wait: the backward reverses time through the host, and GPU timestamps
-/// would leave those transfers out.
+/// gradient a fixed pattern), by the wall clock around a device wait: the
+/// backward moves its small (b, h, d, e) states through the host, and GPU
+/// timestamps would leave those transfers out.
 pub async fn measure_forward_backward(
     ctx: &Context,
     dims: &Dims,

@@ -272,6 +272,19 @@ fn bad_backward_inputs_are_refused() {
         matches!(&err, Error::Slopes(m) if m.contains("slope 0")),
         "{err:?}"
     );
+    // dS_n enters divided by the scale: a zero scale cannot carry it.
+    let opts = BackwardOptions {
+        forward: ForwardOptions {
+            scale: 0.0,
+            ..Default::default()
+        },
+        d_final_state: Some(&dsn),
+    };
+    let err = ctx.backward(&x, &x, &x, &x, &opts).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidValue { arg: "scale", .. }),
+        "{err:?}"
+    );
     // Packed offsets are checked as in the forward pass.
     let opts = BackwardOptions {
         forward: ForwardOptions {

@@ -3,16 +3,17 @@
 //! attention, forward in time (dq) or backward in time (dk, dv, dS0):
 //!
 //! - `dq = forward(q = dO, k = v, v = k, S0 = S0^T)` (scaled like q);
-//! - in reversed time, `dk = forward(q = v, k = dO, v = scale q)` and
-//!   `dv = forward(q = k, k = scale q, v = dO)`, the incoming final-state
-//!   gradient `dS_n` entering as their initial state (over `lambda`: the
-//!   forward decays an initial state once more than `dS_n` is decayed), and
-//!   `dS0 = lambda S'` from the final state `S'` of the `dv` pass.
+//! - in reversed time, `dk = forward(q = v, k = dO, v = q)` and
+//!   `dv = forward(q = k, k = q, v = dO)`, both scaled like q, the incoming
+//!   final-state gradient `dS_n` entering as their initial state (over
+//!   `lambda scale`: the forward decays and scales an initial state once
+//!   more than `dS_n` needs), and `dS0 = lambda scale S'` from the final
+//!   state `S'` of the `dv` pass.
 //!
 //! Like the official kernels it recomputes block states instead of storing
-//! an n x d x e history: memory stays linear in n. The time reversal and the
-//! state transposes are done on the host for now (a GPU copy pass would avoid
-//! the round trip).
+//! an n x d x e history: memory stays linear in n. Time is reversed without
+//! a copy, through views whose row stride is negative (see `plan::window`);
+//! only the small `(b, h, d, e)` states are transposed on the host.
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -85,21 +86,6 @@ fn put_rows(
             x[to..to + width].copy_from_slice(&part[from..from + width]);
         }
     }
-}
-
-/// Rows of every (b, h) in reverse order, in place of a `(b, h, n, w)` tensor.
-fn reverse_rows(x: &[f32], layout: Layout, dims: &Dims, width: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..dims.b {
-        for h in 0..dims.h {
-            for i in 0..dims.n {
-                let from = layout.index(dims.h, dims.n, width, [b, h, i, 0]);
-                let to = layout.index(dims.h, dims.n, width, [b, h, dims.n - 1 - i, 0]);
-                out[to..to + width].copy_from_slice(&x[from..from + width]);
-            }
-        }
-    }
-    out
 }
 
 /// Each `rows x cols` state of a `(b, h, rows, cols)` tensor transposed, times `factor[h]`.
@@ -292,10 +278,6 @@ impl Context {
             layout,
             ..Default::default()
         };
-        let unscaled = ForwardOptions {
-            scale: 1.0,
-            ..plain
-        };
 
         // dq: forward in time, S0^T as the initial state.
         let s0t = match fwd.initial_state {
@@ -318,34 +300,30 @@ impl Context {
             .await?
             .o;
 
-        // dk and dv: backward in time, through reversed copies.
-        let rev = |x: &[f32], w: usize| reverse_rows(x, layout, &dims, w);
+        // dk and dv: backward in time, through reversed views of q, k, v, dO
+        // and of the outputs (no copies). The passes scale their queries (v
+        // and k), which is where scale q belongs; their initial-state terms
+        // get that scale too, so dS_n enters divided by lambda and by scale.
         let qs = layout.shape(b, h, n, d);
         let vs = layout.shape(b, h, n, e);
-        // Reversed q, times scale: the values of the dk pass and the keys of
-        // the dv pass are scale q, and with the scale there (rather than in
-        // the passes' own `scale`, which would also multiply their initial
-        // states) dS_n enters unscaled.
-        let scaled: Vec<f32> = self
-            .read_async(q)
-            .await?
-            .iter()
-            .map(|x| x * fwd.scale)
-            .collect();
-        let qr = self.tensor(&rev(&scaled, d), &qs)?;
-        let kr = self.tensor(&rev(&self.read_async(k).await?, d), &qs)?;
-        let vr = self.tensor(&rev(&self.read_async(v).await?, e), &vs)?;
-        let dor = self.tensor(&rev(&self.read_async(d_o).await?, e), &vs)?;
-        let over_lambda: Vec<f64> = lambda.iter().map(|l| 1.0 / l).collect();
+        let scale = fwd.scale as f64;
         let (dsn_for_dk, dsn_for_dv) = match opts.d_final_state {
             Some(ds) => {
+                if scale == 0.0 {
+                    return Err(Error::InvalidValue {
+                        arg: "scale",
+                        value: "0".into(),
+                        reason: "the backward with d_final_state needs a nonzero scale",
+                    });
+                }
                 let x = self.read_async(ds).await?;
-                let dk_init = transpose_states(&x, &dims, d, e, &over_lambda);
+                let over: Vec<f64> = lambda.iter().map(|l| 1.0 / (l * scale)).collect();
+                let dk_init = transpose_states(&x, &dims, d, e, &over);
                 let dv_init: Vec<f32> = x
                     .chunks(d * e)
                     .enumerate()
                     .flat_map(|(s, c)| {
-                        let f = over_lambda[s % h];
+                        let f = over[s % h];
                         c.iter().map(move |&y| (y as f64 * f) as f32)
                     })
                     .collect();
@@ -356,42 +334,31 @@ impl Context {
             }
             None => (None, None),
         };
-        let dk_rev = self
-            .forward_async(
-                &vr,
-                &dor,
-                &qr,
-                &ForwardOptions {
-                    initial_state: dsn_for_dk.as_ref(),
-                    ..unscaled
-                },
-            )
-            .await?
-            .o;
-        let dv_out = self
-            .forward_async(
-                &kr,
-                &qr,
-                &dor,
-                &ForwardOptions {
-                    initial_state: dsn_for_dv.as_ref(),
-                    output_final_state: true,
-                    ..unscaled
-                },
-            )
+        let reversed = [true; 4];
+        let dk = self.empty(&qs, "dk")?;
+        let opts_dk = ForwardOptions {
+            initial_state: dsn_for_dk.as_ref(),
+            ..plain
+        };
+        self.forward_views(v, d_o, q, &opts_dk, &dk, None, reversed)
             .await?;
-        let dk = self.tensor(&rev(&self.read_async(&dk_rev).await?, d), &qs)?;
-        let dv = self.tensor(&rev(&self.read_async(&dv_out.o).await?, e), &vs)?;
+        let dv = self.empty(&vs, "dv")?;
+        let mut final_state = self.empty(&[b, h, d, e], "final state")?;
+        let opts_dv = ForwardOptions {
+            initial_state: dsn_for_dv.as_ref(),
+            ..plain
+        };
+        self.forward_views(k, q, d_o, &opts_dv, &dv, Some(&mut final_state), reversed)
+            .await?;
 
-        // dS0 = lambda S', S' the reversed dv pass's final state:
-        // sum_i lambda^i (scale q_i)^T dO_i + lambda^(n-1) dS_n.
-        let final_state = dv_out.final_state.ok_or(Error::Readback("final state"))?;
+        // dS0 = lambda scale S', S' the reversed dv pass's final state:
+        // sum_i lambda^i q_i^T dO_i + lambda^(n-1) dS_n / scale.
         let ds0: Vec<f32> = self
             .read_async(&final_state)
             .await?
             .iter()
             .enumerate()
-            .map(|(i, &s)| (lambda[(i / (d * e)) % h] * s as f64) as f32)
+            .map(|(i, &s)| (lambda[(i / (d * e)) % h] * scale * s as f64) as f32)
             .collect();
         let d_initial_state = self.tensor(&ds0, &[b, h, d, e])?;
         Ok(Gradients {

@@ -440,6 +440,24 @@ impl Context {
         o: &mut Tensor,
         final_state: Option<&mut Tensor>,
     ) -> Result<()> {
+        self.forward_views(q, k, v, opts, o, final_state, [false; 4])
+            .await
+    }
+
+    /// The forward pass with q, k, v and o each optionally viewed in
+    /// reversed time (row i read or written at row n - 1 - i), without a
+    /// copy: the backward's reversed-time passes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn forward_views(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &Tensor,
+        final_state: Option<&mut Tensor>,
+        reversed: [bool; 4],
+    ) -> Result<()> {
         self.check_lost()?;
         let Checked {
             dims,
@@ -464,13 +482,9 @@ impl Context {
             Method::Chunk => plan::Needs::CHUNK,
             Method::Recurrent => plan::Needs::RECURRENT,
         };
-        let segments = plan::plan(
-            opts.layout,
-            &dims,
-            &super::limits(self, q.dtype()),
-            &sequences,
-            needs,
-        )?;
+        let mut limits = super::limits(self, q.dtype());
+        limits.reversed = reversed;
+        let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
         if let Some(s0) = opts.initial_state {
             super::submit(self, "initial state", |encoder| {
                 encoder.copy_buffer_to_buffer(s0.buffer(), 0, state.buffer(), 0, s0.size_bytes());
@@ -485,6 +499,7 @@ impl Context {
             starts_from_state: opts.initial_state.is_some(),
             slotted: false,
             storage: self.storage(q.dtype()),
+            reversed,
             segments,
         };
         let output = Output::new(self, o)?;

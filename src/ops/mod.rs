@@ -55,18 +55,27 @@ pub(crate) struct Launch<'a> {
     pub slotted: bool,
     /// How the kernels read q, k and v.
     pub storage: Storage,
+    /// q, k, v and o viewed in reversed time (see `plan::Limits::reversed`).
+    pub reversed: [bool; 4],
     pub segments: Vec<Segment>,
 }
 
 impl Launch<'_> {
     fn params(&self, s: &Segment) -> Params {
         let dims = &self.dims;
-        let stride = |width: usize, w: &Window| {
+        let stride = |width: usize, w: &Window, reversed: bool| {
             let (sb, sh, sn) = self.layout.strides(dims.h, dims.n, width);
             // Truncation is intended: the kernels compute offsets modulo 2^32
-            // and every true offset inside a window is below 2^32.
-            [sb as u32, sh as u32, sn as u32, w.base]
+            // and every true offset inside a window is below 2^32; so is a
+            // reversed view's negative row stride.
+            let row = if reversed {
+                (sn as u32).wrapping_neg()
+            } else {
+                sn as u32
+            };
+            [sb as u32, sh as u32, row, w.base]
         };
+        let [rq, rk, rv, ro] = self.reversed;
         Params {
             heads: dims.h as u32,
             rows: s.rows as u32,
@@ -76,10 +85,10 @@ impl Launch<'_> {
             bh_start: s.bh_start as u32,
             bh_count: s.bh_count as u32,
             b_first: (s.bh_start / dims.h) as u32,
-            q_stride: stride(dims.d, &s.q),
-            k_stride: stride(dims.d, &s.k),
-            v_stride: stride(dims.e, &s.v),
-            o_stride: stride(dims.e, &s.o),
+            q_stride: stride(dims.d, &s.q, rq),
+            k_stride: stride(dims.d, &s.k, rk),
+            v_stride: stride(dims.e, &s.v, rv),
+            o_stride: stride(dims.e, &s.o, ro),
             state_base: s.state_base,
             has_state: u32::from(self.starts_from_state || s.n0 > s.seq_start),
             scale: self.scale,
@@ -225,6 +234,7 @@ pub(crate) fn limits(ctx: &Context, input: DType) -> plan::Limits {
     plan::Limits {
         tile: inner.config.tile as usize,
         input_bytes: input.size() as u64,
+        reversed: [false; 4],
         max_binding: inner.max_binding,
         offset_align: inner.limits.min_storage_buffer_offset_alignment as u64,
         max_groups: inner.limits.max_compute_workgroups_per_dimension as u64,

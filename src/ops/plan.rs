@@ -61,6 +61,8 @@ pub(crate) struct Limits {
     pub tile: usize,
     /// Bytes per element of q, k and v (o is always computed in f32).
     pub input_bytes: u64,
+    /// Views of q, k, v and o read (written) in reversed time.
+    pub reversed: [bool; 4],
     pub max_binding: u64,
     pub offset_align: u64,
     pub max_groups: u64,
@@ -73,6 +75,7 @@ pub(crate) fn max_groups(dims: &Dims, tile: usize, bh_count: usize, blocks: usiz
     (bh_count * blocks) as u64 * per_block
 }
 
+#[allow(clippy::too_many_arguments)]
 fn window(
     layout: Layout,
     dims: &Dims,
@@ -81,14 +84,23 @@ fn window(
     rows: (usize, usize),
     align: u64,
     elem: u64,
+    reversed: bool,
 ) -> Window {
     let (sb, sh, sn) = layout.strides(dims.h, dims.n, width);
     let (bh_start, bh_count) = bh;
     let (n0, len) = rows;
+    // A reversed view reads logical row i at physical row n - 1 - i: the
+    // segment's rows are then physical rows n - n0 - len ..= n - 1 - n0, and
+    // its origin (logical row n0) is the last of them.
+    let (first, origin_row) = if reversed {
+        (dims.n - n0 - len, dims.n - 1 - n0)
+    } else {
+        (n0, n0)
+    };
     let mut lo = usize::MAX;
     let mut hi = 0usize;
     for g in bh_start..bh_start + bh_count {
-        let origin = (g / dims.h) * sb + (g % dims.h) * sh + n0 * sn;
+        let origin = (g / dims.h) * sb + (g % dims.h) * sh + first * sn;
         lo = lo.min(origin);
         hi = hi.max(origin + (len - 1) * sn + width);
     }
@@ -96,7 +108,7 @@ fn window(
     // halves, on an even one: the first of a word) and covers whole words.
     let start = (lo as u64 * elem) / align * align;
     let start_elements = (start / elem) as i128;
-    let origin = ((bh_start / dims.h) * sb + n0 * sn) as i128;
+    let origin = ((bh_start / dims.h) * sb + origin_row * sn) as i128;
     Window {
         offset: start,
         size: (hi as u64 * elem - start).next_multiple_of(4),
@@ -117,7 +129,8 @@ fn segment(
     let state_lo = (seq.first_state + bh.0) * state_size;
     let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
     // q and k have the same shape, so the same window.
-    let qk = window(
+    let [rq, rk, rv, ro] = lim.reversed;
+    let q = window(
         layout,
         dims,
         dims.d,
@@ -125,6 +138,17 @@ fn segment(
         rows,
         lim.offset_align,
         lim.input_bytes,
+        rq,
+    );
+    let k = window(
+        layout,
+        dims,
+        dims.d,
+        bh,
+        rows,
+        lim.offset_align,
+        lim.input_bytes,
+        rk,
     );
     Segment {
         seq_start: seq.start,
@@ -133,8 +157,8 @@ fn segment(
         n0: rows.0,
         rows: rows.1,
         blocks,
-        q: qk,
-        k: qk,
+        q,
+        k,
         v: window(
             layout,
             dims,
@@ -143,8 +167,9 @@ fn segment(
             rows,
             lim.offset_align,
             lim.input_bytes,
+            rv,
         ),
-        o: window(layout, dims, dims.e, bh, rows, lim.offset_align, 4),
+        o: window(layout, dims, dims.e, bh, rows, lim.offset_align, 4, ro),
         state: Window {
             offset: state_start,
             size: ((state_lo + bh.1 * state_size) as u64) * 4 - state_start,
@@ -282,6 +307,7 @@ mod tests {
         Limits {
             tile: 64,
             input_bytes: 4,
+            reversed: [false; 4],
             max_binding,
             offset_align: 256,
             max_groups: 65535,
@@ -416,5 +442,65 @@ mod tests {
         };
         let err = plan(Layout::Bhnd, &dims, &lim(4096), &whole(&dims), Needs::CHUNK).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod reversed_tests {
+    use super::*;
+
+    /// In a reversed view, logical row i of every segment lands on physical
+    /// row n - 1 - i inside its window, with the row stride negated.
+    #[test]
+    fn reversed_windows_address_the_mirrored_rows() {
+        let dims = Dims {
+            b: 2,
+            h: 3,
+            n: 300,
+            d: 12,
+            e: 5,
+        };
+        for layout in [Layout::Bhnd, Layout::Bnhd] {
+            let lim = Limits {
+                tile: 64,
+                input_bytes: 4,
+                reversed: [true; 4],
+                max_binding: 16 << 10,
+                offset_align: 256,
+                max_groups: 65535,
+            };
+            let whole = [Sequence {
+                start: 0,
+                len: dims.n,
+                first_state: 0,
+            }];
+            let segs = plan(layout, &dims, &lim, &whole, Needs::CHUNK).expect("plan");
+            assert!(segs.len() > 4, "the small binding must force splits");
+            for s in &segs {
+                for (w, width) in [(s.q, dims.d), (s.v, dims.e)] {
+                    let (sb, sh, sn) = layout.strides(dims.h, dims.n, width);
+                    for g in s.bh_start..s.bh_start + s.bh_count {
+                        for (i, c) in [(0, 0), (s.rows - 1, width - 1)] {
+                            let phys = dims.n - 1 - (s.n0 + i);
+                            let abs = (g / dims.h) * sb + (g % dims.h) * sh + phys * sn + c;
+                            let rel = (w.base as u64)
+                                .wrapping_add(((g / dims.h - s.bh_start / dims.h) * sb) as u64)
+                                .wrapping_add(((g % dims.h) * sh) as u64)
+                                .wrapping_add(
+                                    (i as u64).wrapping_mul((sn as u32).wrapping_neg() as u64),
+                                )
+                                .wrapping_add(c as u64)
+                                % (1 << 32);
+                            assert_eq!(
+                                rel * 4 + w.offset,
+                                abs as u64 * 4,
+                                "{layout} segment {s:?}"
+                            );
+                            assert!(rel * 4 < w.size);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -244,6 +244,7 @@ impl Context {
             starts_from_state: true,
             slotted: true,
             storage: self.storage(q.dtype()),
+            reversed: [false; 4],
             segments,
         };
         let output = Output::new(self, &o)?;

@@ -88,6 +88,7 @@ impl Context {
             starts_from_state: false,
             slotted: false,
             storage: self.storage(q.dtype()),
+            reversed: [false; 4],
             segments,
         };
         let [pipe] = pipelines(self, [Pass::SoftmaxAttention], launch.storage).await?;

@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long, default_value_t = MAX_MS)]
     pub max_ms: f64,
     /// Also time forward + backward of the lightning provider (wall clock:
-    /// the backward reverses time through the host for now).
+    /// the backward moves its small states through the host).
     #[arg(long)]
     pub backward: bool,
     /// Measure decoding steps instead of the length sweep: one new token for
