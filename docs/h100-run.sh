@@ -31,5 +31,7 @@ timeout 300 $B bench --dtype f32,f16,bf16 --warmup 1 --reps 5 --max-ms 8000 $A \
 timeout 60 $B bench --decode --decode-batches 1,8,64,256 --json "$OUT/decode.json"
 
 # Call C (a later call on the same machine): forward + backward at b = 4.
-#   timeout 400 $B bench --backward --providers lightning --b 4 --lengths 1024,4096 --dtype f32 \
-#       --warmup 1 --reps 3 --json "$OUT/h100-backward.json"
+#   timeout 400 $B bench --backward --providers lightning --b 4 --lengths 1024,4096,16384,32768 \
+#       --dtype f32 --warmup 2 --reps 5 --json "$OUT/h100-backward.json"
+# (The host-reversal measurement in results/*-backward-host-reversal.json used
+#  --lengths 1024,4096 --warmup 1 --reps 3 with the earlier backward.)
