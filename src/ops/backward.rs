@@ -18,7 +18,9 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::layout::{Dims, Layout};
-use crate::ops::forward::{check_shape, check_state, check_tensor, validate, ForwardOptions};
+use crate::ops::forward::{
+    check_shape, check_state, check_tensor, dim_names, validate, Checked, ForwardOptions,
+};
 use crate::tensor::{DType, Tensor};
 
 /// Largest slope for which an incoming final-state gradient can be carried:
@@ -107,6 +109,27 @@ fn transpose_states(x: &[f32], dims: &Dims, rows: usize, cols: usize, factor: &[
 }
 
 impl Context {
+    /// Checks every input of a backward call, packed or not: the forward's
+    /// checks, f32 storage, `d_o` shaped like `v`, `dS_n` shaped like the state.
+    fn check_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions<'_>,
+    ) -> Result<Checked> {
+        let fwd = &opts.forward;
+        let checked = validate(self, q, k, v, fwd)?;
+        check_tensor(self, "q", q, DType::F32)?;
+        check_tensor(self, "d_o", d_o, DType::F32)?;
+        check_shape("d_o", d_o, v.shape(), dim_names(fwd.layout, "e"), "v")?;
+        if let Some(ds) = opts.d_final_state {
+            check_state(self, "d_final_state", ds, &checked.state_shape)?;
+        }
+        Ok(checked)
+    }
+
     /// The backward of a packed batch: each sequence on its own, with its
     /// own initial state and final-state gradient, gathered back.
     async fn backward_packed(
@@ -119,13 +142,8 @@ impl Context {
         cu: &[usize],
     ) -> Result<Gradients> {
         let fwd = &opts.forward;
-        let checked = validate(self, q, k, v, fwd)?;
+        let checked = self.check_backward(q, k, v, d_o, opts)?;
         let Dims { h, n, d, e, .. } = checked.dims;
-        check_tensor(self, "d_o", d_o, DType::F32)?;
-        check_shape("d_o", d_o, v.shape(), ["batch", "", "", "e"], "v")?;
-        if let Some(ds) = opts.d_final_state {
-            check_state(self, "d_final_state", ds, &checked.state_shape)?;
-        }
         let layout = fwd.layout;
         let (xq, xk, xv, xo) = (
             self.read_async(q).await?,
@@ -244,20 +262,10 @@ impl Context {
         if let Some(cu) = fwd.cu_seqlens {
             return Box::pin(self.backward_packed(q, k, v, d_o, opts, cu)).await;
         }
-        let checked = validate(self, q, k, v, fwd)?;
+        let checked = self.check_backward(q, k, v, d_o, opts)?;
         let dims = checked.dims;
         let Dims { b, h, n, d, e } = dims;
-        check_tensor(self, "q", q, DType::F32)?;
-        check_tensor(self, "d_o", d_o, DType::F32)?;
         let layout = fwd.layout;
-        let names = match layout {
-            Layout::Bhnd => ["batch", "heads", "n", "e"],
-            Layout::Bnhd => ["batch", "n", "heads", "e"],
-        };
-        check_shape("d_o", d_o, v.shape(), names, "v")?;
-        if let Some(ds) = opts.d_final_state {
-            check_state(self, "d_final_state", ds, &checked.state_shape)?;
-        }
         let slopes: Vec<f32> = fwd.slopes.map_or(vec![0.0; h], <[f32]>::to_vec);
         if opts.d_final_state.is_some() {
             if let Some((i, s)) = slopes

@@ -84,7 +84,7 @@ pub struct ForwardOutput {
     pub final_state: Option<Tensor>,
 }
 
-fn dim_names(layout: Layout, width: &'static str) -> [&'static str; 4] {
+pub(crate) fn dim_names(layout: Layout, width: &'static str) -> [&'static str; 4] {
     match layout {
         Layout::Bhnd => ["batch", "heads", "n", width],
         Layout::Bnhd => ["batch", "n", "heads", width],
