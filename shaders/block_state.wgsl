@@ -37,6 +37,9 @@ fn main(
     let slope = slope_of(bh);
     let tx = tid % QUADS;
     let ty = tid / QUADS;
+    // Offsets of the block's first row, stepped by the row stride below.
+    let k0 = offset_of(params.k_stride, bh, row0, 0u);
+    let v0 = offset_of(params.v_stride, bh, row0, 0u);
 
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
@@ -51,10 +54,10 @@ fn main(
             var vx = 0.0;
             if c < len {
                 if d0 + x < params.dim_k {
-                    kx = read_k(offset_of(params.k_stride, bh, row0 + c, d0 + x)) * decay(slope, len - 1u - c);
+                    kx = read_k(k0 + c * params.k_stride.z + d0 + x) * decay(slope, len - 1u - c);
                 }
                 if e0 + x < params.dim_v {
-                    vx = read_v(offset_of(params.v_stride, bh, row0 + c, e0 + x));
+                    vx = read_v(v0 + c * params.v_stride.z + e0 + x);
                 }
             }
             k_tile[cc * QUADS + x / 4u][x % 4u] = kx;

@@ -29,9 +29,42 @@ fn main(
     if params.has_state != 0u {
         s = carry[params.state_base + idx];
     }
-    for (var t = 0u; t < params.blocks; t++) {
+    // Eight blocks at a time: their contributions are loaded before the
+    // chain uses them, so the loads overlap instead of each waiting for the
+    // store before it (which the compiler cannot move them past). Every
+    // block but the last is full.
+    let first = local_bh * params.blocks * size + within;
+    var t = 0u;
+    for (; t + 8u < params.blocks; t += 8u) {
+        let at = first + t * size;
+        let kv0 = states[at];
+        let kv1 = states[at + size];
+        let kv2 = states[at + 2u * size];
+        let kv3 = states[at + 3u * size];
+        let kv4 = states[at + 4u * size];
+        let kv5 = states[at + 5u * size];
+        let kv6 = states[at + 6u * size];
+        let kv7 = states[at + 7u * size];
+        states[at] = s;
+        s = fma(full, s, kv0);
+        states[at + size] = s;
+        s = fma(full, s, kv1);
+        states[at + 2u * size] = s;
+        s = fma(full, s, kv2);
+        states[at + 3u * size] = s;
+        s = fma(full, s, kv3);
+        states[at + 4u * size] = s;
+        s = fma(full, s, kv4);
+        states[at + 5u * size] = s;
+        s = fma(full, s, kv5);
+        states[at + 6u * size] = s;
+        s = fma(full, s, kv6);
+        states[at + 7u * size] = s;
+        s = fma(full, s, kv7);
+    }
+    for (; t < params.blocks; t++) {
         let len = block_len(t);
-        let at = (local_bh * params.blocks + t) * size + within;
+        let at = first + t * size;
         let kv = states[at];
         states[at] = s;
         s = select(decay(slope, len), full, len == TILE) * s + kv;

@@ -102,6 +102,10 @@ pub struct Measurement {
     pub peak_mem_mb: f64,
     /// `gpu-timestamps` or `wall-clock`.
     pub timer: &'static str,
+    /// With GPU timestamps: the median time of each kernel over the timed
+    /// runs (summed over its dispatches in one run), milliseconds, in the
+    /// order the op runs them. Empty with the wall clock.
+    pub passes_ms: Vec<(&'static str, f64)>,
 }
 
 /// Inputs of a sweep: q, k and v for `tokens = b * n` tokens of `h` heads,
@@ -234,19 +238,29 @@ pub async fn measure(
 }
 
 /// The median of `samples` (ms) and the peak memory since the last reset.
-fn summarize(ctx: &Context, samples: Vec<f64>, timer: &'static str) -> Measurement {
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
+fn summarize(
+    ctx: &Context,
+    samples: Vec<f64>,
+    timer: &'static str,
+    passes_ms: Vec<(&'static str, f64)>,
+) -> Measurement {
     Measurement {
-        fwd_ms: sorted[sorted.len() / 2],
+        fwd_ms: median(samples.clone()),
         samples_ms: samples,
         peak_mem_mb: ctx.peak_memory() as f64 / (1 << 20) as f64,
         timer,
+        passes_ms,
     }
 }
 
-/// Most compute passes one measured op runs.
-const PASSES_PER_OP: usize = 4;
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Most compute passes one measured op runs while timed (each kernel of
+/// each window of the planned dispatches in a pass of its own).
+const PASSES_PER_OP: usize = 256;
 
 /// Runs `op` `repeat.warmup` times untimed, then `repeat.reps` times timed:
 /// by timestamp queries over the op's compute passes where the adapter has
@@ -262,6 +276,7 @@ async fn time_runs(
     }
     let reps = repeat.reps.max(1);
     let mut samples = Vec::with_capacity(reps);
+    let mut passes_ms = Vec::new();
     let timer = if ctx.can_time() {
         // An op runs one pass or a few (half-precision outputs are packed by
         // a second one): each sample is the sum of one op's passes.
@@ -275,12 +290,31 @@ async fn time_runs(
         if let Some(o) = &last {
             settle(ctx, o).await?;
         }
-        let passes = ctx.finish_timing_async().await?;
+        let passes = ctx.finish_timing_by_pass_async().await?;
         let mut start = 0;
+        let mut per_kernel: Vec<(&'static str, Vec<f64>)> = Vec::new();
         for end in ends {
-            samples.push(passes[start..end].iter().sum::<f64>() * 1e3);
+            let run = &passes[start..end];
+            samples.push(run.iter().map(|(_, s)| s).sum::<f64>() * 1e3);
+            for (label, _) in run {
+                if !per_kernel.iter().any(|(l, _)| l == label) {
+                    per_kernel.push((label, Vec::new()));
+                }
+            }
+            for (label, times) in &mut per_kernel {
+                let ms = run
+                    .iter()
+                    .filter(|(l, _)| l == label)
+                    .map(|(_, s)| s)
+                    .sum::<f64>();
+                times.push(ms * 1e3);
+            }
             start = end;
         }
+        passes_ms = per_kernel
+            .into_iter()
+            .map(|(label, times)| (label, median(times)))
+            .collect();
         "gpu-timestamps"
     } else {
         for _ in 0..reps {
@@ -291,7 +325,7 @@ async fn time_runs(
         }
         "wall-clock"
     };
-    Ok(summarize(ctx, samples, timer))
+    Ok(summarize(ctx, samples, timer, passes_ms))
 }
 
 /// Measures a Lightning forward pass followed by its backward (output
@@ -339,7 +373,7 @@ pub async fn measure_forward_backward(
             samples.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok(summarize(ctx, samples, "wall-clock"))
+    Ok(summarize(ctx, samples, "wall-clock", Vec::new()))
 }
 
 /// Measures one decoding step ([`Context::decode_step`]) for `batch` requests

@@ -12,14 +12,13 @@ const COMMON: &str = include_str!("../shaders/common.wgsl");
 /// One GPU pass of the blockwise algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pass {
-    /// Masked `(Q K^T) (.) M` then `V`, per block.
-    IntraBlock,
     /// Each block's own `K^T V` contribution to the state.
     BlockState,
     /// The scan over blocks that turns contributions into running states.
     StateScan,
-    /// `Lambda Q S_{t-1}` added to the output of each block.
-    InterBlock,
+    /// Each block's output: masked `(Q K^T) (.) M` times `V`, plus
+    /// `Lambda Q S_{t-1}` carried in from earlier blocks.
+    BlockOutput,
     /// The token-by-token recurrence (decode, and the `recurrent` method).
     Recurrent,
     /// Causal softmax attention with an online softmax (the baseline).
@@ -30,30 +29,23 @@ pub enum Pass {
 
 impl Pass {
     /// Every pass.
-    pub const ALL: [Pass; 7] = [
-        Pass::IntraBlock,
+    pub const ALL: [Pass; 6] = [
         Pass::BlockState,
         Pass::StateScan,
-        Pass::InterBlock,
+        Pass::BlockOutput,
         Pass::Recurrent,
         Pass::SoftmaxAttention,
         Pass::PackOutput,
     ];
     /// The passes of the chunked forward, in dispatch order.
-    pub const CHUNK: [Pass; 4] = [
-        Pass::IntraBlock,
-        Pass::BlockState,
-        Pass::StateScan,
-        Pass::InterBlock,
-    ];
+    pub const CHUNK: [Pass; 3] = [Pass::BlockState, Pass::StateScan, Pass::BlockOutput];
 
     /// The pass's file stem under `shaders/`.
     pub fn name(self) -> &'static str {
         match self {
-            Pass::IntraBlock => "intra_block",
             Pass::BlockState => "block_state",
             Pass::StateScan => "state_scan",
-            Pass::InterBlock => "inter_block",
+            Pass::BlockOutput => "block_output",
             Pass::Recurrent => "recurrent",
             Pass::SoftmaxAttention => "softmax_attention",
             Pass::PackOutput => "pack_output",
@@ -63,10 +55,9 @@ impl Pass {
     /// The pass's own WGSL, without the common prelude.
     pub fn body(self) -> &'static str {
         match self {
-            Pass::IntraBlock => include_str!("../shaders/intra_block.wgsl"),
             Pass::BlockState => include_str!("../shaders/block_state.wgsl"),
             Pass::StateScan => include_str!("../shaders/state_scan.wgsl"),
-            Pass::InterBlock => include_str!("../shaders/inter_block.wgsl"),
+            Pass::BlockOutput => include_str!("../shaders/block_output.wgsl"),
             Pass::Recurrent => include_str!("../shaders/recurrent.wgsl"),
             Pass::SoftmaxAttention => include_str!("../shaders/softmax_attention.wgsl"),
             Pass::PackOutput => include_str!("../shaders/pack_output.wgsl"),
@@ -144,9 +135,10 @@ impl KernelConfig {
 
     /// Workgroup memory the largest pass declares, in bytes.
     pub fn workgroup_bytes(self) -> u32 {
-        // Intra-block: q and k/v staging (CHUNK x TILE each) plus the
-        // TILE x TILE scores. Recurrent: a vec4 per invocation and a slot.
-        let intra = 4 * (2 * self.chunk * self.tile + self.tile * self.tile);
+        // Block output: CHUNK x (TILE + 4) and CHUNK x (2 TILE + 4) staging
+        // tiles plus the TILE x TILE scores. Recurrent: a vec4 per
+        // invocation and a slot.
+        let intra = 4 * (self.chunk * (3 * self.tile + 8) + self.tile * self.tile);
         let recurrent = 16 * self.threads() + 4;
         // Softmax: the intra-block tiles plus three f32 per row.
         let softmax = intra + 12 * self.tile;

@@ -11,6 +11,8 @@ pub(crate) struct Timer {
     capacity: u32,
     used: u32,
     overflow: bool,
+    /// The name of each timed pass, in submission order.
+    labels: Vec<&'static str>,
 }
 
 /// Where one pass writes its two timestamps.
@@ -40,7 +42,9 @@ impl Context {
     }
 
     /// Starts timing: until [`Context::finish_timing`], every op records the
-    /// GPU time of its compute pass (up to `passes` of them). Needs the
+    /// GPU time of its compute passes (up to `passes` of them). While timing
+    /// is on, an op of several kernels runs each in a pass of its own, so
+    /// [`Context::finish_timing_by_pass`] can tell them apart. Needs the
     /// `TIMESTAMP_QUERY` feature ([`Context::can_time`]).
     pub fn start_timing(&self, passes: u32) -> Result<()> {
         if !self.can_time() {
@@ -64,6 +68,7 @@ impl Context {
             capacity,
             used: 0,
             overflow: false,
+            labels: Vec::new(),
         });
         Ok(())
     }
@@ -83,8 +88,16 @@ impl Context {
             .map_or(0, |t| t.used as usize / 2)
     }
 
-    /// The timestamp pair of the next pass, while timing is on.
-    pub(crate) fn next_stamps(&self) -> Option<Stamps> {
+    /// True between [`Context::start_timing`] and [`Context::finish_timing`].
+    pub fn is_timing(&self) -> bool {
+        self.timer()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The timestamp pair of the next pass, named `label`, while timing is on.
+    pub(crate) fn next_stamps(&self, label: &'static str) -> Option<Stamps> {
         let mut slot = self.timer().lock().unwrap_or_else(|p| p.into_inner());
         let timer = slot.as_mut()?;
         if timer.used + 2 > timer.capacity {
@@ -93,6 +106,7 @@ impl Context {
         }
         let begin = timer.used;
         timer.used += 2;
+        timer.labels.push(label);
         Some(Stamps {
             queries: timer.queries.clone(),
             begin,
@@ -108,6 +122,20 @@ impl Context {
 
     /// Async form of [`Context::finish_timing`].
     pub async fn finish_timing_async(&self) -> Result<Vec<f64>> {
+        let passes = self.finish_timing_by_pass_async().await?;
+        Ok(passes.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// As [`Context::finish_timing`], each time with the name of its pass:
+    /// the kernel's file stem under `shaders/` (`block_output`, ...) or, for
+    /// an op of one pass, the op (`recurrent`, `pack output`, ...).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn finish_timing_by_pass(&self) -> Result<Vec<(&'static str, f64)>> {
+        pollster::block_on(self.finish_timing_by_pass_async())
+    }
+
+    /// Async form of [`Context::finish_timing_by_pass`].
+    pub async fn finish_timing_by_pass_async(&self) -> Result<Vec<(&'static str, f64)>> {
         let timer = self
             .timer()
             .lock()
@@ -146,9 +174,11 @@ impl Context {
         let raw = self.read_async(&staging).await?;
         let ticks: &[u64] = bytemuck::cast_slice(&raw);
         let period = inner.queue.get_timestamp_period() as f64 * 1e-9;
-        Ok(ticks
-            .chunks(2)
-            .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+        Ok(timer
+            .labels
+            .iter()
+            .zip(ticks.chunks(2))
+            .map(|(&label, p)| (label, p[1].saturating_sub(p[0]) as f64 * period))
             .collect())
     }
 }

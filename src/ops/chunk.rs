@@ -1,5 +1,5 @@
 //! Recording the chunked (blockwise) forward: for each segment, the
-//! intra-block, block-state, state-scan and inter-block passes.
+//! block-state, state-scan and block-output passes.
 
 use super::{bind, dispatch, pipelines, Common, Io, Launch};
 use crate::context::Context;
@@ -27,7 +27,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
     let tile = inner.config.tile as usize;
     let threads = inner.config.threads() as usize;
     let tiles = |w: usize| w.div_ceil(tile);
-    super::submit_pass(ctx, "forward", |pass| {
+    super::submit_passes(ctx, "forward", |passes| {
         for (i, s) in launch.segments.iter().enumerate() {
             let (q, k, v, o) = (
                 bind(io.q.buffer(), s.q),
@@ -45,28 +45,20 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
             );
             let carry = bind(io.state.buffer(), s.state);
             let blocks = s.bh_count * s.blocks;
-            let [intra, block_state, scan, inter] = &pipes;
+            let [block_state, scan, output] = &pipes;
+            let [n_state, n_scan, n_output] = Pass::CHUNK.map(Pass::name);
             dispatch(
                 ctx,
-                pass,
-                &common,
-                intra,
-                i,
-                &[q.clone(), k.clone(), v.clone(), o.clone()],
-                blocks,
-            );
-            dispatch(
-                ctx,
-                pass,
+                passes.pass(n_state),
                 &common,
                 block_state,
                 i,
-                &[k, v, states.clone()],
+                &[k.clone(), v.clone(), states.clone()],
                 blocks * tiles(dims.d) * tiles(dims.e),
             );
             dispatch(
                 ctx,
-                pass,
+                passes.pass(n_scan),
                 &common,
                 scan,
                 i,
@@ -75,12 +67,12 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
             );
             dispatch(
                 ctx,
-                pass,
+                passes.pass(n_output),
                 &common,
-                inter,
+                output,
                 i,
-                &[q, states, o],
-                blocks * tiles(dims.e),
+                &[q, k, v, states, o],
+                blocks,
             );
         }
     })

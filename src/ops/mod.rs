@@ -290,7 +290,7 @@ pub(crate) async fn submit_pass(
     op: &'static str,
     record: impl FnOnce(&mut wgpu::ComputePass),
 ) -> Result<()> {
-    let stamps = ctx.next_stamps();
+    let stamps = ctx.next_stamps(op);
     submit(ctx, op, |encoder| {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(op),
@@ -299,6 +299,56 @@ pub(crate) async fn submit_pass(
         record(&mut pass);
     })
     .await
+}
+
+/// As [`submit_pass`] for an op of several kernels: `record` asks
+/// [`Passes::pass`] for the pass of each dispatch, naming its kernel. One
+/// compute pass holds them all, except while timing is on: then each kernel
+/// runs in a pass of its own with its own timestamps.
+pub(crate) async fn submit_passes(
+    ctx: &Context,
+    op: &'static str,
+    record: impl FnOnce(&mut Passes),
+) -> Result<()> {
+    let split = ctx.is_timing();
+    submit(ctx, op, |encoder| {
+        let mut passes = Passes {
+            ctx,
+            encoder,
+            split,
+            current: None,
+        };
+        record(&mut passes);
+    })
+    .await
+}
+
+/// The compute passes of one [`submit_passes`].
+pub(crate) struct Passes<'a> {
+    ctx: &'a Context,
+    encoder: &'a mut wgpu::CommandEncoder,
+    split: bool,
+    current: Option<wgpu::ComputePass<'static>>,
+}
+
+impl Passes<'_> {
+    /// The pass to record the next dispatch of kernel `label` into.
+    pub(crate) fn pass(&mut self, label: &'static str) -> &mut wgpu::ComputePass<'static> {
+        if self.split {
+            // Ends the previous pass, so the encoder can begin the next.
+            self.current = None;
+        }
+        let (ctx, encoder) = (self.ctx, &mut *self.encoder);
+        self.current.get_or_insert_with(|| {
+            let stamps = ctx.next_stamps(label);
+            encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(label),
+                    timestamp_writes: stamps.as_ref().map(|s| s.writes()),
+                })
+                .forget_lifetime()
+        })
+    }
 }
 
 /// Where a pass writes its output: the tensor itself when it is f32, else

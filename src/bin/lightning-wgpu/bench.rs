@@ -79,6 +79,9 @@ pub struct Args {
     /// Merge anchors measured by shared/tools/bench_anchors.py (its JSON).
     #[arg(long, value_name = "ANCHORS.json")]
     pub anchors: Option<PathBuf>,
+    /// Also print the GPU time of each kernel (always in --json's rows).
+    #[arg(long)]
+    pub passes: bool,
 }
 
 const DTYPE: &str = "f32";
@@ -106,6 +109,7 @@ impl Default for Args {
             plot: None,
             replot: None,
             anchors: None,
+            passes: false,
         }
     }
 }
@@ -130,6 +134,27 @@ pub struct Row {
     pub state_gb_per_s: Option<f64>,
     /// Where the row was measured: `lightning-wgpu` or `bench_anchors.py`.
     pub source: String,
+    /// Median GPU time of each kernel of the op, ms, in the order it runs
+    /// them (with GPU timestamps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes_ms: Vec<PassTime>,
+}
+
+/// The GPU time of one kernel within a measured op.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PassTime {
+    pub pass: String,
+    pub ms: f64,
+}
+
+fn pass_times(passes: &[(&'static str, f64)]) -> Vec<PassTime> {
+    passes
+        .iter()
+        .map(|&(pass, ms)| PassTime {
+            pass: pass.into(),
+            ms,
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -211,6 +236,7 @@ fn read_anchors(path: &Path) -> Result<(Vec<Row>, serde_json::Value)> {
                 peak_mem_mb: a.peak_mem_mb,
                 state_gb_per_s: None,
                 source: "bench_anchors.py".into(),
+                passes_ms: Vec::new(),
             }
         })
         .collect();
@@ -401,6 +427,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                     peak_mem_mb: Some(m.peak_mem_mb),
                     state_gb_per_s: None,
                     source: "lightning-wgpu".into(),
+                    passes_ms: pass_times(&m.passes_ms),
                 });
                 progress.inc(1);
             }
@@ -438,6 +465,7 @@ fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Res
             peak_mem_mb: Some(m.peak_mem_mb),
             state_gb_per_s: Some(state_bytes / (m.fwd_ms * 1e-3) / 1e9),
             source: "lightning-wgpu".into(),
+            passes_ms: pass_times(&m.passes_ms),
         });
     }
     Ok(rows)
@@ -453,6 +481,9 @@ fn finish(
 ) -> Result<ExitCode> {
     let info = ctx.adapter_info();
     print_table(&rows);
+    if args.passes {
+        print_passes(&rows);
+    }
     let report = Report {
         adapter: Adapter {
             name: info.name.clone(),
@@ -513,6 +544,26 @@ fn print_table(rows: &[Row]) {
             show(r.peak_mem_mb, 0),
             show(r.state_gb_per_s, 1),
             show(r.fwd_bwd_ms, 3),
+        );
+    }
+}
+
+/// One line per measured row: each kernel's share of the GPU time.
+fn print_passes(rows: &[Row]) {
+    println!("GPU time by kernel (ms, median):");
+    for r in rows.iter().filter(|r| !r.passes_ms.is_empty()) {
+        let parts: Vec<String> = r
+            .passes_ms
+            .iter()
+            .map(|p| format!("{} {:.3}", p.pass, p.ms))
+            .collect();
+        println!(
+            "  {} {} b={} n={}: {}",
+            r.provider,
+            r.dtype,
+            r.b,
+            r.n,
+            parts.join(", ")
         );
     }
 }

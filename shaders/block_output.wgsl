@@ -1,0 +1,316 @@
+// Output pass: the whole output of one block t of one (batch, head),
+//     o_t = [(scale Q_t K_t^T) (.) M] V_t  +  Lambda scale Q_t S_{t-1}
+// with M_rc = lambda^(r-c) for c <= r (0 above the diagonal) and
+// Lambda = diag(lambda^(r+1)). The quadratic intra-block part and the state
+// carried in from earlier blocks (slot t of `states`, left there by the
+// scan) are summed in registers, so each output element is written once.
+//
+// One workgroup per (bh, block). Scores are built in CHUNK-deep slices of d
+// and kept in workgroup memory; then, 2 TILE columns of e at a time, the
+// carried part is reduced over d and the masked scores are multiplied by V.
+// For the scores every thread owns a 4x4 tile, for the output a 4x8 one
+// (columns c0.. and TILE + c0..), all in vec4 registers: constant-indexed,
+// so the loops stay fast even when the runtime bounds checks are on. The
+// wide output tile stages q once for both halves of e and does 32 FMAs per
+// three vec4 reads of workgroup memory.
+// Addresses are computed once per tensor (`offset_of` of the block's first
+// row) and stepped by the row stride, which wraps like `offset_of` does.
+
+@group(0) @binding(2) var<storage, read> q: array<Stored>;
+@group(0) @binding(3) var<storage, read> k: array<Stored>;
+@group(0) @binding(4) var<storage, read> v: array<Stored>;
+@group(0) @binding(5) var<storage, read> states: array<f32>; // [bh][block][d][e]
+@group(0) @binding(6) var<storage, read_write> o: array<f32>;
+
+// vec4s per staged row, plus one of padding so the transposed stores of q
+// and k (consecutive threads walk down a column) spread over the banks.
+const PITCH: u32 = QUADS + 1u;
+const WIDE: u32 = 2u * TILE;          // output columns per step
+const WPITCH: u32 = 2u * QUADS + 1u;
+
+var<workgroup> a_tile: array<vec4<f32>, CHUNK * PITCH>;  // Q as [kk][row / 4]
+var<workgroup> b_tile: array<vec4<f32>, CHUNK * WPITCH>; // K as [kk][col / 4]; S as [kk][e / 4]; V as [c][e / 4]
+var<workgroup> scores: array<vec4<f32>, TILE * QUADS>;   // [row][col / 4], masked, decayed, scaled
+
+@compute @workgroup_size(THREADS)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let g = group_index(wid, groups);
+    if g >= params.bh_count * params.blocks {
+        return;
+    }
+    let local_bh = g / params.blocks;
+    let bh = params.bh_start + local_bh;
+    let t = g % params.blocks;
+    let row0 = t * TILE;
+    let len = block_len(t);
+    let slope = slope_of(bh);
+    let tx = tid % QUADS;
+    let ty = tid / QUADS;
+    let r0 = ty * 4u;
+    let c0 = tx * 4u;
+    let q0 = offset_of(params.q_stride, bh, row0, 0u);
+    let k0 = offset_of(params.k_stride, bh, row0, 0u);
+    let v0 = offset_of(params.v_stride, bh, row0, 0u);
+    let state = (local_bh * params.blocks + t) * params.dim_k * params.dim_v;
+
+    // scores = Q_t K_t^T, rows r0.. and columns c0..
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
+        stage_q(q0, d0, len, tid);
+        stage_k(k0, d0, len, tid);
+        workgroupBarrier();
+        for (var kk = 0u; kk < CHUNK; kk++) {
+            let a = a_tile[kk * PITCH + ty];
+            let b = b_tile[kk * WPITCH + tx];
+            s0 = fma(vec4<f32>(a.x), b, s0);
+            s1 = fma(vec4<f32>(a.y), b, s1);
+            s2 = fma(vec4<f32>(a.z), b, s2);
+            s3 = fma(vec4<f32>(a.w), b, s3);
+        }
+        workgroupBarrier();
+    }
+    // Read only after the barrier inside the first staging step below.
+    scores[(r0 + 0u) * QUADS + tx] = masked_row(s0, r0 + 0u, c0, slope);
+    scores[(r0 + 1u) * QUADS + tx] = masked_row(s1, r0 + 1u, c0, slope);
+    scores[(r0 + 2u) * QUADS + tx] = masked_row(s2, r0 + 2u, c0, slope);
+    scores[(r0 + 3u) * QUADS + tx] = masked_row(s3, r0 + 3u, c0, slope);
+
+    // Block 0 of a sequence with no initial state carries nothing in (the
+    // scan left zeros there): skip the product. Uniform per workgroup.
+    let carried = t > 0u || params.has_state != 0u;
+    for (var e0 = 0u; e0 < params.dim_v; e0 += WIDE) {
+        // Whether the right half of this step exists (uniform): e <= TILE
+        // skips its arithmetic.
+        let wide = e0 + TILE < params.dim_v;
+        // Rows r0.., columns e0 + c0.. (o) and e0 + TILE + c0.. (p).
+        var o0 = vec4<f32>(0.0);
+        var o1 = vec4<f32>(0.0);
+        var o2 = vec4<f32>(0.0);
+        var o3 = vec4<f32>(0.0);
+        var p0 = vec4<f32>(0.0);
+        var p1 = vec4<f32>(0.0);
+        var p2 = vec4<f32>(0.0);
+        var p3 = vec4<f32>(0.0);
+        if carried {
+            // Q_t S_{t-1} for these columns, then the per-row decay.
+            for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
+                stage_q(q0, d0, len, tid);
+                stage_state(state, d0, e0, tid);
+                workgroupBarrier();
+                for (var kk = 0u; kk < CHUNK; kk++) {
+                    let a = a_tile[kk * PITCH + ty];
+                    let b = b_tile[kk * WPITCH + tx];
+                    o0 = fma(vec4<f32>(a.x), b, o0);
+                    o1 = fma(vec4<f32>(a.y), b, o1);
+                    o2 = fma(vec4<f32>(a.z), b, o2);
+                    o3 = fma(vec4<f32>(a.w), b, o3);
+                    if wide {
+                        let c = b_tile[kk * WPITCH + QUADS + tx];
+                        p0 = fma(vec4<f32>(a.x), c, p0);
+                        p1 = fma(vec4<f32>(a.y), c, p1);
+                        p2 = fma(vec4<f32>(a.z), c, p2);
+                        p3 = fma(vec4<f32>(a.w), c, p3);
+                    }
+                }
+                workgroupBarrier();
+            }
+            let f = vec4<f32>(decay(slope, r0 + 1u), decay(slope, r0 + 2u), decay(slope, r0 + 3u), decay(slope, r0 + 4u)) * params.scale;
+            o0 *= f.x;
+            o1 *= f.y;
+            o2 *= f.z;
+            o3 *= f.w;
+            p0 *= f.x;
+            p1 *= f.y;
+            p2 *= f.z;
+            p3 *= f.w;
+        }
+        // + scores V: only columns c <= row contribute.
+        for (var cb = 0u; cb < len; cb += CHUNK) {
+            stage_v(v0, cb, e0, len, tid);
+            workgroupBarrier();
+            if cb + CHUNK <= r0 + 1u {
+                // The whole slice lies at or before every row of this thread.
+                for (var cc = 0u; cc < CHUNK; cc += 4u) {
+                    let w0 = scores[(r0 + 0u) * QUADS + (cb + cc) / 4u];
+                    let w1 = scores[(r0 + 1u) * QUADS + (cb + cc) / 4u];
+                    let w2 = scores[(r0 + 2u) * QUADS + (cb + cc) / 4u];
+                    let w3 = scores[(r0 + 3u) * QUADS + (cb + cc) / 4u];
+                    let x = vec4<f32>(w0.x, w1.x, w2.x, w3.x);
+                    let y = vec4<f32>(w0.y, w1.y, w2.y, w3.y);
+                    let z = vec4<f32>(w0.z, w1.z, w2.z, w3.z);
+                    let w = vec4<f32>(w0.w, w1.w, w2.w, w3.w);
+                    var vv = b_tile[(cc + 0u) * WPITCH + tx];
+                    o0 = fma(vec4<f32>(x.x), vv, o0);
+                    o1 = fma(vec4<f32>(x.y), vv, o1);
+                    o2 = fma(vec4<f32>(x.z), vv, o2);
+                    o3 = fma(vec4<f32>(x.w), vv, o3);
+                    vv = b_tile[(cc + 1u) * WPITCH + tx];
+                    o0 = fma(vec4<f32>(y.x), vv, o0);
+                    o1 = fma(vec4<f32>(y.y), vv, o1);
+                    o2 = fma(vec4<f32>(y.z), vv, o2);
+                    o3 = fma(vec4<f32>(y.w), vv, o3);
+                    vv = b_tile[(cc + 2u) * WPITCH + tx];
+                    o0 = fma(vec4<f32>(z.x), vv, o0);
+                    o1 = fma(vec4<f32>(z.y), vv, o1);
+                    o2 = fma(vec4<f32>(z.z), vv, o2);
+                    o3 = fma(vec4<f32>(z.w), vv, o3);
+                    vv = b_tile[(cc + 3u) * WPITCH + tx];
+                    o0 = fma(vec4<f32>(w.x), vv, o0);
+                    o1 = fma(vec4<f32>(w.y), vv, o1);
+                    o2 = fma(vec4<f32>(w.z), vv, o2);
+                    o3 = fma(vec4<f32>(w.w), vv, o3);
+                    if wide {
+                        var uu = b_tile[(cc + 0u) * WPITCH + QUADS + tx];
+                        p0 = fma(vec4<f32>(x.x), uu, p0);
+                        p1 = fma(vec4<f32>(x.y), uu, p1);
+                        p2 = fma(vec4<f32>(x.z), uu, p2);
+                        p3 = fma(vec4<f32>(x.w), uu, p3);
+                        uu = b_tile[(cc + 1u) * WPITCH + QUADS + tx];
+                        p0 = fma(vec4<f32>(y.x), uu, p0);
+                        p1 = fma(vec4<f32>(y.y), uu, p1);
+                        p2 = fma(vec4<f32>(y.z), uu, p2);
+                        p3 = fma(vec4<f32>(y.w), uu, p3);
+                        uu = b_tile[(cc + 2u) * WPITCH + QUADS + tx];
+                        p0 = fma(vec4<f32>(z.x), uu, p0);
+                        p1 = fma(vec4<f32>(z.y), uu, p1);
+                        p2 = fma(vec4<f32>(z.z), uu, p2);
+                        p3 = fma(vec4<f32>(z.w), uu, p3);
+                        uu = b_tile[(cc + 3u) * WPITCH + QUADS + tx];
+                        p0 = fma(vec4<f32>(w.x), uu, p0);
+                        p1 = fma(vec4<f32>(w.y), uu, p1);
+                        p2 = fma(vec4<f32>(w.z), uu, p2);
+                        p3 = fma(vec4<f32>(w.w), uu, p3);
+                    }
+                }
+            } else if cb <= r0 + 3u {
+                // The diagonal slice: select, not a multiply by zero, so a
+                // NaN in v at a later position cannot reach earlier rows.
+                for (var cc = 0u; cc < CHUNK; cc++) {
+                    let c = cb + cc;
+                    let vv = b_tile[cc * WPITCH + tx];
+                    let uu = b_tile[cc * WPITCH + QUADS + tx];
+                    let w = vec4<f32>(
+                        scores[(r0 + 0u) * QUADS + c / 4u][c % 4u],
+                        scores[(r0 + 1u) * QUADS + c / 4u][c % 4u],
+                        scores[(r0 + 2u) * QUADS + c / 4u][c % 4u],
+                        scores[(r0 + 3u) * QUADS + c / 4u][c % 4u],
+                    );
+                    let seen = vec4<u32>(c) <= vec4<u32>(r0, r0 + 1u, r0 + 2u, r0 + 3u);
+                    o0 += select(vec4<f32>(0.0), w.x * vv, seen.x);
+                    o1 += select(vec4<f32>(0.0), w.y * vv, seen.y);
+                    o2 += select(vec4<f32>(0.0), w.z * vv, seen.z);
+                    o3 += select(vec4<f32>(0.0), w.w * vv, seen.w);
+                    p0 += select(vec4<f32>(0.0), w.x * uu, seen.x);
+                    p1 += select(vec4<f32>(0.0), w.y * uu, seen.y);
+                    p2 += select(vec4<f32>(0.0), w.z * uu, seen.z);
+                    p3 += select(vec4<f32>(0.0), w.w * uu, seen.w);
+                }
+            }
+            workgroupBarrier();
+        }
+        store_row(bh, row0, r0 + 0u, len, e0 + c0, o0);
+        store_row(bh, row0, r0 + 1u, len, e0 + c0, o1);
+        store_row(bh, row0, r0 + 2u, len, e0 + c0, o2);
+        store_row(bh, row0, r0 + 3u, len, e0 + c0, o3);
+        store_row(bh, row0, r0 + 0u, len, e0 + TILE + c0, p0);
+        store_row(bh, row0, r0 + 1u, len, e0 + TILE + c0, p1);
+        store_row(bh, row0, r0 + 2u, len, e0 + TILE + c0, p2);
+        store_row(bh, row0, r0 + 3u, len, e0 + TILE + c0, p3);
+    }
+}
+
+// Columns d0 .. d0 + CHUNK of the block's rows of q, transposed into a_tile
+// (zero past the block or past d). Consecutive threads read along a row.
+fn stage_q(base: u32, d0: u32, len: u32, tid: u32) {
+    for (var i = tid; i < TILE * CHUNK; i += THREADS) {
+        let r = i / CHUNK;
+        let kk = i % CHUNK;
+        var x = 0.0;
+        if r < len && d0 + kk < params.dim_k {
+            x = read_q(base + r * params.q_stride.z + d0 + kk);
+        }
+        a_tile[kk * PITCH + r / 4u][r % 4u] = x;
+    }
+}
+
+// The same for k, into the left half of b_tile.
+fn stage_k(base: u32, d0: u32, len: u32, tid: u32) {
+    for (var i = tid; i < TILE * CHUNK; i += THREADS) {
+        let r = i / CHUNK;
+        let kk = i % CHUNK;
+        var x = 0.0;
+        if r < len && d0 + kk < params.dim_k {
+            x = read_k(base + r * params.k_stride.z + d0 + kk);
+        }
+        b_tile[kk * WPITCH + r / 4u][r % 4u] = x;
+    }
+}
+
+// Rows d0 .. d0 + CHUNK, columns e0 .. e0 + WIDE of the block's carried
+// state, into b_tile as [kk][e / 4].
+fn stage_state(at: u32, d0: u32, e0: u32, tid: u32) {
+    for (var i = tid; i < WIDE * CHUNK; i += THREADS) {
+        let kk = i / WIDE;
+        let ee = i % WIDE;
+        var x = 0.0;
+        if d0 + kk < params.dim_k && e0 + ee < params.dim_v {
+            x = states[at + (d0 + kk) * params.dim_v + e0 + ee];
+        }
+        b_tile[kk * WPITCH + ee / 4u][ee % 4u] = x;
+    }
+}
+
+// Rows cb .. cb + CHUNK of the block's v, columns e0 .. e0 + WIDE, into
+// b_tile as [c][e / 4].
+fn stage_v(base: u32, cb: u32, e0: u32, len: u32, tid: u32) {
+    for (var i = tid; i < WIDE * CHUNK; i += THREADS) {
+        let cc = i / WIDE;
+        let ee = i % WIDE;
+        var x = 0.0;
+        if cb + cc < len && e0 + ee < params.dim_v {
+            x = read_v(base + (cb + cc) * params.v_stride.z + e0 + ee);
+        }
+        b_tile[cc * WPITCH + ee / 4u][ee % 4u] = x;
+    }
+}
+
+// scale * lambda^(r-c) * s for c <= r, else exactly 0 (select keeps a NaN in
+// a later key from leaking into this row).
+fn masked_row(s: vec4<f32>, r: u32, c0: u32, slope: f32) -> vec4<f32> {
+    let c = vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u);
+    let seen = c <= vec4<u32>(r);
+    let dist = select(vec4<u32>(0u), vec4<u32>(r) - c, seen);
+    let w = exp(-slope * vec4<f32>(dist)) * params.scale;
+    return select(vec4<f32>(0.0), s * w, seen);
+}
+
+fn store_row(bh: u32, row0: u32, r: u32, len: u32, col: u32, x: vec4<f32>) {
+    if r >= len {
+        return;
+    }
+    let base = offset_of(params.o_stride, bh, row0 + r, col);
+    if col < params.dim_v { o[base] = x.x; }
+    if col + 1u < params.dim_v { o[base + 1u] = x.y; }
+    if col + 2u < params.dim_v { o[base + 2u] = x.z; }
+    if col + 3u < params.dim_v { o[base + 3u] = x.w; }
+}
+
+// q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
+fn read_q(i: u32) -> f32 {
+    return widen(q[i >> PACK], i);
+}
+
+fn read_k(i: u32) -> f32 {
+    return widen(k[i >> PACK], i);
+}
+
+fn read_v(i: u32) -> f32 {
+    return widen(v[i >> PACK], i);
+}
