@@ -73,50 +73,16 @@ fn main(
         if live.y { vi.y = read_v(vo + 1u); }
         if live.z { vi.z = read_v(vo + 2u); }
         if live.w { vi.w = read_v(vo + 3u); }
-        // A state with no history yet (first token, no initial state) is
-        // zero: not read. Uniform.
-        let known = params.has_state != 0u || i > 0u;
-        let kb = offset_of(params.k_stride, bh, i, 0u);
-        let qb = offset_of(params.q_stride, bh, i, 0u);
-        let step = ROW_LANES * params.dim_v;
         var acc = vec4<f32>(0.0);
-        var r = lane;
-        // Four rows at a time: their state loads are issued together rather
-        // than each waiting for the store before it.
-        for (; r + 3u * ROW_LANES < params.dim_k; r += 4u * ROW_LANES) {
-            let at = origin + r * params.dim_v + col;
-            var s0 = vec4<f32>(0.0);
-            var s1 = vec4<f32>(0.0);
-            var s2 = vec4<f32>(0.0);
-            var s3 = vec4<f32>(0.0);
-            if known {
-                s0 = load_state(at, live);
-                s1 = load_state(at + step, live);
-                s2 = load_state(at + 2u * step, live);
-                s3 = load_state(at + 3u * step, live);
-            }
-            s0 = lambda * s0 + read_k(kb + r) * vi;
-            s1 = lambda * s1 + read_k(kb + r + ROW_LANES) * vi;
-            s2 = lambda * s2 + read_k(kb + r + 2u * ROW_LANES) * vi;
-            s3 = lambda * s3 + read_k(kb + r + 3u * ROW_LANES) * vi;
-            store_state(at, live, s0);
-            store_state(at + step, live, s1);
-            store_state(at + 2u * step, live, s2);
-            store_state(at + 3u * step, live, s3);
-            acc = fma(vec4<f32>(read_q(qb + r)), s0, acc);
-            acc = fma(vec4<f32>(read_q(qb + r + ROW_LANES)), s1, acc);
-            acc = fma(vec4<f32>(read_q(qb + r + 2u * ROW_LANES)), s2, acc);
-            acc = fma(vec4<f32>(read_q(qb + r + 3u * ROW_LANES)), s3, acc);
-        }
-        for (; r < params.dim_k; r += ROW_LANES) {
+        for (var r = lane; r < params.dim_k; r += ROW_LANES) {
             let at = origin + r * params.dim_v + col;
             var s = vec4<f32>(0.0);
-            if known {
+            if params.has_state != 0u || i > 0u {
                 s = load_state(at, live);
             }
-            s = lambda * s + read_k(kb + r) * vi;
+            s = lambda * s + read_k(offset_of(params.k_stride, bh, i, r)) * vi;
             store_state(at, live, s);
-            acc = fma(vec4<f32>(read_q(qb + r)), s, acc);
+            acc = fma(vec4<f32>(read_q(offset_of(params.q_stride, bh, i, r))), s, acc);
         }
         partial[tid] = acc;
         workgroupBarrier();
