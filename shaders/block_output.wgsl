@@ -2,8 +2,11 @@
 //     o_t = [(scale Q_t K_t^T) (.) M] V_t  +  Lambda scale Q_t S_{t-1}
 // with M_rc = lambda^(r-c) for c <= r (0 above the diagonal) and
 // Lambda = diag(lambda^(r+1)). The quadratic intra-block part and the state
-// carried in from earlier blocks (slot t of `states`, left there by the
-// scan) are summed in registers, so each output element is written once.
+// carried in from earlier blocks are summed in registers, so each output
+// element is written once. That state is put together while it is staged:
+//     S_{t-1} = L_t + lambda^(TILE (t - t_j)) S_j
+// with L_t the block's state counted from the start t_j of its stripe
+// (block-state pass) and S_j the state before the stripe (stripe scan).
 //
 // One workgroup per (bh, block). Scores are built in CHUNK-deep slices of d
 // and kept in workgroup memory; then, 2 TILE columns of e at a time, the
@@ -19,7 +22,7 @@
 @group(0) @binding(2) var<storage, read> q: array<Stored>;
 @group(0) @binding(3) var<storage, read> k: array<Stored>;
 @group(0) @binding(4) var<storage, read> v: array<Stored>;
-@group(0) @binding(5) var<storage, read> states: array<f32>; // [bh][block][d][e]
+@group(0) @binding(5) var<storage, read> states: array<f32>; // [bh][block][d][e], then [bh][stripe][d][e]
 @group(0) @binding(6) var<storage, read_write> o: array<f32>;
 
 // vec4s per staged row, plus one of padding so the transposed stores of q
@@ -55,7 +58,11 @@ fn main(
     let q0 = offset_of(params.q_stride, bh, row0, 0u);
     let k0 = offset_of(params.k_stride, bh, row0, 0u);
     let v0 = offset_of(params.v_stride, bh, row0, 0u);
-    let state = (local_bh * params.blocks + t) * params.dim_k * params.dim_v;
+    let size = params.dim_k * params.dim_v;
+    let state = (local_bh * params.blocks + t) * size;
+    let stripe = t / STRIPE;
+    let stripe_state = stripe_states() + (local_bh * stripe_count() + stripe) * size;
+    let stripe_decay = decay(slope, (t - stripe * STRIPE) * TILE);
 
     // scores = Q_t K_t^T, rows r0.. and columns c0..
     var s0 = vec4<f32>(0.0);
@@ -102,7 +109,7 @@ fn main(
             // Q_t S_{t-1} for these columns, then the per-row decay.
             for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
                 stage_q(q0, d0, len, tid);
-                stage_state(state, d0, e0, tid);
+                stage_state(state, stripe_state, stripe_decay, d0, e0, tid);
                 workgroupBarrier();
                 for (var kk = 0u; kk < CHUNK; kk++) {
                     let a = a_tile[kk * PITCH + ty];
@@ -254,14 +261,16 @@ fn stage_k(base: u32, d0: u32, len: u32, tid: u32) {
 }
 
 // Rows d0 .. d0 + CHUNK, columns e0 .. e0 + WIDE of the block's carried
-// state, into b_tile as [kk][e / 4].
-fn stage_state(at: u32, d0: u32, e0: u32, tid: u32) {
+// state (its own part `at` plus `f` times its stripe's `stripe_at`), into b_tile
+// as [kk][e / 4].
+fn stage_state(at: u32, stripe_at: u32, f: f32, d0: u32, e0: u32, tid: u32) {
     for (var i = tid; i < WIDE * CHUNK; i += THREADS) {
         let kk = i / WIDE;
         let ee = i % WIDE;
         var x = 0.0;
         if d0 + kk < params.dim_k && e0 + ee < params.dim_v {
-            x = states[at + (d0 + kk) * params.dim_v + e0 + ee];
+            let i = (d0 + kk) * params.dim_v + e0 + ee;
+            x = fma(f, states[stripe_at + i], states[at + i]);
         }
         b_tile[kk * WPITCH + ee / 4u][ee % 4u] = x;
     }

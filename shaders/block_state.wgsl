@@ -1,14 +1,20 @@
-// Block-state pass: each block's own contribution to the key-value state,
-//     KV_t = sum_{c < L} lambda^(L-1-c) k_{tB+c}^T v_{tB+c}       (d x e)
-// a (d x L) by (L x e) product per block, all blocks in parallel. The state
-// scan then chains these into the running state.
+// Block-state pass: the state each block starts from, counted from the
+// start of its stripe (STRIPE consecutive blocks),
+//     L_t = sum over blocks u of the stripe before t of lambda^(rows after u) K_u^T V_u
+// (d x e), and each stripe's whole contribution. Stripes run in parallel;
+// inside a stripe the blocks are walked in order with the state in
+// registers:
+//     L_{t+1} = lambda^L L_t + sum_{c < L} lambda^(L-1-c) k_{tB+c}^T v_{tB+c}
+// The stripe scan then chains the stripes, and the output pass adds the
+// decayed state of the stripe's start to L_t (see block_output.wgsl).
 //
-// One workgroup per (bh, block, d tile, e tile), TILE x TILE outputs, each
+// One workgroup per (bh, stripe, d tile, e tile), TILE x TILE outputs, each
 // thread a 4x4 tile in four vec4 registers.
 
 @group(0) @binding(2) var<storage, read> k: array<Stored>;
 @group(0) @binding(3) var<storage, read> v: array<Stored>;
-@group(0) @binding(4) var<storage, read_write> states: array<f32>; // [bh][block][d][e]
+// [bh][block][d][e]: L_t; then, from stripe_states(), [bh][stripe][d][e].
+@group(0) @binding(4) var<storage, read_write> states: array<f32>;
 
 var<workgroup> k_tile: array<vec4<f32>, CHUNK * QUADS>; // decayed K as [c][dd / 4]
 var<workgroup> v_tile: array<vec4<f32>, CHUNK * QUADS>; // V as [c][ee / 4]
@@ -21,64 +27,82 @@ fn main(
 ) {
     let d_tiles = (params.dim_k + TILE - 1u) / TILE;
     let e_tiles = (params.dim_v + TILE - 1u) / TILE;
+    let stripes = stripe_count();
     var g = group_index(wid, groups);
-    if g >= params.bh_count * params.blocks * d_tiles * e_tiles {
+    if g >= params.bh_count * stripes * d_tiles * e_tiles {
         return;
     }
     let d0 = (g % d_tiles) * TILE;
     g /= d_tiles;
     let e0 = (g % e_tiles) * TILE;
     g /= e_tiles;
-    let t = g % params.blocks;
-    let local_bh = g / params.blocks;
+    let stripe = g % stripes;
+    let local_bh = g / stripes;
     let bh = params.bh_start + local_bh;
-    let row0 = t * TILE;
-    let len = block_len(t);
     let slope = slope_of(bh);
     let tx = tid % QUADS;
     let ty = tid / QUADS;
-    // Offsets of the block's first row, stepped by the row stride below.
-    let k0 = offset_of(params.k_stride, bh, row0, 0u);
-    let v0 = offset_of(params.v_stride, bh, row0, 0u);
+    let size = params.dim_k * params.dim_v;
+    let dd = d0 + ty * 4u;
+    let ee = e0 + tx * 4u;
 
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
-    for (var cb = 0u; cb < len; cb += CHUNK) {
-        for (var i = tid; i < TILE * CHUNK; i += THREADS) {
-            let cc = i / TILE;
-            let x = i % TILE;
-            let c = cb + cc;
-            var kx = 0.0;
-            var vx = 0.0;
-            if c < len {
-                if d0 + x < params.dim_k {
-                    kx = read_k(k0 + c * params.k_stride.z + d0 + x) * decay(slope, len - 1u - c);
+    let first = stripe * STRIPE;
+    let end = min(first + STRIPE, params.blocks);
+    for (var t = first; t < end; t++) {
+        let base = (local_bh * params.blocks + t) * size;
+        store_state_row(base, dd + 0u, ee, a0);
+        store_state_row(base, dd + 1u, ee, a1);
+        store_state_row(base, dd + 2u, ee, a2);
+        store_state_row(base, dd + 3u, ee, a3);
+        let row0 = t * TILE;
+        let len = block_len(t);
+        let carry = decay(slope, len);
+        a0 *= carry;
+        a1 *= carry;
+        a2 *= carry;
+        a3 *= carry;
+        // Offsets of the block's first row, stepped by the row stride below.
+        let k0 = offset_of(params.k_stride, bh, row0, 0u);
+        let v0 = offset_of(params.v_stride, bh, row0, 0u);
+        for (var cb = 0u; cb < len; cb += CHUNK) {
+            for (var i = tid; i < TILE * CHUNK; i += THREADS) {
+                let cc = i / TILE;
+                let x = i % TILE;
+                let c = cb + cc;
+                var kx = 0.0;
+                var vx = 0.0;
+                if c < len {
+                    if d0 + x < params.dim_k {
+                        kx = read_k(k0 + c * params.k_stride.z + d0 + x) * decay(slope, len - 1u - c);
+                    }
+                    if e0 + x < params.dim_v {
+                        vx = read_v(v0 + c * params.v_stride.z + e0 + x);
+                    }
                 }
-                if e0 + x < params.dim_v {
-                    vx = read_v(v0 + c * params.v_stride.z + e0 + x);
-                }
+                k_tile[cc * QUADS + x / 4u][x % 4u] = kx;
+                v_tile[cc * QUADS + x / 4u][x % 4u] = vx;
             }
-            k_tile[cc * QUADS + x / 4u][x % 4u] = kx;
-            v_tile[cc * QUADS + x / 4u][x % 4u] = vx;
+            workgroupBarrier();
+            for (var cc = 0u; cc < CHUNK; cc++) {
+                let a = k_tile[cc * QUADS + ty];
+                let b = v_tile[cc * QUADS + tx];
+                a0 = fma(vec4<f32>(a.x), b, a0);
+                a1 = fma(vec4<f32>(a.y), b, a1);
+                a2 = fma(vec4<f32>(a.z), b, a2);
+                a3 = fma(vec4<f32>(a.w), b, a3);
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
-        for (var cc = 0u; cc < CHUNK; cc++) {
-            let a = k_tile[cc * QUADS + ty];
-            let b = v_tile[cc * QUADS + tx];
-            a0 = fma(vec4<f32>(a.x), b, a0);
-            a1 = fma(vec4<f32>(a.y), b, a1);
-            a2 = fma(vec4<f32>(a.z), b, a2);
-            a3 = fma(vec4<f32>(a.w), b, a3);
-        }
-        workgroupBarrier();
     }
-    let base = (local_bh * params.blocks + t) * params.dim_k * params.dim_v;
-    store_state_row(base, d0 + ty * 4u + 0u, e0 + tx * 4u, a0);
-    store_state_row(base, d0 + ty * 4u + 1u, e0 + tx * 4u, a1);
-    store_state_row(base, d0 + ty * 4u + 2u, e0 + tx * 4u, a2);
-    store_state_row(base, d0 + ty * 4u + 3u, e0 + tx * 4u, a3);
+    let base = stripe_states() + (local_bh * stripes + stripe) * size;
+    store_state_row(base, dd + 0u, ee, a0);
+    store_state_row(base, dd + 1u, ee, a1);
+    store_state_row(base, dd + 2u, ee, a2);
+    store_state_row(base, dd + 3u, ee, a3);
 }
 
 fn store_state_row(base: u32, dd: u32, ee: u32, x: vec4<f32>) {

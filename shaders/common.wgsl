@@ -6,6 +6,7 @@
 const TILE: u32 = 64u;       // specialise: rows per block (also the output tile width)
 const CHUNK: u32 = 8u;       // specialise: reduction depth staged per step
 const THREADS: u32 = 256u;   // specialise: (TILE / 4)^2, each thread owns a 4x4 tile
+const STRIPE: u32 = 16u;     // specialise: blocks per stripe of the chunked forward
 
 const QUADS: u32 = TILE / 4u; // threads along one side of a tile
 
@@ -70,4 +71,15 @@ fn group_index(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
 // Rows of block t of this dispatch: TILE, or fewer for the last block.
 fn block_len(t: u32) -> u32 {
     return min(TILE, params.rows - t * TILE);
+}
+
+// Stripes of STRIPE blocks in this dispatch (the last may be shorter).
+fn stripe_count() -> u32 {
+    return (params.blocks + STRIPE - 1u) / STRIPE;
+}
+
+// Element offset, in the chunked forward's scratch, of the per-stripe states
+// (after the per-block ones): [bh][stripe][d][e].
+fn stripe_states() -> u32 {
+    return params.bh_count * params.blocks * params.dim_k * params.dim_v;
 }

@@ -1,12 +1,13 @@
-// State scan: chains the per-block contributions into the running state,
-//     S_t = lambda^L S_{t-1} + KV_t,
-// sequentially over the blocks and in parallel over every (bh, d, e) element.
-// In place, slot t of `states` ends up holding S_{t-1}, the state the block
-// starts from (the inter-block pass reads it); `carry` holds the state before
-// the first block on entry (or is ignored when params.has_state is 0) and the
-// state after the last block on exit.
+// Stripe scan: chains the stripes' own contributions (left by the
+// block-state pass) into the state each stripe starts from,
+//     S_j = lambda^(rows of stripe j) S_{j-1} + C_j,
+// sequentially over the stripes and in parallel over every (bh, d, e)
+// element. In place: slot j ends up holding the state before stripe j, the
+// one the output pass decays and adds to the stripe's own block states.
+// `carry` holds the state before the first block on entry (or is ignored
+// when params.has_state is 0) and the state after the last block on exit.
 
-@group(0) @binding(2) var<storage, read_write> states: array<f32>; // [bh][block][d][e]
+@group(0) @binding(2) var<storage, read_write> states: array<f32>; // per-stripe part: [bh][stripe][d][e]
 @group(0) @binding(3) var<storage, read_write> carry: array<f32>;  // [bh][d][e]
 
 @compute @workgroup_size(THREADS)
@@ -23,51 +24,52 @@ fn main(
     let local_bh = idx / size;
     let within = idx % size;
     let slope = slope_of(params.bh_start + local_bh);
-    let full = decay(slope, TILE);
+    let stripes = stripe_count();
+    let full = decay(slope, STRIPE * TILE);
 
     var s = 0.0;
     if params.has_state != 0u {
         s = carry[params.state_base + idx];
     }
-    // Eight blocks at a time: their contributions are loaded before the
+    // Eight stripes at a time: their contributions are loaded before the
     // chain uses them, so the loads overlap instead of each waiting for the
     // store before it (which the compiler cannot move them past). Every
-    // block but the last is full.
-    let first = local_bh * params.blocks * size + within;
-    var t = 0u;
-    for (; t + 8u < params.blocks; t += 8u) {
-        let at = first + t * size;
-        let kv0 = states[at];
-        let kv1 = states[at + size];
-        let kv2 = states[at + 2u * size];
-        let kv3 = states[at + 3u * size];
-        let kv4 = states[at + 4u * size];
-        let kv5 = states[at + 5u * size];
-        let kv6 = states[at + 6u * size];
-        let kv7 = states[at + 7u * size];
+    // stripe but the last is full.
+    let first = stripe_states() + local_bh * stripes * size + within;
+    var j = 0u;
+    for (; j + 8u < stripes; j += 8u) {
+        let at = first + j * size;
+        let c0 = states[at];
+        let c1 = states[at + size];
+        let c2 = states[at + 2u * size];
+        let c3 = states[at + 3u * size];
+        let c4 = states[at + 4u * size];
+        let c5 = states[at + 5u * size];
+        let c6 = states[at + 6u * size];
+        let c7 = states[at + 7u * size];
         states[at] = s;
-        s = fma(full, s, kv0);
+        s = fma(full, s, c0);
         states[at + size] = s;
-        s = fma(full, s, kv1);
+        s = fma(full, s, c1);
         states[at + 2u * size] = s;
-        s = fma(full, s, kv2);
+        s = fma(full, s, c2);
         states[at + 3u * size] = s;
-        s = fma(full, s, kv3);
+        s = fma(full, s, c3);
         states[at + 4u * size] = s;
-        s = fma(full, s, kv4);
+        s = fma(full, s, c4);
         states[at + 5u * size] = s;
-        s = fma(full, s, kv5);
+        s = fma(full, s, c5);
         states[at + 6u * size] = s;
-        s = fma(full, s, kv6);
+        s = fma(full, s, c6);
         states[at + 7u * size] = s;
-        s = fma(full, s, kv7);
+        s = fma(full, s, c7);
     }
-    for (; t < params.blocks; t++) {
-        let len = block_len(t);
-        let at = first + t * size;
-        let kv = states[at];
+    for (; j < stripes; j++) {
+        let rows = min(STRIPE * TILE, params.rows - j * STRIPE * TILE);
+        let at = first + j * size;
+        let c = states[at];
         states[at] = s;
-        s = select(decay(slope, len), full, len == TILE) * s + kv;
+        s = decay(slope, rows) * s + c;
     }
     carry[params.state_base + idx] = s;
 }

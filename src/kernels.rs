@@ -9,12 +9,17 @@ use crate::error::{Error, Result};
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 
+/// Blocks per stripe of the chunked forward: the block-state pass walks the
+/// blocks of each stripe in order, stripes in parallel; the stripe scan
+/// chains the stripes.
+pub(crate) const STRIPE: usize = 16;
+
 /// One GPU pass of the blockwise algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pass {
-    /// Each block's own `K^T V` contribution to the state.
+    /// The state each block starts from, counted from its stripe's start.
     BlockState,
-    /// The scan over blocks that turns contributions into running states.
+    /// The scan over stripes that gives the state each stripe starts from.
     StateScan,
     /// Each block's output: masked `(Q K^T) (.) M` times `V`, plus
     /// `Lambda Q S_{t-1}` carried in from earlier blocks.
@@ -231,6 +236,7 @@ pub fn wgsl(pass: Pass, config: KernelConfig, storage: Storage) -> String {
             "const TILE" => format!("const TILE: u32 = {}u;", config.tile),
             "const CHUNK" => format!("const CHUNK: u32 = {}u;", config.chunk),
             "const THREADS" => format!("const THREADS: u32 = {}u;", config.threads()),
+            "const STRIPE" => format!("const STRIPE: u32 = {STRIPE}u;"),
             "const PACK" => pack.to_string(),
             _ if head.starts_with("alias Stored") => word.to_string(),
             _ if head.starts_with("fn widen") => widen.to_string(),

@@ -15,6 +15,8 @@ struct Case {
     dims: Dims,
     layout: Layout,
     decay: bool,
+    /// Factor on the ALiBi slopes when `decay` is on.
+    slope_factor: f32,
     scale: f32,
     initial_state: bool,
 }
@@ -25,6 +27,7 @@ impl Case {
             dims: Dims { b, h, n, d, e },
             layout: Layout::Bhnd,
             decay: true,
+            slope_factor: 4.0,
             scale: 1.0,
             initial_state: false,
         }
@@ -39,9 +42,13 @@ fn run(ctx: &Context, case: Case, seed: u64) -> (f64, f64) {
     let k = common::random(&mut rng, b * h * n * d, d);
     let v = common::random(&mut rng, b * h * n * e, 1);
     let s0 = common::random(&mut rng, b * h * d * e, 1);
-    // Slopes from the ALiBi schedule, stretched so some heads decay fast.
+    // Slopes from the ALiBi schedule, by default stretched so some heads
+    // decay fast.
     let slopes: Vec<f32> = if case.decay {
-        alibi_slopes(h).iter().map(|s| s * 4.0).collect()
+        alibi_slopes(h)
+            .iter()
+            .map(|s| s * case.slope_factor)
+            .collect()
     } else {
         vec![0.0; h]
     };
@@ -106,6 +113,27 @@ fn sequence_lengths_around_the_block() {
         .map(|&n| Case::new(2, 3, n, 48, 16))
         .collect();
     check(&ctx, &cases);
+}
+
+#[test]
+fn many_stripes_of_blocks() {
+    // Block states are walked in stripes of 16 blocks and the stripes
+    // chained by a scan that takes eight at a time: more than eight stripes,
+    // a short last stripe and a short last block, with decays slow enough
+    // that a stripe's start state still matters 1000 rows on, or no decay;
+    // both tile sizes.
+    let n = 9 * 16 * 64 + 16 * 64 / 3 + 5;
+    let mut slow = Case::new(1, 2, n, 8, 12);
+    slow.slope_factor = 0.1;
+    slow.initial_state = true;
+    let mut flat = Case::new(1, 1, n, 12, 8);
+    flat.decay = false;
+    check(&common::context(false), &[slow, flat]);
+    let small = common::context_with(ContextOptions {
+        tile: Some(32),
+        ..Default::default()
+    });
+    check(&small, &[slow]);
 }
 
 #[test]

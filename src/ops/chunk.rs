@@ -1,10 +1,10 @@
 //! Recording the chunked (blockwise) forward: for each segment, the
-//! block-state, state-scan and block-output passes.
+//! block-state, stripe-scan and block-output passes.
 
 use super::{bind, dispatch, pipelines, Common, Io, Launch};
 use crate::context::Context;
 use crate::error::Result;
-use crate::kernels::Pass;
+use crate::kernels::{Pass, STRIPE};
 use crate::ops::plan::Window;
 
 pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> Result<()> {
@@ -54,7 +54,7 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
                 block_state,
                 i,
                 &[k.clone(), v.clone(), states.clone()],
-                blocks * tiles(dims.d) * tiles(dims.e),
+                s.bh_count * s.blocks.div_ceil(STRIPE) * tiles(dims.d) * tiles(dims.e),
             );
             dispatch(
                 ctx,

@@ -176,7 +176,10 @@ fn segment(
             base: 0,
         },
         state_base: (state_lo as u64 - state_start / 4) as u32,
-        scratch_bytes: (bh.1 * blocks * state_size) as u64 * 4,
+        // Per-block states, then per-stripe ones (see block_state.wgsl).
+        scratch_bytes: (bh.1 * (blocks + blocks.div_ceil(crate::kernels::STRIPE)) * state_size)
+            as u64
+            * 4,
     }
 }
 
