@@ -38,6 +38,7 @@ fn kernels(c: &mut Criterion) {
             bench.iter_custom(|iters| {
                 let repeat = Repeat {
                     warmup: 0,
+                    warmup_ms: 0.0,
                     reps: iters as usize,
                 };
                 match pollster::block_on(measure(&ctx, provider, &dims, &mut inputs, repeat)) {

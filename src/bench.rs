@@ -68,6 +68,11 @@ impl Provider {
 pub struct Repeat {
     /// Untimed runs first (pipeline compilation, caches).
     pub warmup: usize,
+    /// Keep warming up until the untimed runs have taken this long (wall
+    /// clock, ms): an idle GPU runs at a low clock and takes a while to come
+    /// up (on the H100, a case measured right after its inputs were made
+    /// once ran at half speed after two warm-up runs).
+    pub warmup_ms: f64,
     /// Timed runs; the median is reported.
     pub reps: usize,
 }
@@ -77,7 +82,11 @@ impl Repeat {
     /// numbers are not performance numbers anyway.
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Repeat {
         if info.device_type == wgpu::DeviceType::Cpu {
-            Repeat { warmup: 1, reps: 3 }
+            Repeat {
+                warmup: 1,
+                warmup_ms: 0.0,
+                reps: 3,
+            }
         } else {
             Repeat::default()
         }
@@ -86,7 +95,11 @@ impl Repeat {
 
 impl Default for Repeat {
     fn default() -> Self {
-        Repeat { warmup: 2, reps: 7 }
+        Repeat {
+            warmup: 2,
+            warmup_ms: 500.0,
+            reps: 7,
+        }
     }
 }
 
@@ -270,9 +283,12 @@ async fn time_runs(
     repeat: Repeat,
     mut op: impl AsyncFnMut() -> Result<Tensor>,
 ) -> Result<Measurement> {
-    for _ in 0..repeat.warmup {
+    let start = web_time::Instant::now();
+    let mut runs = 0;
+    while runs < repeat.warmup || start.elapsed().as_secs_f64() * 1e3 < repeat.warmup_ms {
         let o = op().await?;
         settle(ctx, &o).await?;
+        runs += 1;
     }
     let reps = repeat.reps.max(1);
     let mut samples = Vec::with_capacity(reps);
@@ -352,7 +368,9 @@ pub async fn measure_forward_backward(
     };
     let (q, k, v) = (&inputs.q, &inputs.k, &inputs.v);
     let mut samples = Vec::new();
-    for rep in 0..repeat.warmup + repeat.reps.max(1) {
+    let warm = web_time::Instant::now();
+    let mut warmups = 0;
+    while samples.len() < repeat.reps.max(1) {
         let start = web_time::Instant::now();
         let o = ctx.forward_async(q, k, v, &fwd).await?.o;
         let g = ctx
@@ -369,7 +387,9 @@ pub async fn measure_forward_backward(
             .await?;
         settle(ctx, &g.dq).await?;
         drop(o);
-        if rep >= repeat.warmup {
+        if warmups < repeat.warmup || warm.elapsed().as_secs_f64() * 1e3 < repeat.warmup_ms {
+            warmups += 1;
+        } else {
             samples.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }

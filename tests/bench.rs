@@ -23,7 +23,11 @@ fn every_provider_measures_a_small_case() {
             provider,
             &dims,
             &mut inputs,
-            Repeat { warmup: 1, reps: 3 },
+            Repeat {
+                warmup: 1,
+                warmup_ms: 0.0,
+                reps: 3,
+            },
         ))
         .unwrap();
         assert_eq!(m.samples_ms.len(), 3);

@@ -214,7 +214,11 @@ impl Demo {
                 lengths: vec![n],
             };
             let dims = sweep.dims(n);
-            let repeat = Repeat { warmup, reps };
+            let repeat = Repeat {
+                warmup,
+                warmup_ms: 0.0,
+                reps,
+            };
             let result = bench::measure(&ctx, provider, &dims, &mut inputs, repeat).await;
             *cache.borrow_mut() = Some((key, inputs));
             let m = result.map_err(js)?;

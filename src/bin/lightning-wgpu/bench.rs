@@ -49,6 +49,10 @@ pub struct Args {
     /// Untimed runs before timing (default: 2 on a GPU, 1 on a CPU adapter).
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Keep warming up until the untimed runs took this long, ms (default:
+    /// 500 on a GPU, whose clock takes a while to come up; 0 on a CPU adapter).
+    #[arg(long)]
+    pub warmup_ms: Option<f64>,
     /// Timed runs; the median is reported (default: 7 on a GPU, 3 on a CPU adapter).
     #[arg(long)]
     pub reps: Option<usize>,
@@ -100,6 +104,7 @@ impl Default for Args {
             providers: Vec::new(),
             dtype: vec![DTYPE.into()],
             warmup: None,
+            warmup_ms: None,
             reps: None,
             max_ms: MAX_MS,
             backward: false,
@@ -328,10 +333,11 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let default = Repeat::for_adapter(&info);
     let repeat = Repeat {
         warmup: args.warmup.unwrap_or(default.warmup),
+        warmup_ms: args.warmup_ms.unwrap_or(default.warmup_ms),
         reps: args.reps.unwrap_or(default.reps),
     };
     println!(
-        "bench on {} ({:?}, {} {}): h={} d={} e={}, {}, {} warm-up + {} timed runs, median",
+        "bench on {} ({:?}, {} {}): h={} d={} e={}, {}, {} warm-up runs (and {} ms at least) + {} timed runs, median",
         info.name,
         info.backend,
         info.driver,
@@ -344,6 +350,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
             None => format!("b*n={}", sweep.tokens),
         },
         repeat.warmup,
+        repeat.warmup_ms,
         repeat.reps
     );
     if args.decode {
