@@ -32,8 +32,7 @@ const WIDE: u32 = 2u * TILE;          // output columns per step
 const WPITCH: u32 = 2u * QUADS + 1u;
 
 var<workgroup> a_tile: array<vec4<f32>, CHUNK * PITCH>;  // Q as [kk][row / 4]
-var<workgroup> b_tile: array<vec4<f32>, CHUNK * WPITCH>; // K as [kk][col / 4]; V as [c][e / 4]
-var<workgroup> c_tile: array<vec4<f32>, CHUNK * WPITCH>; // S_{t-1} as [kk][e / 4]
+var<workgroup> b_tile: array<vec4<f32>, CHUNK * WPITCH>; // K as [kk][col / 4]; S as [kk][e / 4]; V as [c][e / 4]
 var<workgroup> scores: array<vec4<f32>, TILE * QUADS>;   // [row][col / 4], masked, decayed, scaled
 
 @compute @workgroup_size(THREADS)
@@ -65,35 +64,14 @@ fn main(
     let stripe_state = stripe_states() + (local_bh * stripe_count() + stripe) * size;
     let stripe_decay = decay(slope, (t - stripe * STRIPE) * TILE);
 
-    // Block 0 of a sequence with no initial state carries nothing in (the
-    // scan left zeros there): skip the product. Uniform per workgroup.
-    let carried = t > 0u || params.has_state != 0u;
-    // Whether the right half of the first output step exists (uniform):
-    // e <= TILE skips its arithmetic.
-    let wide0 = TILE < params.dim_v;
-
-    // scores = Q_t K_t^T (rows r0.., columns c0..) and, in the same sweep
-    // over d, Q_t S_{t-1} for the first 2 TILE columns of e: each staged
-    // slice of q serves both.
+    // scores = Q_t K_t^T, rows r0.. and columns c0..
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
     var s2 = vec4<f32>(0.0);
     var s3 = vec4<f32>(0.0);
-    // Rows r0.., columns e0 + c0.. (o) and e0 + TILE + c0.. (p).
-    var o0 = vec4<f32>(0.0);
-    var o1 = vec4<f32>(0.0);
-    var o2 = vec4<f32>(0.0);
-    var o3 = vec4<f32>(0.0);
-    var p0 = vec4<f32>(0.0);
-    var p1 = vec4<f32>(0.0);
-    var p2 = vec4<f32>(0.0);
-    var p3 = vec4<f32>(0.0);
     for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
         stage_q(q0, d0, len, tid);
         stage_k(k0, d0, len, tid);
-        if carried {
-            stage_state(state, stripe_state, stripe_decay, d0, 0u, tid);
-        }
         workgroupBarrier();
         for (var kk = 0u; kk < CHUNK; kk++) {
             let a = a_tile[kk * PITCH + ty];
@@ -102,20 +80,6 @@ fn main(
             s1 = fma(vec4<f32>(a.y), b, s1);
             s2 = fma(vec4<f32>(a.z), b, s2);
             s3 = fma(vec4<f32>(a.w), b, s3);
-            if carried {
-                let c = c_tile[kk * WPITCH + tx];
-                o0 = fma(vec4<f32>(a.x), c, o0);
-                o1 = fma(vec4<f32>(a.y), c, o1);
-                o2 = fma(vec4<f32>(a.z), c, o2);
-                o3 = fma(vec4<f32>(a.w), c, o3);
-                if wide0 {
-                    let u = c_tile[kk * WPITCH + QUADS + tx];
-                    p0 = fma(vec4<f32>(a.x), u, p0);
-                    p1 = fma(vec4<f32>(a.y), u, p1);
-                    p2 = fma(vec4<f32>(a.z), u, p2);
-                    p3 = fma(vec4<f32>(a.w), u, p3);
-                }
-            }
         }
         workgroupBarrier();
     }
@@ -124,46 +88,47 @@ fn main(
     scores[(r0 + 1u) * QUADS + tx] = masked_row(s1, r0 + 1u, c0, slope);
     scores[(r0 + 2u) * QUADS + tx] = masked_row(s2, r0 + 2u, c0, slope);
     scores[(r0 + 3u) * QUADS + tx] = masked_row(s3, r0 + 3u, c0, slope);
-    // lambda^(r+1) scale for the carried part of rows r0..
-    let f = vec4<f32>(decay(slope, r0 + 1u), decay(slope, r0 + 2u), decay(slope, r0 + 3u), decay(slope, r0 + 4u)) * params.scale;
 
+    // Block 0 of a sequence with no initial state carries nothing in (the
+    // scan left zeros there): skip the product. Uniform per workgroup.
+    let carried = t > 0u || params.has_state != 0u;
     for (var e0 = 0u; e0 < params.dim_v; e0 += WIDE) {
+        // Whether the right half of this step exists (uniform): e <= TILE
+        // skips its arithmetic.
         let wide = e0 + TILE < params.dim_v;
-        if e0 > 0u {
-            o0 = vec4<f32>(0.0);
-            o1 = vec4<f32>(0.0);
-            o2 = vec4<f32>(0.0);
-            o3 = vec4<f32>(0.0);
-            p0 = vec4<f32>(0.0);
-            p1 = vec4<f32>(0.0);
-            p2 = vec4<f32>(0.0);
-            p3 = vec4<f32>(0.0);
-            if carried {
-                // Q_t S_{t-1} for the further columns of a wide e.
-                for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
-                    stage_q(q0, d0, len, tid);
-                    stage_state(state, stripe_state, stripe_decay, d0, e0, tid);
-                    workgroupBarrier();
-                    for (var kk = 0u; kk < CHUNK; kk++) {
-                        let a = a_tile[kk * PITCH + ty];
-                        let c = c_tile[kk * WPITCH + tx];
-                        o0 = fma(vec4<f32>(a.x), c, o0);
-                        o1 = fma(vec4<f32>(a.y), c, o1);
-                        o2 = fma(vec4<f32>(a.z), c, o2);
-                        o3 = fma(vec4<f32>(a.w), c, o3);
-                        if wide {
-                            let u = c_tile[kk * WPITCH + QUADS + tx];
-                            p0 = fma(vec4<f32>(a.x), u, p0);
-                            p1 = fma(vec4<f32>(a.y), u, p1);
-                            p2 = fma(vec4<f32>(a.z), u, p2);
-                            p3 = fma(vec4<f32>(a.w), u, p3);
-                        }
-                    }
-                    workgroupBarrier();
-                }
-            }
-        }
+        // Rows r0.., columns e0 + c0.. (o) and e0 + TILE + c0.. (p).
+        var o0 = vec4<f32>(0.0);
+        var o1 = vec4<f32>(0.0);
+        var o2 = vec4<f32>(0.0);
+        var o3 = vec4<f32>(0.0);
+        var p0 = vec4<f32>(0.0);
+        var p1 = vec4<f32>(0.0);
+        var p2 = vec4<f32>(0.0);
+        var p3 = vec4<f32>(0.0);
         if carried {
+            // Q_t S_{t-1} for these columns, then the per-row decay.
+            for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
+                stage_q(q0, d0, len, tid);
+                stage_state(state, stripe_state, stripe_decay, d0, e0, tid);
+                workgroupBarrier();
+                for (var kk = 0u; kk < CHUNK; kk++) {
+                    let a = a_tile[kk * PITCH + ty];
+                    let b = b_tile[kk * WPITCH + tx];
+                    o0 = fma(vec4<f32>(a.x), b, o0);
+                    o1 = fma(vec4<f32>(a.y), b, o1);
+                    o2 = fma(vec4<f32>(a.z), b, o2);
+                    o3 = fma(vec4<f32>(a.w), b, o3);
+                    if wide {
+                        let c = b_tile[kk * WPITCH + QUADS + tx];
+                        p0 = fma(vec4<f32>(a.x), c, p0);
+                        p1 = fma(vec4<f32>(a.y), c, p1);
+                        p2 = fma(vec4<f32>(a.z), c, p2);
+                        p3 = fma(vec4<f32>(a.w), c, p3);
+                    }
+                }
+                workgroupBarrier();
+            }
+            let f = vec4<f32>(decay(slope, r0 + 1u), decay(slope, r0 + 2u), decay(slope, r0 + 3u), decay(slope, r0 + 4u)) * params.scale;
             o0 *= f.x;
             o1 *= f.y;
             o2 *= f.z;
@@ -296,7 +261,7 @@ fn stage_k(base: u32, d0: u32, len: u32, tid: u32) {
 }
 
 // Rows d0 .. d0 + CHUNK, columns e0 .. e0 + WIDE of the block's carried
-// state (its own part `at` plus `f` times its stripe's `stripe_at`), into c_tile
+// state (its own part `at` plus `f` times its stripe's `stripe_at`), into b_tile
 // as [kk][e / 4].
 fn stage_state(at: u32, stripe_at: u32, f: f32, d0: u32, e0: u32, tid: u32) {
     for (var i = tid; i < WIDE * CHUNK; i += THREADS) {
@@ -307,7 +272,7 @@ fn stage_state(at: u32, stripe_at: u32, f: f32, d0: u32, e0: u32, tid: u32) {
             let i = (d0 + kk) * params.dim_v + e0 + ee;
             x = fma(f, states[stripe_at + i], states[at + i]);
         }
-        c_tile[kk * WPITCH + ee / 4u][ee % 4u] = x;
+        b_tile[kk * WPITCH + ee / 4u][ee % 4u] = x;
     }
 }
 

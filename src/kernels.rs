@@ -140,10 +140,10 @@ impl KernelConfig {
 
     /// Workgroup memory the largest pass declares, in bytes.
     pub fn workgroup_bytes(self) -> u32 {
-        // Block output: one CHUNK x (TILE + 4) and two CHUNK x (2 TILE + 4)
-        // staging tiles plus the TILE x TILE scores. Recurrent: a vec4 per
+        // Block output: CHUNK x (TILE + 4) and CHUNK x (2 TILE + 4) staging
+        // tiles plus the TILE x TILE scores. Recurrent: a vec4 per
         // invocation and a slot.
-        let intra = 4 * (self.chunk * (5 * self.tile + 12) + self.tile * self.tile);
+        let intra = 4 * (self.chunk * (3 * self.tile + 8) + self.tile * self.tile);
         let recurrent = 16 * self.threads() + 4;
         // Softmax: the intra-block tiles plus three f32 per row.
         let softmax = intra + 12 * self.tile;
