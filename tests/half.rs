@@ -7,8 +7,8 @@ mod common;
 
 use half::{bf16, f16};
 use lightning_wgpu::{
-    alibi_slopes, reference, Context, ContextOptions, DType, DecodeOptions, Dims, ForwardOptions,
-    Layout, Method, SoftmaxOptions,
+    alibi_slopes, reference, BackwardOptions, Context, ContextOptions, DType, DecodeOptions, Dims,
+    ForwardOptions, Layout, Method, SoftmaxOptions,
 };
 
 fn tolerance(dtype: DType) -> f64 {
@@ -218,6 +218,139 @@ fn decode_and_softmax_in_half_precision() {
                 eo <= tolerance(dtype),
                 "{name} {dtype} softmax (seed {seed}): {eo:e}"
             );
+        }
+    }
+}
+
+#[test]
+fn backward_in_half_precision_matches_the_reference() {
+    // Gradients come back in the inputs' storage type; the reference runs
+    // on the rounded inputs. A plain batch with an initial state and a
+    // final-state gradient, and a packed one (split on the host).
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    for (name, ctx) in contexts() {
+        for (dtype, cu) in [
+            (DType::F16, None),
+            (DType::BF16, None),
+            (DType::F16, Some(&[0usize, 40, 97][..])),
+        ] {
+            let b = if cu.is_some() { 1 } else { 2 };
+            let dims = Dims {
+                b,
+                h: 2,
+                n: 97,
+                d: 20,
+                e: 12,
+            };
+            let Dims { h, n, d, e, .. } = dims;
+            let seqs = cu.map_or(b, |c| c.len() - 1);
+            let layout = Layout::Bhnd;
+            let q = rounded(&common::random(&mut rng, b * h * n * d, d), dtype);
+            let k = rounded(&common::random(&mut rng, b * h * n * d, d), dtype);
+            let v = rounded(&common::random(&mut rng, b * h * n * e, 1), dtype);
+            let d_o = rounded(&common::random(&mut rng, b * h * n * e, 1), dtype);
+            let s0 = common::random(&mut rng, seqs * h * d * e, 1);
+            let dsn = common::random(&mut rng, seqs * h * d * e, 1);
+            let slopes: Vec<f32> = alibi_slopes(h).iter().map(|s| s * 3.0).collect();
+            let scale = 0.7;
+            let (qs, vs) = (layout.shape(b, h, n, d), layout.shape(b, h, n, e));
+            let state_shape = [seqs, h, d, e];
+            let s0_t = ctx.tensor(&s0, &state_shape).unwrap();
+            let dsn_t = ctx.tensor(&dsn, &state_shape).unwrap();
+            let opts = BackwardOptions {
+                forward: ForwardOptions {
+                    slopes: Some(&slopes),
+                    scale,
+                    layout,
+                    initial_state: Some(&s0_t),
+                    cu_seqlens: cu,
+                    ..Default::default()
+                },
+                d_final_state: Some(&dsn_t),
+            };
+            let g = ctx
+                .backward(
+                    &ctx.tensor_as(&q, &qs, dtype).unwrap(),
+                    &ctx.tensor_as(&k, &qs, dtype).unwrap(),
+                    &ctx.tensor_as(&v, &vs, dtype).unwrap(),
+                    &ctx.tensor_as(&d_o, &vs, dtype).unwrap(),
+                    &opts,
+                )
+                .unwrap_or_else(|err| panic!("{name} {dtype:?} {cu:?}: {err}"));
+            assert_eq!(g.dq.dtype(), dtype);
+            assert_eq!(g.dv.dtype(), dtype);
+            assert_eq!(g.d_initial_state.dtype(), DType::F32);
+            // The reference, one sequence at a time for a packed batch.
+            let bounds = cu.map_or(vec![0, n], <[usize]>::to_vec);
+            let want = if cu.is_none() {
+                let r = reference::backward(
+                    dims,
+                    layout,
+                    &q,
+                    &k,
+                    &v,
+                    &d_o,
+                    &slopes,
+                    scale,
+                    Some(&s0),
+                    Some(&dsn),
+                );
+                [r.dq, r.dk, r.dv, r.d_initial_state]
+            } else {
+                let mut full = [
+                    vec![0.0; q.len()],
+                    vec![0.0; k.len()],
+                    vec![0.0; v.len()],
+                    Vec::new(),
+                ];
+                for (i, w) in bounds.windows(2).enumerate() {
+                    let (r0, r1) = (w[0], w[1]);
+                    let part =
+                        |x: &[f32], width: usize| common::rows(x, layout, &dims, width, r0, r1);
+                    let one = Dims {
+                        b: 1,
+                        n: r1 - r0,
+                        ..dims
+                    };
+                    let st = h * d * e;
+                    let r = reference::backward(
+                        one,
+                        layout,
+                        &part(&q, d),
+                        &part(&k, d),
+                        &part(&v, e),
+                        &part(&d_o, e),
+                        &slopes,
+                        scale,
+                        Some(&s0[i * st..(i + 1) * st]),
+                        Some(&dsn[i * st..(i + 1) * st]),
+                    );
+                    for (dst, src, width) in [(0, &r.dq, d), (1, &r.dk, d), (2, &r.dv, e)] {
+                        for hh in 0..h {
+                            for row in r0..r1 {
+                                let to = (hh * n + row) * width;
+                                let from = (hh * (r1 - r0) + row - r0) * width;
+                                full[dst][to..to + width].copy_from_slice(&src[from..from + width]);
+                            }
+                        }
+                    }
+                    full[3].extend_from_slice(&r.d_initial_state);
+                }
+                full
+            };
+            for (grad, got, want) in [
+                ("dq", &g.dq, &want[0]),
+                ("dk", &g.dk, &want[1]),
+                ("dv", &g.dv, &want[2]),
+                ("dS0", &g.d_initial_state, &want[3]),
+            ] {
+                let err = reference::relative_error(&ctx.read(got).unwrap(), want);
+                assert!(
+                    err <= tolerance(dtype),
+                    "{name} {dtype:?} {cu:?} {grad} (seed {seed}): {err:e}"
+                );
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::layout::{Dims, Layout};
 use crate::ops::forward::{
     check_shape, check_state, check_tensor, dim_names, validate, Checked, ForwardOptions,
 };
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// Largest slope for which an incoming final-state gradient can be carried:
 /// it enters the reversed pass as `dS_n * exp(s)`, which must stay finite.
@@ -110,7 +110,8 @@ fn transpose_states(x: &[f32], dims: &Dims, rows: usize, cols: usize, factor: &[
 
 impl Context {
     /// Checks every input of a backward call, packed or not: the forward's
-    /// checks, f32 storage, `d_o` shaped like `v`, `dS_n` shaped like the state.
+    /// checks, `d_o` stored like q and shaped like `v`, `dS_n` shaped like
+    /// the state.
     fn check_backward(
         &self,
         q: &Tensor,
@@ -121,8 +122,7 @@ impl Context {
     ) -> Result<Checked> {
         let fwd = &opts.forward;
         let checked = validate(self, q, k, v, fwd)?;
-        check_tensor(self, "q", q, DType::F32)?;
-        check_tensor(self, "d_o", d_o, DType::F32)?;
+        check_tensor(self, "d_o", d_o, q.dtype())?;
         check_shape("d_o", d_o, v.shape(), dim_names(fwd.layout, "e"), "v")?;
         if let Some(ds) = opts.d_final_state {
             check_state(self, "d_final_state", ds, &checked.state_shape)?;
@@ -160,6 +160,7 @@ impl Context {
             None => None,
         };
         let state = h * d * e;
+        let dtype = q.dtype();
         let (mut dq, mut dk, mut dv) = (
             vec![0.0; xq.len()],
             vec![0.0; xk.len()],
@@ -171,7 +172,7 @@ impl Context {
             let qs = layout.shape(1, h, r1 - r0, d);
             let vs = layout.shape(1, h, r1 - r0, e);
             let part = |x: &[f32], width: usize, shape: [usize; 4]| {
-                self.tensor(&rows(x, layout, h, n, width, (r0, r1)), &shape)
+                self.tensor_as(&rows(x, layout, h, n, width, (r0, r1)), &shape, dtype)
             };
             let own = |x: &Option<Vec<f32>>| -> Result<Option<Tensor>> {
                 x.as_ref()
@@ -226,17 +227,20 @@ impl Context {
             ds0[i * state..(i + 1) * state]
                 .copy_from_slice(&self.read_async(&g.d_initial_state).await?);
         }
+        // Each part was already rounded to `dtype`: re-encoding is exact.
         Ok(Gradients {
-            dq: self.tensor(&dq, q.shape())?,
-            dk: self.tensor(&dk, k.shape())?,
-            dv: self.tensor(&dv, v.shape())?,
+            dq: self.tensor_as(&dq, q.shape(), dtype)?,
+            dk: self.tensor_as(&dk, k.shape(), dtype)?,
+            dv: self.tensor_as(&dv, v.shape(), dtype)?,
             d_initial_state: self.tensor(&ds0, &checked.state_shape)?,
         })
     }
 
     /// Gradients of [`Context::forward`] for the output gradient `d_o`
-    /// (shaped like `v`): `dq`, `dk`, `dv` and the initial state's `dS0`.
-    /// f32 storage. Blocks; see [`Context::backward_async`].
+    /// (shaped like `v`, stored like q): `dq`, `dk`, `dv` in the inputs'
+    /// storage type and the initial state's `dS0` (f32, like every state).
+    /// Arithmetic is f32 whatever the storage. Blocks; see
+    /// [`Context::backward_async`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn backward(
         &self,
@@ -343,14 +347,14 @@ impl Context {
             None => (None, None),
         };
         let reversed = [true; 4];
-        let dk = self.empty(&qs, "dk")?;
+        let dk = self.empty_as(&qs, q.dtype(), "dk")?;
         let opts_dk = ForwardOptions {
             initial_state: dsn_for_dk.as_ref(),
             ..plain
         };
         self.forward_views(v, d_o, q, &opts_dk, &dk, None, reversed)
             .await?;
-        let dv = self.empty(&vs, "dv")?;
+        let dv = self.empty_as(&vs, q.dtype(), "dv")?;
         let mut final_state = self.empty(&[b, h, d, e], "final state")?;
         let opts_dv = ForwardOptions {
             initial_state: dsn_for_dv.as_ref(),
