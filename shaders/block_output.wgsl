@@ -69,10 +69,18 @@ fn main(
     var s1 = vec4<f32>(0.0);
     var s2 = vec4<f32>(0.0);
     var s3 = vec4<f32>(0.0);
+    // Each step's slices are loaded into registers during the step before,
+    // so their global-memory latency hides behind that step's arithmetic.
+    var qn = fetch_q(q0, 0u, len, tid);
+    var kn = fetch_k(k0, 0u, len, tid);
     for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
-        stage_q(q0, d0, len, tid);
-        stage_k(k0, d0, len, tid);
+        put_q(qn, tid);
+        put_k(kn, tid);
         workgroupBarrier();
+        if d0 + CHUNK < params.dim_k {
+            qn = fetch_q(q0, d0 + CHUNK, len, tid);
+            kn = fetch_k(k0, d0 + CHUNK, len, tid);
+        }
         for (var kk = 0u; kk < CHUNK; kk++) {
             let a = a_tile[kk * PITCH + ty];
             let b = b_tile[kk * WPITCH + tx];
@@ -107,10 +115,16 @@ fn main(
         var p3 = vec4<f32>(0.0);
         if carried {
             // Q_t S_{t-1} for these columns, then the per-row decay.
+            qn = fetch_q(q0, 0u, len, tid);
+            var sn = fetch_state(state, stripe_state, stripe_decay, 0u, e0, tid);
             for (var d0 = 0u; d0 < params.dim_k; d0 += CHUNK) {
-                stage_q(q0, d0, len, tid);
-                stage_state(state, stripe_state, stripe_decay, d0, e0, tid);
+                put_q(qn, tid);
+                put_rows(sn, tid);
                 workgroupBarrier();
+                if d0 + CHUNK < params.dim_k {
+                    qn = fetch_q(q0, d0 + CHUNK, len, tid);
+                    sn = fetch_state(state, stripe_state, stripe_decay, d0 + CHUNK, e0, tid);
+                }
                 for (var kk = 0u; kk < CHUNK; kk++) {
                     let a = a_tile[kk * PITCH + ty];
                     let b = b_tile[kk * WPITCH + tx];
@@ -139,9 +153,13 @@ fn main(
             p3 *= f.w;
         }
         // + scores V: only columns c <= row contribute.
+        var vn = fetch_v(v0, 0u, e0, len, tid);
         for (var cb = 0u; cb < len; cb += CHUNK) {
-            stage_v(v0, cb, e0, len, tid);
+            put_rows(vn, tid);
             workgroupBarrier();
+            if cb + CHUNK < len {
+                vn = fetch_v(v0, cb + CHUNK, e0, len, tid);
+            }
             if cb + CHUNK <= r0 + 1u {
                 // The whole slice lies at or before every row of this thread.
                 for (var cc = 0u; cc < CHUNK; cc += 4u) {
@@ -233,61 +251,97 @@ fn main(
     }
 }
 
-// Columns d0 .. d0 + CHUNK of the block's rows of q, transposed into a_tile
-// (zero past the block or past d). Consecutive threads read along a row.
-fn stage_q(base: u32, d0: u32, len: u32, tid: u32) {
-    for (var i = tid; i < TILE * CHUNK; i += THREADS) {
+// Elements each thread stages per step: of a TILE x CHUNK slice of q or k,
+// and of a CHUNK x WIDE slice of the state or v. Element j of a thread is
+// element tid + j THREADS of the slice; the loops over j have constant
+// bounds, so the arrays live in registers.
+const QPER: u32 = TILE * CHUNK / THREADS;
+const SPER: u32 = WIDE * CHUNK / THREADS;
+
+// Columns d0 .. d0 + CHUNK of the block's rows of q (zero past the block or
+// past d). Consecutive threads read along a row.
+fn fetch_q(base: u32, d0: u32, len: u32, tid: u32) -> array<f32, QPER> {
+    var x: array<f32, QPER>;
+    for (var j = 0u; j < QPER; j++) {
+        let i = tid + j * THREADS;
         let r = i / CHUNK;
         let kk = i % CHUNK;
-        var x = 0.0;
         if r < len && d0 + kk < params.dim_k {
-            x = read_q(base + r * params.q_stride.z + d0 + kk);
+            x[j] = read_q(base + r * params.q_stride.z + d0 + kk);
         }
-        a_tile[kk * PITCH + r / 4u][r % 4u] = x;
+    }
+    return x;
+}
+
+// The same for k.
+fn fetch_k(base: u32, d0: u32, len: u32, tid: u32) -> array<f32, QPER> {
+    var x: array<f32, QPER>;
+    for (var j = 0u; j < QPER; j++) {
+        let i = tid + j * THREADS;
+        let r = i / CHUNK;
+        let kk = i % CHUNK;
+        if r < len && d0 + kk < params.dim_k {
+            x[j] = read_k(base + r * params.k_stride.z + d0 + kk);
+        }
+    }
+    return x;
+}
+
+// A fetched slice of q, transposed into a_tile as [kk][row / 4].
+fn put_q(x: array<f32, QPER>, tid: u32) {
+    for (var j = 0u; j < QPER; j++) {
+        let i = tid + j * THREADS;
+        let r = i / CHUNK;
+        a_tile[(i % CHUNK) * PITCH + r / 4u][r % 4u] = x[j];
     }
 }
 
-// The same for k, into the left half of b_tile.
-fn stage_k(base: u32, d0: u32, len: u32, tid: u32) {
-    for (var i = tid; i < TILE * CHUNK; i += THREADS) {
+// A fetched slice of k, transposed into b_tile as [kk][col / 4].
+fn put_k(x: array<f32, QPER>, tid: u32) {
+    for (var j = 0u; j < QPER; j++) {
+        let i = tid + j * THREADS;
         let r = i / CHUNK;
-        let kk = i % CHUNK;
-        var x = 0.0;
-        if r < len && d0 + kk < params.dim_k {
-            x = read_k(base + r * params.k_stride.z + d0 + kk);
-        }
-        b_tile[kk * WPITCH + r / 4u][r % 4u] = x;
+        b_tile[(i % CHUNK) * WPITCH + r / 4u][r % 4u] = x[j];
     }
 }
 
 // Rows d0 .. d0 + CHUNK, columns e0 .. e0 + WIDE of the block's carried
-// state (its own part `at` plus `f` times its stripe's `stripe_at`), into b_tile
-// as [kk][e / 4].
-fn stage_state(at: u32, stripe_at: u32, f: f32, d0: u32, e0: u32, tid: u32) {
-    for (var i = tid; i < WIDE * CHUNK; i += THREADS) {
+// state: its own part `at` plus `f` times its stripe's `stripe_at`.
+fn fetch_state(at: u32, stripe_at: u32, f: f32, d0: u32, e0: u32, tid: u32) -> array<f32, SPER> {
+    var x: array<f32, SPER>;
+    for (var j = 0u; j < SPER; j++) {
+        let i = tid + j * THREADS;
         let kk = i / WIDE;
         let ee = i % WIDE;
-        var x = 0.0;
         if d0 + kk < params.dim_k && e0 + ee < params.dim_v {
-            let i = (d0 + kk) * params.dim_v + e0 + ee;
-            x = fma(f, states[stripe_at + i], states[at + i]);
+            let e = (d0 + kk) * params.dim_v + e0 + ee;
+            x[j] = fma(f, states[stripe_at + e], states[at + e]);
         }
-        b_tile[kk * WPITCH + ee / 4u][ee % 4u] = x;
+    }
+    return x;
+}
+
+// A fetched CHUNK x WIDE slice into b_tile as [row][col / 4].
+fn put_rows(x: array<f32, SPER>, tid: u32) {
+    for (var j = 0u; j < SPER; j++) {
+        let i = tid + j * THREADS;
+        let ee = i % WIDE;
+        b_tile[(i / WIDE) * WPITCH + ee / 4u][ee % 4u] = x[j];
     }
 }
 
-// Rows cb .. cb + CHUNK of the block's v, columns e0 .. e0 + WIDE, into
-// b_tile as [c][e / 4].
-fn stage_v(base: u32, cb: u32, e0: u32, len: u32, tid: u32) {
-    for (var i = tid; i < WIDE * CHUNK; i += THREADS) {
+// Rows cb .. cb + CHUNK of the block's v, columns e0 .. e0 + WIDE.
+fn fetch_v(base: u32, cb: u32, e0: u32, len: u32, tid: u32) -> array<f32, SPER> {
+    var x: array<f32, SPER>;
+    for (var j = 0u; j < SPER; j++) {
+        let i = tid + j * THREADS;
         let cc = i / WIDE;
         let ee = i % WIDE;
-        var x = 0.0;
         if cb + cc < len && e0 + ee < params.dim_v {
-            x = read_v(base + (cb + cc) * params.v_stride.z + e0 + ee);
+            x[j] = read_v(base + (cb + cc) * params.v_stride.z + e0 + ee);
         }
-        b_tile[cc * WPITCH + ee / 4u][ee % 4u] = x;
     }
+    return x;
 }
 
 // scale * lambda^(r-c) * s for c <= r, else exactly 0 (select keeps a NaN in
