@@ -52,41 +52,33 @@ fn main(
     var a3 = vec4<f32>(0.0);
     let first = stripe * STRIPE;
     let end = min(first + STRIPE, params.blocks);
+    // Offsets of the sequence's first row: rows are stepped by the stride.
+    let kb = offset_of(params.k_stride, bh, 0u, 0u);
+    let vb = offset_of(params.v_stride, bh, 0u, 0u);
+    // Each step's slices are loaded into registers during the step before
+    // (across block boundaries too), so their latency hides behind the
+    // arithmetic.
+    var next = fetch(kb, vb, first, 0u, d0, e0, slope, tid);
     for (var t = first; t < end; t++) {
         let base = (local_bh * params.blocks + t) * size;
         store_state_row(base, dd + 0u, ee, a0);
         store_state_row(base, dd + 1u, ee, a1);
         store_state_row(base, dd + 2u, ee, a2);
         store_state_row(base, dd + 3u, ee, a3);
-        let row0 = t * TILE;
         let len = block_len(t);
         let carry = decay(slope, len);
         a0 *= carry;
         a1 *= carry;
         a2 *= carry;
         a3 *= carry;
-        // Offsets of the block's first row, stepped by the row stride below.
-        let k0 = offset_of(params.k_stride, bh, row0, 0u);
-        let v0 = offset_of(params.v_stride, bh, row0, 0u);
         for (var cb = 0u; cb < len; cb += CHUNK) {
-            for (var i = tid; i < TILE * CHUNK; i += THREADS) {
-                let cc = i / TILE;
-                let x = i % TILE;
-                let c = cb + cc;
-                var kx = 0.0;
-                var vx = 0.0;
-                if c < len {
-                    if d0 + x < params.dim_k {
-                        kx = read_k(k0 + c * params.k_stride.z + d0 + x) * decay(slope, len - 1u - c);
-                    }
-                    if e0 + x < params.dim_v {
-                        vx = read_v(v0 + c * params.v_stride.z + e0 + x);
-                    }
-                }
-                k_tile[cc * QUADS + x / 4u][x % 4u] = kx;
-                v_tile[cc * QUADS + x / 4u][x % 4u] = vx;
-            }
+            put(next, tid);
             workgroupBarrier();
+            if cb + CHUNK < len {
+                next = fetch(kb, vb, t, cb + CHUNK, d0, e0, slope, tid);
+            } else if t + 1u < end {
+                next = fetch(kb, vb, t + 1u, 0u, d0, e0, slope, tid);
+            }
             for (var cc = 0u; cc < CHUNK; cc++) {
                 let a = k_tile[cc * QUADS + ty];
                 let b = v_tile[cc * QUADS + tx];
@@ -103,6 +95,43 @@ fn main(
     store_state_row(base, dd + 1u, ee, a1);
     store_state_row(base, dd + 2u, ee, a2);
     store_state_row(base, dd + 3u, ee, a3);
+}
+
+// Elements of a CHUNK x TILE slice each thread stages per step: element j
+// of a thread is element tid + j THREADS of the slice; the loops over j have
+// constant bounds, so the arrays live in registers.
+const PER: u32 = TILE * CHUNK / THREADS;
+
+// Rows cb .. cb + CHUNK of block t: (x) k at columns d0.., decayed by
+// lambda^(L-1-c), and (y) v at columns e0..; zero past the block, d or e.
+fn fetch(kb: u32, vb: u32, t: u32, cb: u32, d0: u32, e0: u32, slope: f32, tid: u32) -> array<vec2<f32>, PER> {
+    let len = block_len(t);
+    var x: array<vec2<f32>, PER>;
+    for (var j = 0u; j < PER; j++) {
+        let i = tid + j * THREADS;
+        let c = cb + i / TILE;
+        let w = i % TILE;
+        if c < len {
+            let row = t * TILE + c;
+            if d0 + w < params.dim_k {
+                x[j].x = read_k(kb + row * params.k_stride.z + d0 + w) * decay(slope, len - 1u - c);
+            }
+            if e0 + w < params.dim_v {
+                x[j].y = read_v(vb + row * params.v_stride.z + e0 + w);
+            }
+        }
+    }
+    return x;
+}
+
+// A fetched slice into k_tile and v_tile as [c][col / 4].
+fn put(x: array<vec2<f32>, PER>, tid: u32) {
+    for (var j = 0u; j < PER; j++) {
+        let i = tid + j * THREADS;
+        let w = i % TILE;
+        k_tile[(i / TILE) * QUADS + w / 4u][w % 4u] = x[j].x;
+        v_tile[(i / TILE) * QUADS + w / 4u][w % 4u] = x[j].y;
+    }
 }
 
 fn store_state_row(base: u32, dd: u32, ee: u32, x: vec4<f32>) {
