@@ -143,11 +143,11 @@ impl KernelConfig {
         // Block output: CHUNK x (TILE + 4) and CHUNK x (2 TILE + 4) staging
         // tiles plus the TILE x TILE scores. Recurrent: a vec4 per
         // invocation and a slot.
-        let intra = 4 * (self.chunk * (3 * self.tile + 8) + self.tile * self.tile);
+        let output = 4 * (self.chunk * (3 * self.tile + 8) + self.tile * self.tile);
         let recurrent = 16 * self.threads() + 4;
-        // Softmax: the intra-block tiles plus three f32 per row.
-        let softmax = intra + 12 * self.tile;
-        intra.max(recurrent).max(softmax)
+        // Softmax: the output pass's tiles plus three f32 per row.
+        let softmax = output + 12 * self.tile;
+        output.max(recurrent).max(softmax)
     }
 
     /// Reduction depths the kernels can stage (rows of `d` per step).
