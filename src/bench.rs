@@ -70,8 +70,8 @@ pub struct Repeat {
     pub warmup: usize,
     /// Keep warming up until the untimed runs have taken this long (wall
     /// clock, ms): an idle GPU runs at a low clock and takes a while to come
-    /// up (on the H100, a case measured right after its inputs were made
-    /// once ran at half speed after two warm-up runs).
+    /// up (on the H100, the first case of a process ran at half speed after
+    /// two warm-up runs, and at times after 500 ms of them).
     pub warmup_ms: f64,
     /// Timed runs; the median is reported.
     pub reps: usize,
@@ -97,7 +97,7 @@ impl Default for Repeat {
     fn default() -> Self {
         Repeat {
             warmup: 2,
-            warmup_ms: 500.0,
+            warmup_ms: 1000.0,
             reps: 7,
         }
     }

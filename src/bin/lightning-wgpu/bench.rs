@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     pub warmup: Option<usize>,
     /// Keep warming up until the untimed runs took this long, ms (default:
-    /// 500 on a GPU, whose clock takes a while to come up; 0 on a CPU adapter).
+    /// 1000 on a GPU, whose clock takes a while to come up; 0 on a CPU adapter).
     #[arg(long)]
     pub warmup_ms: Option<f64>,
     /// Timed runs; the median is reported (default: 7 on a GPU, 3 on a CPU adapter).
