@@ -290,15 +290,7 @@ pub(crate) async fn submit_pass(
     op: &'static str,
     record: impl FnOnce(&mut wgpu::ComputePass),
 ) -> Result<()> {
-    let stamps = ctx.next_stamps(op);
-    submit(ctx, op, |encoder| {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(op),
-            timestamp_writes: stamps.as_ref().map(|s| s.writes()),
-        });
-        record(&mut pass);
-    })
-    .await
+    submit_passes(ctx, op, |passes| record(passes.pass(op))).await
 }
 
 /// As [`submit_pass`] for an op of several kernels: `record` asks
