@@ -91,6 +91,12 @@ impl Repeat {
             Repeat::default()
         }
     }
+
+    /// Whether a run after `runs` warm-up runs, the first begun at `since`,
+    /// is still a warm-up run.
+    fn warming(&self, runs: usize, since: web_time::Instant) -> bool {
+        runs < self.warmup || since.elapsed().as_secs_f64() * 1e3 < self.warmup_ms
+    }
 }
 
 impl Default for Repeat {
@@ -285,7 +291,7 @@ async fn time_runs(
 ) -> Result<Measurement> {
     let start = web_time::Instant::now();
     let mut runs = 0;
-    while runs < repeat.warmup || start.elapsed().as_secs_f64() * 1e3 < repeat.warmup_ms {
+    while repeat.warming(runs, start) {
         let o = op().await?;
         settle(ctx, &o).await?;
         runs += 1;
@@ -387,7 +393,7 @@ pub async fn measure_forward_backward(
             .await?;
         settle(ctx, &g.dq).await?;
         drop(o);
-        if warmups < repeat.warmup || warm.elapsed().as_secs_f64() * 1e3 < repeat.warmup_ms {
+        if repeat.warming(warmups, warm) {
             warmups += 1;
         } else {
             samples.push(start.elapsed().as_secs_f64() * 1e3);
