@@ -40,6 +40,9 @@ for t in f32 f16 bf16; do $B demo --n 4096 --h 8 --d 128 --e 128 --dtype $t; don
 timeout 420 $B bench --dtype f32,f16,bf16 --reps 5 --max-ms 8000 --anchors .device/anchors.json \
     --passes --json "$OUT/h100.json" --plot "$OUT/h100.svg"
 timeout 90 $B bench --decode --decode-batches 1,8,64,256 --reps 15 --json "$OUT/decode.json"
+# (results/*-r2-decode.json is this same command, re-run in a later call after
+#  the decode kernel's accesses were coalesced; *-r2-decode-before.json is the
+#  run of this call.)
 
 # The comparisons in the log of docs/BENCHMARKS.md ran two binaries side by
 # side in one call, alternating, e.g.

@@ -5,9 +5,10 @@
 // element once, and carries nothing else between tokens.
 //
 // One workgroup per (bh, 128 columns of e). Its THREADS invocations are
-// 32 column quads (a vec4 each: a warp reads one state row contiguously)
-// by THREADS/32 row lanes that split d; q_i S(i) is summed over the row lanes
-// through workgroup memory.
+// 32 column lanes by THREADS/32 row lanes that split d; q_i S(i) is summed
+// over the row lanes through workgroup memory. Column lane c holds columns
+// c, c + 32, c + 64 and c + 96 of the tile in a vec4, so each access of a
+// warp covers 32 consecutive columns: 128 contiguous bytes.
 //
 // The state of (b, h) lives at `state_base + (bh - bh_start) * d * e` in
 // sequence mode, or, in slot mode (params.slotted = 1, decoding a batch of
@@ -23,6 +24,7 @@
 @group(0) @binding(7) var<storage, read> slots: array<i32>;
 
 const COLUMN_QUADS: u32 = 32u;
+const STEP: u32 = COLUMN_QUADS; // between the four columns of a lane
 const ROW_LANES: u32 = THREADS / COLUMN_QUADS;
 
 var<workgroup> partial: array<vec4<f32>, THREADS>;
@@ -40,12 +42,12 @@ fn main(
         return;
     }
     let bh = params.bh_start + g / e_tiles;
-    let col = (g % e_tiles) * 4u * COLUMN_QUADS + (tid % COLUMN_QUADS) * 4u;
+    let col = (g % e_tiles) * 4u * COLUMN_QUADS + tid % COLUMN_QUADS;
     let lane = tid / COLUMN_QUADS;
     let b = bh / params.heads;
     let h = bh - b * params.heads;
     let size = params.dim_k * params.dim_v;
-    let live = vec4<bool>(col < params.dim_v, col + 1u < params.dim_v, col + 2u < params.dim_v, col + 3u < params.dim_v);
+    let live = vec4<bool>(col < params.dim_v, col + STEP < params.dim_v, col + 2u * STEP < params.dim_v, col + 3u * STEP < params.dim_v);
     var origin = params.state_base + (bh - params.bh_start) * size;
     if params.slotted != 0u {
         if tid == 0u {
@@ -70,9 +72,9 @@ fn main(
         let vo = offset_of(params.v_stride, bh, i, col);
         var vi = vec4<f32>(0.0);
         if live.x { vi.x = read_v(vo); }
-        if live.y { vi.y = read_v(vo + 1u); }
-        if live.z { vi.z = read_v(vo + 2u); }
-        if live.w { vi.w = read_v(vo + 3u); }
+        if live.y { vi.y = read_v(vo + STEP); }
+        if live.z { vi.z = read_v(vo + 2u * STEP); }
+        if live.w { vi.w = read_v(vo + 3u * STEP); }
         var acc = vec4<f32>(0.0);
         for (var r = lane; r < params.dim_k; r += ROW_LANES) {
             let at = origin + r * params.dim_v + col;
@@ -102,25 +104,25 @@ fn main(
 
 fn store_out(at: u32, live: vec4<bool>, x: vec4<f32>) {
     if live.x { o[at] = x.x; }
-    if live.y { o[at + 1u] = x.y; }
-    if live.z { o[at + 2u] = x.z; }
-    if live.w { o[at + 3u] = x.w; }
+    if live.y { o[at + STEP] = x.y; }
+    if live.z { o[at + 2u * STEP] = x.z; }
+    if live.w { o[at + 3u * STEP] = x.w; }
 }
 
 fn load_state(at: u32, live: vec4<bool>) -> vec4<f32> {
     var s = vec4<f32>(0.0);
     if live.x { s.x = state[at]; }
-    if live.y { s.y = state[at + 1u]; }
-    if live.z { s.z = state[at + 2u]; }
-    if live.w { s.w = state[at + 3u]; }
+    if live.y { s.y = state[at + STEP]; }
+    if live.z { s.z = state[at + 2u * STEP]; }
+    if live.w { s.w = state[at + 3u * STEP]; }
     return s;
 }
 
 fn store_state(at: u32, live: vec4<bool>, s: vec4<f32>) {
     if live.x { state[at] = s.x; }
-    if live.y { state[at + 1u] = s.y; }
-    if live.z { state[at + 2u] = s.z; }
-    if live.w { state[at + 3u] = s.w; }
+    if live.y { state[at + STEP] = s.y; }
+    if live.z { state[at + 2u * STEP] = s.z; }
+    if live.w { state[at + 3u * STEP] = s.w; }
 }
 
 // q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
