@@ -12,7 +12,8 @@
 // and kept in workgroup memory; then, 2 TILE columns of e at a time, the
 // carried part is reduced over d and the masked scores are multiplied by V.
 // For the scores every thread owns a 4x4 tile, for the output a 4x8 one
-// (columns c0.. and TILE + c0..), all in vec4 registers: constant-indexed,
+// (columns tx + QUADS j and TILE + tx + QUADS j, j = 0..3, so that a warp's
+// stores are contiguous), all in vec4 registers: constant-indexed,
 // so the loops stay fast even when the runtime bounds checks are on. The
 // wide output tile stages q once for both halves of e and does 32 FMAs per
 // three vec4 reads of workgroup memory.
@@ -104,7 +105,8 @@ fn main(
         // Whether the right half of this step exists (uniform): e <= TILE
         // skips its arithmetic.
         let wide = e0 + TILE < params.dim_v;
-        // Rows r0.., columns e0 + c0.. (o) and e0 + TILE + c0.. (p).
+        // Rows r0.., columns e0 + tx + QUADS j (o) and e0 + TILE + tx + QUADS j (p)
+        // for j = 0..3 (see put_rows).
         var o0 = vec4<f32>(0.0);
         var o1 = vec4<f32>(0.0);
         var o2 = vec4<f32>(0.0);
@@ -240,14 +242,14 @@ fn main(
             }
             workgroupBarrier();
         }
-        store_row(bh, row0, r0 + 0u, len, e0 + c0, o0);
-        store_row(bh, row0, r0 + 1u, len, e0 + c0, o1);
-        store_row(bh, row0, r0 + 2u, len, e0 + c0, o2);
-        store_row(bh, row0, r0 + 3u, len, e0 + c0, o3);
-        store_row(bh, row0, r0 + 0u, len, e0 + TILE + c0, p0);
-        store_row(bh, row0, r0 + 1u, len, e0 + TILE + c0, p1);
-        store_row(bh, row0, r0 + 2u, len, e0 + TILE + c0, p2);
-        store_row(bh, row0, r0 + 3u, len, e0 + TILE + c0, p3);
+        store_row(bh, row0, r0 + 0u, len, e0 + tx, o0);
+        store_row(bh, row0, r0 + 1u, len, e0 + tx, o1);
+        store_row(bh, row0, r0 + 2u, len, e0 + tx, o2);
+        store_row(bh, row0, r0 + 3u, len, e0 + tx, o3);
+        store_row(bh, row0, r0 + 0u, len, e0 + TILE + tx, p0);
+        store_row(bh, row0, r0 + 1u, len, e0 + TILE + tx, p1);
+        store_row(bh, row0, r0 + 2u, len, e0 + TILE + tx, p2);
+        store_row(bh, row0, r0 + 3u, len, e0 + TILE + tx, p3);
     }
 }
 
@@ -321,12 +323,16 @@ fn fetch_state(at: u32, stripe_at: u32, f: f32, d0: u32, e0: u32, tid: u32) -> a
     return x;
 }
 
-// A fetched CHUNK x WIDE slice into b_tile as [row][col / 4].
+// A fetched CHUNK x WIDE slice into b_tile, each TILE-wide half as
+// [row][col % QUADS][col / QUADS]: the vec4 a thread reads holds columns
+// tx, tx + QUADS, tx + 2 QUADS, tx + 3 QUADS, so its outputs, stored column
+// by column, are written by a warp's threads side by side (coalesced).
 fn put_rows(x: array<f32, SPER>, tid: u32) {
     for (var j = 0u; j < SPER; j++) {
         let i = tid + j * THREADS;
         let ee = i % WIDE;
-        b_tile[(i / WIDE) * WPITCH + ee / 4u][ee % 4u] = x[j];
+        let w = ee % TILE;
+        b_tile[(i / WIDE) * WPITCH + (ee / TILE) * QUADS + w % QUADS][w / QUADS] = x[j];
     }
 }
 
@@ -354,15 +360,17 @@ fn masked_row(s: vec4<f32>, r: u32, c0: u32, slope: f32) -> vec4<f32> {
     return select(vec4<f32>(0.0), s * w, seen);
 }
 
+// Row r of the block, columns col, col + QUADS, col + 2 QUADS, col + 3 QUADS
+// (see put_rows).
 fn store_row(bh: u32, row0: u32, r: u32, len: u32, col: u32, x: vec4<f32>) {
     if r >= len {
         return;
     }
     let base = offset_of(params.o_stride, bh, row0 + r, col);
     if col < params.dim_v { o[base] = x.x; }
-    if col + 1u < params.dim_v { o[base + 1u] = x.y; }
-    if col + 2u < params.dim_v { o[base + 2u] = x.z; }
-    if col + 3u < params.dim_v { o[base + 3u] = x.w; }
+    if col + QUADS < params.dim_v { o[base + QUADS] = x.y; }
+    if col + 2u * QUADS < params.dim_v { o[base + 2u * QUADS] = x.z; }
+    if col + 3u * QUADS < params.dim_v { o[base + 3u * QUADS] = x.w; }
 }
 
 // q, k and v as f32 whatever their storage (see `widen` in common.wgsl).

@@ -44,7 +44,9 @@ fn main(
     let ty = tid / QUADS;
     let size = params.dim_k * params.dim_v;
     let dd = d0 + ty * 4u;
-    let ee = e0 + tx * 4u;
+    // This thread's state columns: ee, ee + QUADS, ee + 2 QUADS, ee + 3 QUADS,
+    // so a warp stores each row's columns side by side (see put).
+    let ee = e0 + tx;
 
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
@@ -124,25 +126,27 @@ fn fetch(kb: u32, vb: u32, t: u32, cb: u32, d0: u32, e0: u32, slope: f32, tid: u
     return x;
 }
 
-// A fetched slice into k_tile and v_tile as [c][col / 4].
+// A fetched slice into k_tile as [c][col / 4] and v_tile as
+// [c][col % QUADS][col / QUADS] (a thread's vec4 of v holds its columns).
 fn put(x: array<vec2<f32>, PER>, tid: u32) {
     for (var j = 0u; j < PER; j++) {
         let i = tid + j * THREADS;
         let w = i % TILE;
         k_tile[(i / TILE) * QUADS + w / 4u][w % 4u] = x[j].x;
-        v_tile[(i / TILE) * QUADS + w / 4u][w % 4u] = x[j].y;
+        v_tile[(i / TILE) * QUADS + w % QUADS][w / QUADS] = x[j].y;
     }
 }
 
+// Row dd of a state, columns ee, ee + QUADS, ee + 2 QUADS, ee + 3 QUADS.
 fn store_state_row(base: u32, dd: u32, ee: u32, x: vec4<f32>) {
     if dd >= params.dim_k {
         return;
     }
     let at = base + dd * params.dim_v + ee;
     if ee < params.dim_v { states[at] = x.x; }
-    if ee + 1u < params.dim_v { states[at + 1u] = x.y; }
-    if ee + 2u < params.dim_v { states[at + 2u] = x.z; }
-    if ee + 3u < params.dim_v { states[at + 3u] = x.w; }
+    if ee + QUADS < params.dim_v { states[at + QUADS] = x.y; }
+    if ee + 2u * QUADS < params.dim_v { states[at + 2u * QUADS] = x.z; }
+    if ee + 3u * QUADS < params.dim_v { states[at + 3u * QUADS] = x.w; }
 }
 
 // q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
