@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/results/nvidia-h100-2026-11-24-r2*.json (the
-# second round; the first round's version of this script is in git history
-# at commit f3a25d4). Three calls on the lent H100 machine, the anchors first.
+# The exact commands behind docs/results/nvidia-h100-2026-11-24-r3*.json and
+# -r2*.json (the second round: r2 an hour before the final kernels, r3 with
+# them; the first round's version of this script is in git history at commit
+# f3a25d4). Calls on the lent H100 machine, the anchors first; for r3, calls B
+# and C ran back to back in one call, with the anchors JSON of the r2 session.
 # Prepared beforehand, on the x86-64 build machine:
 #   cargo build --release && mkdir -p .device && cp target/release/lightning-wgpu .device/
 #   .gl/        Debian's Vulkan loader packages (libvulkan1 libegl1 libglvnd0 ...), see ../shared/GPU.md
@@ -40,9 +42,8 @@ for t in f32 f16 bf16; do $B demo --n 4096 --h 8 --d 128 --e 128 --dtype $t; don
 timeout 420 $B bench --dtype f32,f16,bf16 --reps 5 --max-ms 8000 --anchors .device/anchors.json \
     --passes --json "$OUT/h100.json" --plot "$OUT/h100.svg"
 timeout 90 $B bench --decode --decode-batches 1,8,64,256 --reps 15 --json "$OUT/decode.json"
-# (results/*-r2-decode.json is this same command, re-run in a later call after
-#  the decode kernel's accesses were coalesced; *-r2-decode-before.json is the
-#  run of this call.)
+# (results/*-r2-decode.json is this same command re-run after the decode
+#  kernel's accesses were coalesced; *-r2-decode-before.json is the r2 call's.)
 
 # The comparisons in the log of docs/BENCHMARKS.md ran two binaries side by
 # side in one call, alternating, e.g.
