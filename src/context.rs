@@ -25,6 +25,11 @@ pub const CHUNK_ENV: &str = "LIGHTNING_CHUNK";
 /// (`unpack2x16float`) even where the adapter has SHADER_F16 (`1`).
 pub const PACKED_F16_ENV: &str = "LIGHTNING_PACKED_F16";
 
+/// Environment variable choosing the cooperative-matrix (tensor-core) path
+/// for f16: `0` never, `1` required (an error where the adapter lacks it);
+/// unset, it is used where the adapter has it.
+pub const COOP_ENV: &str = "LIGHTNING_COOP";
+
 /// Features the kernels use when the adapter has them.
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
@@ -51,6 +56,13 @@ pub struct ContextOptions {
     /// beyond it are processed in several dispatches over windows; useful to
     /// bound scratch memory, and to test that path on small tensors.
     pub max_binding_bytes: Option<u64>,
+    /// Run f16 forwards (and backwards) on cooperative matrices (tensor
+    /// cores): `Some(true)` requires them (an error where the adapter lacks
+    /// them), `Some(false)` never uses them; `None` (the default) reads
+    /// [`COOP_ENV`], else uses them where the adapter has them. They round
+    /// the masked scores and the carried state to f16 (see
+    /// docs/BENCHMARKS.md for the error this gives).
+    pub cooperative_matrix: Option<bool>,
 }
 
 /// What an adapter is, as `lightning-wgpu info` prints it.
@@ -71,6 +83,7 @@ pub(crate) struct Inner {
     pub(crate) limits: wgpu::Limits,
     pub(crate) checked: bool,
     pub(crate) native_f16: bool,
+    pub(crate) cooperative: bool,
     pub(crate) config: KernelConfig,
     pub(crate) max_binding: u64,
     pub(crate) pool: Arc<BufferPool>,
@@ -111,6 +124,40 @@ fn instance(options: &ContextOptions) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends(options);
     wgpu::Instance::new(desc)
+}
+
+/// Whether the adapter can run the cooperative-matrix passes, or why not.
+fn coop_support(adapter: &wgpu::Adapter, packed_f16: bool) -> std::result::Result<(), String> {
+    let features = adapter.features();
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    if !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        return Err("has no EXPERIMENTAL_COOPERATIVE_MATRIX".into());
+    }
+    if !features.contains(wgpu::Features::SHADER_F16) || packed_f16 {
+        return Err("has no SHADER_F16 (or packed f16 was forced)".into());
+    }
+    let f16_16 = adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    });
+    if !f16_16 {
+        return Err("lists no 16x16x16 f16 x f16 -> f32 configuration".into());
+    }
+    if (info.subgroup_min_size, info.subgroup_max_size) != (32, 32) {
+        return Err(format!(
+            "has subgroups of {}..{} invocations (the passes are laid out for 32)",
+            info.subgroup_min_size, info.subgroup_max_size
+        ));
+    }
+    if limits.max_compute_workgroup_storage_size < crate::kernels::COOP_WORKGROUP_BYTES
+        || limits.max_compute_invocations_per_workgroup < 256
+        || limits.max_compute_workgroup_size_x < 256
+    {
+        return Err("has workgroup limits below what the passes declare".into());
+    }
+    Ok(())
 }
 
 /// Preference among adapters when none is named: real GPUs first, then
@@ -243,14 +290,43 @@ impl Context {
         let wanted = options.adapter.clone().or_else(|| env(ADAPTER_ENV));
         let adapter = choose(list(&instance, &options).await, wanted.as_deref())?;
         let adapter_info = adapter.get_info();
-        let features = adapter.features() & WANTED_FEATURES;
+        let mut features = adapter.features() & WANTED_FEATURES;
         let limits = adapter.limits();
+        let packed = options
+            .packed_f16
+            .or_else(|| env_flag(PACKED_F16_ENV))
+            .unwrap_or(false);
+        let cooperative = match options.cooperative_matrix.or_else(|| env_flag(COOP_ENV)) {
+            Some(false) => false,
+            wanted => match coop_support(&adapter, packed) {
+                Ok(()) => true,
+                Err(reason) if wanted == Some(true) => {
+                    return Err(Error::MissingFeature {
+                        option: "cooperative_matrix",
+                        feature: "cooperative matrices (16x16x16, f16 -> f32)",
+                        adapter: adapter_info.name.clone(),
+                        reason,
+                    })
+                }
+                Err(_) => false,
+            },
+        };
+        let experimental = if cooperative {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: the experimental feature is used only by the two
+            // cooperative-matrix passes, whose configuration (16x16x16,
+            // f16 x f16 -> f32, subgroups of 32) `coop_support` checked
+            // against what the adapter reports.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("lightning-wgpu"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: experimental,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -295,10 +371,15 @@ impl Context {
             None => None,
         };
         let config = KernelConfig::for_limits(&limits, tile, chunk)?;
-        let packed = options
-            .packed_f16
-            .or_else(|| env_flag(PACKED_F16_ENV))
-            .unwrap_or(false);
+        let required = options.cooperative_matrix.or_else(|| env_flag(COOP_ENV)) == Some(true);
+        if cooperative && config.tile != 64 && required {
+            return Err(Error::InvalidValue {
+                arg: "tile",
+                value: config.tile.to_string(),
+                reason: "the cooperative-matrix passes need blocks of 64",
+            });
+        }
+        let cooperative = cooperative && config.tile == 64;
         let native_f16 = features.contains(wgpu::Features::SHADER_F16) && !packed;
         let mut max_binding = limits
             .max_storage_buffer_binding_size
@@ -316,6 +397,7 @@ impl Context {
                 limits,
                 checked,
                 native_f16,
+                cooperative,
                 config,
                 max_binding,
                 pool: Arc::new(BufferPool::default()),
@@ -350,6 +432,13 @@ impl Context {
     /// packed); false when they are unpacked from u32 words.
     pub fn native_f16(&self) -> bool {
         self.inner.native_f16
+    }
+
+    /// True when f16 forwards and backwards run on cooperative matrices
+    /// (tensor cores) where their shapes allow (d and e multiples of 16, at
+    /// most 128); see [`ContextOptions::cooperative_matrix`].
+    pub fn cooperative_matrix(&self) -> bool {
+        self.inner.cooperative
     }
 
     /// How the kernels read q, k and v stored as `dtype` on this device.

@@ -103,6 +103,14 @@ pub enum Error {
         first: usize,
         second: usize,
     },
+    /// A feature was required (by an option) that the adapter does not have.
+    #[error("`{option}` asks for {feature}, but adapter `{adapter}` {reason}")]
+    MissingFeature {
+        option: &'static str,
+        feature: &'static str,
+        adapter: String,
+        reason: String,
+    },
     /// A tensor belongs to another context's device.
     #[error("`{0}` was created on a different context")]
     ForeignTensor(&'static str),

@@ -14,6 +14,16 @@ const COMMON: &str = include_str!("../shaders/common.wgsl");
 /// chains the stripes.
 pub(crate) const STRIPE: usize = 16;
 
+/// Widest d and e of the cooperative-matrix passes (their workgroup arrays
+/// are sized for it).
+pub const COOP_MAX_DIM: usize = 128;
+
+/// Workgroup memory the cooperative-matrix passes declare, in bytes (blocks
+/// of 64): the output pass's Q, masked scores and one staged slice (f16, rows
+/// padded by 8 elements) and the f32 scores; the state pass's K and V (f16,
+/// padded) take less.
+pub const COOP_WORKGROUP_BYTES: u32 = 2 * (64 * 136 + 64 * 72 + 64 * 40) + 4 * 64 * 64;
+
 /// One GPU pass of the blockwise algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pass {
@@ -30,20 +40,30 @@ pub enum Pass {
     SoftmaxAttention,
     /// Packs an f32 output into f16 or bf16 words (no prelude).
     PackOutput,
+    /// [`Pass::BlockState`] on cooperative matrices (tensor cores).
+    BlockStateCoop,
+    /// [`Pass::BlockOutput`] on cooperative matrices (tensor cores).
+    BlockOutputCoop,
 }
 
 impl Pass {
     /// Every pass.
-    pub const ALL: [Pass; 6] = [
+    pub const ALL: [Pass; 8] = [
         Pass::BlockState,
         Pass::StateScan,
         Pass::BlockOutput,
         Pass::Recurrent,
         Pass::SoftmaxAttention,
         Pass::PackOutput,
+        Pass::BlockStateCoop,
+        Pass::BlockOutputCoop,
     ];
     /// The passes of the chunked forward, in dispatch order.
     pub const CHUNK: [Pass; 3] = [Pass::BlockState, Pass::StateScan, Pass::BlockOutput];
+    /// The chunked forward on cooperative matrices: f16 storage, d and e
+    /// multiples of 16 up to [`COOP_MAX_DIM`], blocks of 64.
+    pub const CHUNK_COOP: [Pass; 3] =
+        [Pass::BlockStateCoop, Pass::StateScan, Pass::BlockOutputCoop];
 
     /// The pass's file stem under `shaders/`.
     pub fn name(self) -> &'static str {
@@ -54,6 +74,8 @@ impl Pass {
             Pass::Recurrent => "recurrent",
             Pass::SoftmaxAttention => "softmax_attention",
             Pass::PackOutput => "pack_output",
+            Pass::BlockStateCoop => "block_state_coop",
+            Pass::BlockOutputCoop => "block_output_coop",
         }
     }
 
@@ -66,6 +88,26 @@ impl Pass {
             Pass::Recurrent => include_str!("../shaders/recurrent.wgsl"),
             Pass::SoftmaxAttention => include_str!("../shaders/softmax_attention.wgsl"),
             Pass::PackOutput => include_str!("../shaders/pack_output.wgsl"),
+            Pass::BlockStateCoop => include_str!("../shaders/block_state_coop.wgsl"),
+            Pass::BlockOutputCoop => include_str!("../shaders/block_output_coop.wgsl"),
+        }
+    }
+
+    /// Whether the pass uses cooperative matrices: it needs
+    /// EXPERIMENTAL_COOPERATIVE_MATRIX and SHADER_F16, translates to SPIR-V
+    /// only, and is specialised for blocks of 64 and f16 storage.
+    pub fn cooperative(self) -> bool {
+        matches!(self, Pass::BlockStateCoop | Pass::BlockOutputCoop)
+    }
+
+    /// The source lines a pass needs before everything else.
+    pub fn enables(self, storage: Storage) -> &'static str {
+        if self.cooperative() {
+            "enable f16;\nenable wgpu_cooperative_matrix;\n"
+        } else if storage == Storage::F16Native {
+            "enable f16;\n"
+        } else {
+            ""
         }
     }
 
@@ -96,6 +138,12 @@ impl Storage {
         Storage::F16Packed,
         Storage::Bf16,
     ];
+
+    /// f16 storage (native or packed): what the cooperative-matrix passes
+    /// read.
+    pub fn is_f16(self) -> bool {
+        matches!(self, Storage::F16Native | Storage::F16Packed)
+    }
 
     /// The three specialised lines of the prelude: word type, log2 of the
     /// elements per word, and the widening of element `i` of word `w`.
@@ -221,9 +269,7 @@ pub fn wgsl(pass: Pass, config: KernelConfig, storage: Storage) -> String {
         return pass.body().to_string();
     }
     let mut out = String::with_capacity(COMMON.len() + pass.body().len() + 64);
-    if storage == Storage::F16Native {
-        out.push_str("enable f16;\n");
-    }
+    out.push_str(pass.enables(storage));
     let [word, pack, widen] = storage.lines();
     for line in COMMON.lines() {
         if !line.contains("// specialise") {

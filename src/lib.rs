@@ -50,7 +50,8 @@ mod timing;
 pub use context::adapters;
 pub use context::adapters_async;
 pub use context::{
-    AdapterSummary, Context, ContextOptions, ADAPTER_ENV, CHECKED_ENV, CHUNK_ENV, TILE_ENV,
+    AdapterSummary, Context, ContextOptions, ADAPTER_ENV, CHECKED_ENV, CHUNK_ENV, COOP_ENV,
+    TILE_ENV,
 };
 pub use error::{Error, Result};
 pub use layout::{Dims, Layout};

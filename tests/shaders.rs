@@ -2,8 +2,11 @@
 //! (Vulkan), MSL (Metal) and HLSL (DX12) with naga, offline: no GPU needed,
 //! so the back ends this machine cannot run at least compile what we ship.
 
-use lightning_wgpu::kernels::{wgsl, KernelConfig, Pass, Storage};
+use lightning_wgpu::kernels::{wgsl, KernelConfig, Pass, Storage, COOP_WORKGROUP_BYTES};
 
+/// Parses, validates and translates `source`: to SPIR-V, MSL and HLSL, or
+/// to SPIR-V only for the cooperative-matrix passes (wgpu runs those on
+/// Vulkan only).
 fn translate(name: &str, source: &str) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
@@ -17,6 +20,9 @@ fn translate(name: &str, source: &str) {
     let spv = naga::back::spv::write_vec(&module, &info, &Default::default(), None)
         .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
     assert_eq!(spv.first(), Some(&0x0723_0203), "{name}: SPIR-V magic");
+    if source.contains("enable wgpu_cooperative_matrix;") {
+        return;
+    }
 
     let msl_options = naga::back::msl::Options {
         lang_version: (2, 1),
@@ -64,7 +70,8 @@ fn shipped_files_translate_as_written() {
             .find(|p| format!("{}.wgsl", p.name()) == name)
             .unwrap_or_else(|| panic!("{name} is not a pass in Pass::ALL"));
         if pass.uses_prelude() {
-            translate(&name, &format!("{common}\n{body}"));
+            let enables = pass.enables(Storage::F32);
+            translate(&name, &format!("{enables}{common}\n{body}"));
         } else {
             translate(&name, &body);
         }
@@ -86,6 +93,9 @@ fn every_specialisation_translates() {
         let config = KernelConfig { tile, chunk };
         for pass in Pass::ALL.into_iter().filter(|p| p.uses_prelude()) {
             for storage in Storage::ALL {
+                if pass.cooperative() && (tile != 64 || !storage.is_f16()) {
+                    continue;
+                }
                 let source = wgsl(pass, config, storage);
                 assert!(
                     source.contains(&format!("const TILE: u32 = {tile}u;")),
@@ -103,7 +113,7 @@ fn every_specialisation_translates() {
                 );
                 assert_eq!(
                     source.starts_with("enable f16;"),
-                    storage == Storage::F16Native
+                    storage == Storage::F16Native || pass.cooperative()
                 );
                 assert!(source.contains(&format!("const CHUNK: u32 = {chunk}u;")));
                 translate(
@@ -125,6 +135,9 @@ fn specialisation_fits_the_declared_workgroup_memory() {
     {
         let config = KernelConfig { tile, chunk };
         for pass in Pass::ALL {
+            if pass.cooperative() && tile != 64 {
+                continue;
+            }
             let source = wgsl(pass, config, Storage::F32);
             let module = naga::front::wgsl::parse_str(&source).expect("parse");
             let mut layouter = naga::proc::Layouter::default();
@@ -135,8 +148,13 @@ fn specialisation_fits_the_declared_workgroup_memory() {
                 .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
                 .map(|(_, g)| layouter[g.ty].size)
                 .sum();
+            let declared = if pass.cooperative() {
+                COOP_WORKGROUP_BYTES
+            } else {
+                config.workgroup_bytes()
+            };
             assert!(
-                bytes <= config.workgroup_bytes(),
+                bytes <= declared,
                 "{} tile {tile}: {bytes} bytes declared",
                 pass.name()
             );

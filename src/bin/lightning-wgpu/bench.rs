@@ -168,6 +168,8 @@ struct Adapter {
     backend: String,
     driver: String,
     driver_info: String,
+    /// f16 rows ran on cooperative matrices (tensor cores).
+    cooperative_matrix: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -337,11 +339,12 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         reps: args.reps.unwrap_or(default.reps),
     };
     println!(
-        "bench on {} ({:?}, {} {}): h={} d={} e={}, {}, {} warm-up runs (and {} ms at least) + {} timed runs, median",
+        "bench on {} ({:?}, {} {}{}): h={} d={} e={}, {}, {} warm-up runs (and {} ms at least) + {} timed runs, median",
         info.name,
         info.backend,
         info.driver,
         info.driver_info,
+        if ctx.cooperative_matrix() { ", f16 on cooperative matrices" } else { "" },
         sweep.h,
         sweep.d,
         sweep.e,
@@ -497,6 +500,7 @@ fn finish(
             backend: format!("{:?}", info.backend),
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),
+            cooperative_matrix: ctx.cooperative_matrix(),
         },
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         command: std::env::args().collect::<Vec<_>>().join(" "),

@@ -101,11 +101,16 @@ pub fn run(options: &ContextOptions) -> Result<ExitCode> {
         "the default pick".to_string()
     };
     println!(
-        "* = {how}: {} ({:?}), tile {}, shader bounds checks {}",
+        "* = {how}: {} ({:?}), tile {}, shader bounds checks {}, f16 on cooperative matrices {}",
         ctx.adapter_info().name,
         ctx.adapter_info().backend,
         ctx.tile(),
-        if ctx.checked() { "on" } else { "off" }
+        if ctx.checked() { "on" } else { "off" },
+        if ctx.cooperative_matrix() {
+            "yes"
+        } else {
+            "no"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

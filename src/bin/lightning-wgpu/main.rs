@@ -56,6 +56,17 @@ struct Global {
     /// Keep wgpu's shader bounds checks on (slower; for debugging).
     #[arg(long, global = true)]
     checked: bool,
+    /// f16 on cooperative matrices (tensor cores): `on` requires them, `off`
+    /// runs the portable kernels (default: LIGHTNING_COOP, else wherever the
+    /// adapter has them).
+    #[arg(long, global = true, value_name = "on|off")]
+    coop: Option<Coop>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Coop {
+    On,
+    Off,
 }
 
 impl Global {
@@ -64,6 +75,7 @@ impl Global {
             adapter: self.adapter.clone(),
             // Absent means "let LIGHTNING_CHECKED decide", not "off".
             checked: self.checked.then_some(true),
+            cooperative_matrix: self.coop.map(|c| c == Coop::On),
             ..Default::default()
         }
     }

@@ -1,0 +1,178 @@
+// Block-state pass on the tensor cores (cooperative matrices, 16x16x16, f16
+// operands, f32 accumulation): the same states as block_state.wgsl,
+//     L_{t+1} = lambda^L L_t + (Lambda_K K_t)^T V_t,
+// walked block by block through each stripe with the state held in the
+// subgroups' accumulators, and written (f32) before each block and at the
+// stripe's end.
+//
+// One workgroup of sixteen subgroups (32 invocations each) per (bh,
+// stripe, 64 columns of e); subgroup g owns state rows 16 (g % 8) .. + 15
+// and columns 32 (g / 8) .. + 31 of those (on the H100: 5.7 ms at b = 4,
+// h = 32, n = 32K; eight subgroups of 64 columns took 7.2). Each block's
+// decayed K and its V are loaded with ordinary bounds-checked reads (zero past the block, d or e) into registers while
+// the block before is multiplied, then converted to f16 in workgroup
+// memory; the matrix loads read only workgroup memory. Needs d and e
+// multiples of 16, at most DK and DV (the host checks), so every 16 x 16
+// tile of the state is inside it or wholly outside. Every subgroup runs the
+// same products (a branch on the subgroup around a matrix operation was
+// slow on the H100); only the stores of rows past d are skipped.
+
+@group(0) @binding(2) var<storage, read> k: array<Stored>;
+@group(0) @binding(3) var<storage, read> v: array<Stored>;
+// [bh][block][d][e]: L_t; then, from stripe_states(), [bh][stripe][d][e].
+@group(0) @binding(4) var<storage, read_write> states: array<f32>;
+
+const DK: u32 = 128u;    // widest d: eight subgroups of 16 rows
+const DV: u32 = 128u;    // widest e
+const EW: u32 = 64u;     // columns of e per workgroup: four tiles per subgroup
+const LANES: u32 = 512u; // sixteen subgroups of 32
+
+// Row pitches, in elements, padded by 16 bytes so the 16 rows (columns) a
+// matrix load reads start in different banks.
+const KP: u32 = DK + 8u;
+const VP: u32 = EW + 8u;
+
+var<workgroup> kw: array<f16, TILE * KP>; // lambda^(L-1-c) k_c as [c][dd]
+var<workgroup> vw: array<f16, TILE * VP>; // v_c as [c][e - e0]
+
+alias Acc = coop_mat16x16<f32, C>;
+alias MatA = coop_mat16x16<f16, A>;
+alias MatB = coop_mat16x16<f16, B>;
+
+// The stores of a subgroup's rows are skipped past d: a branch on the
+// subgroup index, uniform within each subgroup (the scope of the store).
+@diagnostic(off, derivative_uniformity)
+@compute @workgroup_size(LANES)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let stripes = stripe_count();
+    let halves = (params.dim_v + EW - 1u) / EW;
+    var g = group_index(wid, groups);
+    if g >= params.bh_count * stripes * halves {
+        return;
+    }
+    let e0 = (g % halves) * EW;
+    g /= halves;
+    let stripe = g % stripes;
+    let local_bh = g / stripes;
+    let bh = params.bh_start + local_bh;
+    let slope = slope_of(bh);
+    let size = params.dim_k * params.dim_v;
+    let r16 = ((tid / 32u) % 8u) * 16u;
+    let ec = (tid / 256u) * 32u; // this subgroup's first column, from e0
+    // Whether this subgroup's rows are inside d (uniform per subgroup).
+    let mine = r16 < params.dim_k;
+    let kb = offset_of(params.k_stride, bh, 0u, 0u);
+    let vb = offset_of(params.v_stride, bh, 0u, 0u);
+
+    var a0 = Acc();
+    var a1 = Acc();
+    let first = stripe * STRIPE;
+    let end = min(first + STRIPE, params.blocks);
+    var kn = fetch_k(kb, first, slope, tid);
+    var vn = fetch_v(vb, first, e0, tid);
+    for (var t = first; t < end; t++) {
+        let len = block_len(t);
+        put(kn, vn, tid);
+        if t + 1u < end {
+            kn = fetch_k(kb, t + 1u, slope, tid);
+            vn = fetch_v(vb, t + 1u, e0, tid);
+        }
+        if mine {
+            let base = (local_bh * params.blocks + t) * size + r16 * params.dim_v + e0 + ec;
+            store_rows(base, e0 + ec, a0, a1);
+        }
+        let carry = decay(slope, len);
+        a0 = a0 * carry;
+        a1 = a1 * carry;
+        workgroupBarrier();
+        for (var c0 = 0u; c0 < len; c0 += 16u) {
+            // (Lambda_K K)^T: element (dd, c) is kw[c KP + dd], column-major.
+            let at = c0 * KP + r16;
+            let a = coopLoad<MatA>(&kw[at], KP);
+            let b = c0 * VP + ec;
+            a0 = coopMultiplyAdd(a, coopLoadT<MatB>(&vw[b], VP), a0);
+            let b1 = b + 16u;
+            a1 = coopMultiplyAdd(a, coopLoadT<MatB>(&vw[b1], VP), a1);
+        }
+        workgroupBarrier();
+    }
+    if mine {
+        let base = stripe_states() + (local_bh * stripes + stripe) * size + r16 * params.dim_v + e0 + ec;
+        store_rows(base, e0 + ec, a0, a1);
+    }
+}
+
+// Elements each invocation stages per block: of K (TILE x DK) and of V
+// (TILE x EW). Element j of an invocation is element tid + j LANES; the
+// loops over j have constant bounds, so the arrays live in registers and
+// the loads of a block are all in flight together.
+const KPER: u32 = TILE * DK / LANES;
+const VPER: u32 = TILE * EW / LANES;
+
+// Block t's lambda^(L-1-c) k_c, zero past the block or d.
+fn fetch_k(kb: u32, t: u32, slope: f32, tid: u32) -> array<f32, KPER> {
+    let len = block_len(t);
+    var x: array<f32, KPER>;
+    for (var j = 0u; j < KPER; j++) {
+        let i = tid + j * LANES;
+        let c = i / DK;
+        let w = i % DK;
+        if c < len && w < params.dim_k {
+            x[j] = read_k(kb + (t * TILE + c) * params.k_stride.z + w) * decay(slope, len - 1u - c);
+        }
+    }
+    return x;
+}
+
+// Block t's v_c, columns e0 .. e0 + EW, zero past the block or e.
+fn fetch_v(vb: u32, t: u32, e0: u32, tid: u32) -> array<f32, VPER> {
+    let len = block_len(t);
+    var x: array<f32, VPER>;
+    for (var j = 0u; j < VPER; j++) {
+        let i = tid + j * LANES;
+        let c = i / EW;
+        let w = e0 + i % EW;
+        if c < len && w < params.dim_v {
+            x[j] = read_v(vb + (t * TILE + c) * params.v_stride.z + w);
+        }
+    }
+    return x;
+}
+
+fn put(x: array<f32, KPER>, y: array<f32, VPER>, tid: u32) {
+    for (var j = 0u; j < KPER; j++) {
+        let i = tid + j * LANES;
+        kw[(i / DK) * KP + i % DK] = f16(x[j]);
+    }
+    for (var j = 0u; j < VPER; j++) {
+        let i = tid + j * LANES;
+        vw[(i / EW) * VP + i % EW] = f16(y[j]);
+    }
+}
+
+// A subgroup's 16 state rows from `base` (row-major, pitch e), the tiles
+// of columns e0 .. e0 + 32 that lie inside e.
+fn store_rows(base: u32, e0: u32, a0: Acc, a1: Acc) {
+    let pitch = params.dim_v;
+    if e0 < pitch {
+        let at0 = base;
+        coopStoreT(a0, &states[at0], pitch);
+    }
+    if e0 + 16u < pitch {
+        let at1 = base + 16u;
+        coopStoreT(a1, &states[at1], pitch);
+    }
+}
+
+// k and v as f32 whatever their storage (see `widen` in common.wgsl).
+fn read_k(i: u32) -> f32 {
+    return widen(k[i >> PACK], i);
+}
+
+fn read_v(i: u32) -> f32 {
+    return widen(v[i >> PACK], i);
+}

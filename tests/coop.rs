@@ -1,0 +1,273 @@
+//! The cooperative-matrix (tensor-core) path for f16: chosen where the
+//! adapter has it, refused with a typed error where it is required and
+//! missing, and correct against the f64 reference (relative error <= 2e-3,
+//! as for every f16 result) on the shapes it takes: d and e multiples of 16
+//! up to 128, d != e, n not a multiple of the block, more than one stripe of
+//! blocks, an initial state, decay, a packed batch, the backward.
+//!
+//! Lavapipe (CI) has no cooperative matrices, so there these shapes run the
+//! portable kernels and the test checks the refusal; on an adapter with
+//! them (the H100: `docs/h100-run.sh coop`) the same tests run the tensor-
+//! core kernels, checked and unchecked, beside the portable ones.
+
+mod common;
+
+use half::f16;
+use lightning_wgpu::{
+    alibi_slopes, reference, BackwardOptions, Context, ContextOptions, DType, Dims, Error,
+    ForwardOptions, Layout,
+};
+
+const TOL: f64 = 2e-3;
+
+fn rounded(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
+}
+
+/// Whether the default adapter lists cooperative matrices and f16.
+fn adapter_has_coop() -> bool {
+    let name = common::context(false).adapter_info().name.clone();
+    let want = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+    lightning_wgpu::adapters(&ContextOptions::default())
+        .iter()
+        .any(|a| a.info.name == name && a.features.contains(want))
+}
+
+/// The contexts to compare: the default pick (the tensor cores where the
+/// adapter has them, checked and unchecked) and the portable kernels.
+fn contexts() -> Vec<(&'static str, Context)> {
+    let with = |coop: Option<bool>, checked: bool| {
+        common::context_with(ContextOptions {
+            cooperative_matrix: coop,
+            checked: Some(checked),
+            ..Default::default()
+        })
+    };
+    let auto = with(None, false);
+    assert_eq!(
+        auto.cooperative_matrix(),
+        adapter_has_coop(),
+        "the default must use cooperative matrices exactly where the adapter has them"
+    );
+    let portable = with(Some(false), false);
+    assert!(!portable.cooperative_matrix());
+    let mut out = vec![("default", auto), ("portable", portable)];
+    if adapter_has_coop() {
+        out.push(("default, checked", with(None, true)));
+    }
+    out
+}
+
+#[test]
+fn required_coop_is_a_typed_error_where_missing() {
+    let required = Context::with_options(ContextOptions {
+        cooperative_matrix: Some(true),
+        ..Default::default()
+    });
+    if adapter_has_coop() {
+        assert!(required.expect("coop adapter").cooperative_matrix());
+    } else {
+        match required {
+            Err(Error::MissingFeature {
+                option, adapter, ..
+            }) => {
+                assert_eq!(option, "cooperative_matrix");
+                assert!(!adapter.is_empty());
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("cooperative matrices required on an adapter without them"),
+        }
+    }
+}
+
+#[test]
+fn forward_on_coop_shapes_matches_the_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    // (dims, layout, cu_seqlens, slope factor)
+    let cases: [(Dims, Layout, Option<&[usize]>, f32); 4] = [
+        // 18 blocks: two stripes, a short last block; d != e.
+        (
+            Dims {
+                b: 1,
+                h: 2,
+                n: 1100,
+                d: 128,
+                e: 64,
+            },
+            Layout::Bhnd,
+            None,
+            1.0,
+        ),
+        (
+            Dims {
+                b: 2,
+                h: 1,
+                n: 131,
+                d: 48,
+                e: 80,
+            },
+            Layout::Bnhd,
+            None,
+            4.0,
+        ),
+        // A packed batch: sequences start inside blocks.
+        (
+            Dims {
+                b: 1,
+                h: 2,
+                n: 300,
+                d: 128,
+                e: 128,
+            },
+            Layout::Bhnd,
+            Some(&[0, 130, 300]),
+            1.0,
+        ),
+        // No decay: states grow across blocks.
+        (
+            Dims {
+                b: 1,
+                h: 1,
+                n: 200,
+                d: 16,
+                e: 32,
+            },
+            Layout::Bhnd,
+            None,
+            0.0,
+        ),
+    ];
+    for (name, ctx) in contexts() {
+        for &(dims, layout, cu, factor) in &cases {
+            let Dims { b, h, n, d, e } = dims;
+            let seqs = cu.map_or(b, |c| c.len() - 1);
+            let q = rounded(&common::random(&mut rng, b * h * n * d, d));
+            let k = rounded(&common::random(&mut rng, b * h * n * d, d));
+            let v = rounded(&common::random(&mut rng, b * h * n * e, 1));
+            let s0 = common::random(&mut rng, seqs * h * d * e, 1);
+            let slopes: Vec<f32> = alibi_slopes(h).iter().map(|s| s * factor).collect();
+            let (qs, vs) = (layout.shape(b, h, n, d), layout.shape(b, h, n, e));
+            let state_shape = [seqs, h, d, e];
+            let s0_t = ctx.tensor(&s0, &state_shape).unwrap();
+            let mut o = ctx
+                .tensor_as(&vec![f32::NAN; b * h * n * e], &vs, DType::F16)
+                .unwrap();
+            let mut state = common::poisoned(&ctx, &state_shape);
+            let opts = ForwardOptions {
+                slopes: Some(&slopes),
+                layout,
+                scale: 0.5,
+                initial_state: Some(&s0_t),
+                cu_seqlens: cu,
+                ..Default::default()
+            };
+            ctx.forward_into(
+                &ctx.tensor_as(&q, &qs, DType::F16).unwrap(),
+                &ctx.tensor_as(&k, &qs, DType::F16).unwrap(),
+                &ctx.tensor_as(&v, &vs, DType::F16).unwrap(),
+                &opts,
+                &mut o,
+                Some(&mut state),
+            )
+            .unwrap_or_else(|err| panic!("{name} {dims:?}: {err}"));
+            let (o, state) = (ctx.read(&o).unwrap(), ctx.read(&state).unwrap());
+            let bounds = cu.map_or(vec![0, n], <[usize]>::to_vec);
+            let st = s0.len() / (bounds.len() - 1);
+            for (i, w) in bounds.windows(2).enumerate() {
+                let (r0, r1) = (w[0], w[1]);
+                let part = |x: &[f32], width: usize| common::rows(x, layout, &dims, width, r0, r1);
+                let states = i * st..(i + 1) * st;
+                let want = reference::forward(
+                    Dims {
+                        b: seqs / (bounds.len() - 1),
+                        n: r1 - r0,
+                        ..dims
+                    },
+                    layout,
+                    &part(&q, d),
+                    &part(&k, d),
+                    &part(&v, e),
+                    &slopes,
+                    0.5,
+                    Some(&s0[states.clone()]),
+                );
+                let eo = reference::relative_error(&part(&o, e), &want.o);
+                let es = reference::relative_error(&state[states.clone()], &want.final_state);
+                eprintln!("{name} {dims:?} sequence {i}: o {eo:.2e}, state {es:.2e}");
+                assert!(
+                    eo <= TOL && es <= TOL,
+                    "{name} {dims:?} {cu:?} sequence {i} (seed {seed}): o {eo:e}, state {es:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_on_coop_shapes_matches_the_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 2,
+        h: 2,
+        n: 150,
+        d: 32,
+        e: 48,
+    };
+    let Dims { b, h, n, d, e } = dims;
+    let layout = Layout::Bhnd;
+    for (name, ctx) in contexts() {
+        let q = rounded(&common::random(&mut rng, b * h * n * d, d));
+        let k = rounded(&common::random(&mut rng, b * h * n * d, d));
+        let v = rounded(&common::random(&mut rng, b * h * n * e, 1));
+        let d_o = rounded(&common::random(&mut rng, b * h * n * e, 1));
+        let s0 = common::random(&mut rng, b * h * d * e, 1);
+        let dsn = common::random(&mut rng, b * h * d * e, 1);
+        let slopes = alibi_slopes(h);
+        let (qs, vs) = (layout.shape(b, h, n, d), layout.shape(b, h, n, e));
+        let s0_t = ctx.tensor(&s0, &dims.state_shape()).unwrap();
+        let dsn_t = ctx.tensor(&dsn, &dims.state_shape()).unwrap();
+        let opts = BackwardOptions {
+            forward: ForwardOptions {
+                slopes: Some(&slopes),
+                scale: 0.7,
+                layout,
+                initial_state: Some(&s0_t),
+                ..Default::default()
+            },
+            d_final_state: Some(&dsn_t),
+        };
+        let g = ctx
+            .backward(
+                &ctx.tensor_as(&q, &qs, DType::F16).unwrap(),
+                &ctx.tensor_as(&k, &qs, DType::F16).unwrap(),
+                &ctx.tensor_as(&v, &vs, DType::F16).unwrap(),
+                &ctx.tensor_as(&d_o, &vs, DType::F16).unwrap(),
+                &opts,
+            )
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let want = reference::backward(
+            dims,
+            layout,
+            &q,
+            &k,
+            &v,
+            &d_o,
+            &slopes,
+            0.7,
+            Some(&s0),
+            Some(&dsn),
+        );
+        for (grad, got, want) in [
+            ("dq", &g.dq, &want.dq),
+            ("dk", &g.dk, &want.dk),
+            ("dv", &g.dv, &want.dv),
+            ("dS0", &g.d_initial_state, &want.d_initial_state),
+        ] {
+            let err = reference::relative_error(&ctx.read(got).unwrap(), want);
+            eprintln!("{name} {grad}: {err:.2e}");
+            assert!(err <= TOL, "{name} {grad} (seed {seed}): {err:e}");
+        }
+    }
+}
