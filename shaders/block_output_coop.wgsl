@@ -6,8 +6,11 @@
 // One workgroup of eight subgroups (32 invocations each) per (bh, block);
 // subgroup g owns rows 16 (g % 4) .. + 15 of the block and columns
 // 64 (g / 4) .. + 63 of the output (and of the scores, 32 (g / 4) .. + 31).
-// On the H100 this split ran the pass in 10.6 ms (b = 4, h = 32, n = 32K),
-// four subgroups of whole rows in 16.8 and sixteen of quarter rows in 15.8.
+// On the H100 (b = 4, h = 32, n = 32K, d = e = 128) this split ran the pass
+// in 10.6 ms, four subgroups of whole rows in 16.8 and sixteen of quarter
+// rows in 15.8; staging the state and V 32 rows per step instead of 16 took
+// it to 8.9 ms; K 64 columns per step instead of 32 (10.6), the state read
+// as vec4 (10.8) and a smaller fw (no change) did not help.
 // Every global read is an ordinary bounds-checked load (zero past the
 // block, d or e) into registers, one slice ahead, then converted to f16 in
 // workgroup memory; the matrix loads read only workgroup memory, at offsets
@@ -26,14 +29,18 @@
 @group(0) @binding(3) var<storage, read> k: array<Stored>;
 @group(0) @binding(4) var<storage, read> v: array<Stored>;
 @group(0) @binding(5) var<storage, read> states: array<f32>; // [bh][block][d][e], then [bh][stripe][d][e]
-@group(0) @binding(6) var<storage, read_write> o: array<f32>;
+// o in f32 (packed into halves afterwards); the host writes `f16` here
+// where q, k and v are native f16, and the pass stores the output itself.
+alias Out = f32;
+@group(0) @binding(6) var<storage, read_write> o: array<Out>;
 
 const DK: u32 = 128u;    // widest d
 const DV: u32 = 128u;    // widest e
 const EW: u32 = DV / 2u; // output columns per subgroup: four 16-wide tiles
 const KS: u32 = 32u;     // columns of K staged per step (scores)
-const XS: u32 = 16u;     // rows of the state or of V staged per step
+const XS: u32 = 32u;     // rows of the state or of V staged per step
 const LANES: u32 = 256u; // eight subgroups of 32
+const FW: u32 = 32u;     // columns of fw: 16 per half of the subgroups
 
 // Row pitches, in elements, padded by 16 bytes so the 16 rows a matrix
 // load reads start in different banks.
@@ -44,8 +51,8 @@ const XP: u32 = DV + 8u;
 
 var<workgroup> qw: array<f16, TILE * QP>; // Q, then diag(scale lambda^(r+1)) Q
 var<workgroup> pw: array<f16, TILE * PP>; // masked scores
-var<workgroup> xw: array<f16, TILE * KP>; // K as [c][KP]; S as [dd][XP]; V as [c][XP]
-var<workgroup> fw: array<f32, TILE * TILE>; // f32 scores; half the output
+var<workgroup> xw: array<f16, XS * XP>; // K as [c][KP]; S as [dd][XP]; V as [c][XP]
+var<workgroup> fw: array<f32, TILE * FW>; // a quarter of the f32 scores or of the output
 
 alias Acc = coop_mat16x16<f32, C>;
 alias MatA = coop_mat16x16<f16, A>;
@@ -85,8 +92,9 @@ fn main(
     // Q, all of it (rows 0 .. TILE, columns 0 .. DK); then K, KS columns
     // at a time, each slice fetched into registers while the one before is
     // multiplied.
-    put_q(fetch_q(q0, len, tid), tid);
+    let qx = fetch_q(q0, len, tid);
     var kn = fetch_k(k0, 0u, len, tid);
+    put_q(qx, tid);
 
     // Scores Q K^T: this subgroup's rows, columns 32 eh .. 32 eh + 31.
     var s0 = Acc();
@@ -120,18 +128,15 @@ fn main(
     }
     // Mask, decay and scale the scores into f16; scale the rows of Q for
     // the carried part.
-    let f0 = rq * TILE + eh * 32u;
-    let f1 = f0 + 16u;
-    coopStoreT(s0, &fw[f0], TILE);
-    coopStoreT(s1, &fw[f1], TILE);
+    // fw holds each subgroup's tile s0 (then s1) at columns 16 eh.
+    let f0 = rq * FW + eh * 16u;
+    coopStoreT(s0, &fw[f0], FW);
     workgroupBarrier();
-    for (var j = 0u; j < TILE * TILE / LANES; j++) {
-        let i = tid + j * LANES;
-        let r = i / TILE;
-        let c = i % TILE;
-        let w = fw[i] * exp(-slope * f32(r - min(c, r))) * params.scale;
-        pw[r * PP + c] = f16(select(0.0, w, c <= r));
-    }
+    mask_part(slope, 0u, tid);
+    workgroupBarrier();
+    coopStoreT(s1, &fw[f0], FW);
+    workgroupBarrier();
+    mask_part(slope, 16u, tid);
     for (var j = 0u; j < TILE * DK / LANES; j++) {
         let i = tid + j * LANES;
         let r = i / DK;
@@ -155,16 +160,18 @@ fn main(
             } else {
                 xn = fetch_v(v0, 0u, len, tid);
             }
-            let at = rq * QP + ds;
-            let a = coopLoadT<MatA>(&qw[at], QP);
-            let b0 = ob;
-            o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b0], XP), o0);
-            let b1 = ob + 16u;
-            o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b1], XP), o1);
-            let b2 = ob + 32u;
-            o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b2], XP), o2);
-            let b3 = ob + 48u;
-            o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b3], XP), o3);
+            for (var kk = 0u; kk < XS; kk += 16u) {
+                let at = rq * QP + ds + kk;
+                let a = coopLoadT<MatA>(&qw[at], QP);
+                let b0 = kk * XP + ob;
+                o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b0], XP), o0);
+                let b1 = b0 + 16u;
+                o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b1], XP), o1);
+                let b2 = b0 + 32u;
+                o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b2], XP), o2);
+                let b3 = b0 + 48u;
+                o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b3], XP), o3);
+            }
             workgroupBarrier();
         }
     }
@@ -177,31 +184,39 @@ fn main(
         if cs + XS < len {
             xn = fetch_v(v0, cs + XS, len, tid);
         }
-        let at = rq * PP + cs;
-        let a = coopLoadT<MatA>(&pw[at], PP);
-        let b0 = ob;
-        o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b0], XP), o0);
-        let b1 = ob + 16u;
-        o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b1], XP), o1);
-        let b2 = ob + 32u;
-        o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b2], XP), o2);
-        let b3 = ob + 48u;
-        o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b3], XP), o3);
+        for (var kk = 0u; kk < XS; kk += 16u) {
+            let at = rq * PP + cs + kk;
+            let a = coopLoadT<MatA>(&pw[at], PP);
+            let b0 = kk * XP + ob;
+            o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b0], XP), o0);
+            let b1 = b0 + 16u;
+            o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b1], XP), o1);
+            let b2 = b0 + 32u;
+            o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b2], XP), o2);
+            let b3 = b0 + 48u;
+            o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b3], XP), o3);
+        }
         workgroupBarrier();
     }
 
-    // Out through fw, in two rounds of 32 columns per subgroup, so the
+    // Out through fw, in four rounds of 16 columns per subgroup, so the
     // stores are bounds-checked and coalesced.
     let obase = offset_of(params.o_stride, bh, row0, 0u);
-    coopStoreT(o0, &fw[f0], TILE);
-    coopStoreT(o1, &fw[f1], TILE);
+    coopStoreT(o0, &fw[f0], FW);
     workgroupBarrier();
     store_part(obase, len, 0u, tid);
     workgroupBarrier();
-    coopStoreT(o2, &fw[f0], TILE);
-    coopStoreT(o3, &fw[f1], TILE);
+    coopStoreT(o1, &fw[f0], FW);
+    workgroupBarrier();
+    store_part(obase, len, 16u, tid);
+    workgroupBarrier();
+    coopStoreT(o2, &fw[f0], FW);
     workgroupBarrier();
     store_part(obase, len, 32u, tid);
+    workgroupBarrier();
+    coopStoreT(o3, &fw[f0], FW);
+    workgroupBarrier();
+    store_part(obase, len, 48u, tid);
 }
 
 // Elements each invocation stages per step: of Q, of a TILE x KS slice of
@@ -291,16 +306,29 @@ fn put_x(x: array<f32, XPER>, tid: u32) {
     }
 }
 
-// fw to the output: fw column cf holds column EW (cf / 32) + e0 + cf % 32
+// Scores in fw into pw: fw column cf holds score column 32 (cf / 16) + c0
+// + cf % 16; scale lambda^(r-c) for c <= r, else exactly 0.
+fn mask_part(slope: f32, c0: u32, tid: u32) {
+    for (var j = 0u; j < TILE * FW / LANES; j++) {
+        let i = tid + j * LANES;
+        let r = i / FW;
+        let cf = i % FW;
+        let c = 32u * (cf / 16u) + c0 + cf % 16u;
+        let w = fw[i] * exp(-slope * f32(r - min(c, r))) * params.scale;
+        pw[r * PP + c] = f16(select(0.0, w, c <= r));
+    }
+}
+
+// fw to the output: fw column cf holds column EW (cf / 16) + e0 + cf % 16
 // (see the stores above). `obase` is the block's first row.
 fn store_part(obase: u32, len: u32, e0: u32, tid: u32) {
-    for (var j = 0u; j < TILE * TILE / LANES; j++) {
+    for (var j = 0u; j < TILE * FW / LANES; j++) {
         let i = tid + j * LANES;
-        let r = i / TILE;
-        let cf = i % TILE;
-        let c = EW * (cf / 32u) + e0 + cf % 32u;
+        let r = i / FW;
+        let cf = i % FW;
+        let c = EW * (cf / 16u) + e0 + cf % 16u;
         if r < len && c < params.dim_v {
-            o[obase + r * params.o_stride.z + c] = fw[i];
+            o[obase + r * params.o_stride.z + c] = Out(fw[i]);
         }
     }
 }

@@ -5,15 +5,17 @@
 // subgroups' accumulators, and written (f32) before each block and at the
 // stripe's end.
 //
-// One workgroup of sixteen subgroups (32 invocations each) per (bh,
-// stripe, 64 columns of e); subgroup g owns state rows 16 (g % 8) .. + 15
-// and columns 32 (g / 8) .. + 31 of those (on the H100: 5.7 ms at b = 4,
-// h = 32, n = 32K; eight subgroups of 64 columns took 7.2). Each block's
-// decayed K and its V are loaded with ordinary bounds-checked reads (zero past the block, d or e) into registers while
-// the block before is multiplied, then converted to f16 in workgroup
-// memory; the matrix loads read only workgroup memory. Needs d and e
-// multiples of 16, at most DK and DV (the host checks), so every 16 x 16
-// tile of the state is inside it or wholly outside. Every subgroup runs the
+// One workgroup of thirty-two subgroups (32 invocations each) per (bh,
+// stripe, 64 columns of e); subgroup g owns the 16 x 16 tile at state rows
+// 16 (g % 8) and columns 16 (g / 8) of those. On the H100 (b = 4, h = 32,
+// n = 32K, d = e = 128) this ran the pass in 4.5 ms; sixteen subgroups of
+// two tiles took 5.7, eight of four 7.2: more, smaller subgroups keep more
+// loads in flight. Each block's decayed K and its V are loaded with
+// ordinary bounds-checked reads (zero past the block, d or e) into
+// registers while the block before is multiplied, then converted to f16 in
+// workgroup memory; the matrix loads read only workgroup memory. Needs d
+// and e multiples of 16, at most DK and DV (the host checks), so every
+// 16 x 16 tile of the state is inside it or wholly outside. Every subgroup runs the
 // same products (a branch on the subgroup around a matrix operation was
 // slow on the H100); only the stores of rows past d are skipped.
 
@@ -25,7 +27,7 @@
 const DK: u32 = 128u;    // widest d: eight subgroups of 16 rows
 const DV: u32 = 128u;    // widest e
 const EW: u32 = 64u;     // columns of e per workgroup: four tiles per subgroup
-const LANES: u32 = 512u; // sixteen subgroups of 32
+const LANES: u32 = 1024u; // thirty-two subgroups of 32
 
 // Row pitches, in elements, padded by 16 bytes so the 16 rows (columns) a
 // matrix load reads start in different banks.
@@ -62,14 +64,13 @@ fn main(
     let slope = slope_of(bh);
     let size = params.dim_k * params.dim_v;
     let r16 = ((tid / 32u) % 8u) * 16u;
-    let ec = (tid / 256u) * 32u; // this subgroup's first column, from e0
+    let ec = (tid / 256u) * 16u; // this subgroup's first column, from e0
     // Whether this subgroup's rows are inside d (uniform per subgroup).
     let mine = r16 < params.dim_k;
     let kb = offset_of(params.k_stride, bh, 0u, 0u);
     let vb = offset_of(params.v_stride, bh, 0u, 0u);
 
     var a0 = Acc();
-    var a1 = Acc();
     let first = stripe * STRIPE;
     let end = min(first + STRIPE, params.blocks);
     var kn = fetch_k(kb, first, slope, tid);
@@ -83,11 +84,10 @@ fn main(
         }
         if mine {
             let base = (local_bh * params.blocks + t) * size + r16 * params.dim_v + e0 + ec;
-            store_rows(base, e0 + ec, a0, a1);
+            store_rows(base, e0 + ec, a0);
         }
         let carry = decay(slope, len);
         a0 = a0 * carry;
-        a1 = a1 * carry;
         workgroupBarrier();
         for (var c0 = 0u; c0 < len; c0 += 16u) {
             // (Lambda_K K)^T: element (dd, c) is kw[c KP + dd], column-major.
@@ -95,14 +95,12 @@ fn main(
             let a = coopLoad<MatA>(&kw[at], KP);
             let b = c0 * VP + ec;
             a0 = coopMultiplyAdd(a, coopLoadT<MatB>(&vw[b], VP), a0);
-            let b1 = b + 16u;
-            a1 = coopMultiplyAdd(a, coopLoadT<MatB>(&vw[b1], VP), a1);
         }
         workgroupBarrier();
     }
     if mine {
         let base = stripe_states() + (local_bh * stripes + stripe) * size + r16 * params.dim_v + e0 + ec;
-        store_rows(base, e0 + ec, a0, a1);
+        store_rows(base, e0 + ec, a0);
     }
 }
 
@@ -156,15 +154,11 @@ fn put(x: array<f32, KPER>, y: array<f32, VPER>, tid: u32) {
 
 // A subgroup's 16 state rows from `base` (row-major, pitch e), the tiles
 // of columns e0 .. e0 + 32 that lie inside e.
-fn store_rows(base: u32, e0: u32, a0: Acc, a1: Acc) {
+fn store_rows(base: u32, e0: u32, a0: Acc) {
     let pitch = params.dim_v;
     if e0 < pitch {
         let at0 = base;
         coopStoreT(a0, &states[at0], pitch);
-    }
-    if e0 + 16u < pitch {
-        let at1 = base + 16u;
-        coopStoreT(a1, &states[at1], pitch);
     }
 }
 

@@ -152,8 +152,8 @@ fn coop_support(adapter: &wgpu::Adapter, packed_f16: bool) -> std::result::Resul
         ));
     }
     if limits.max_compute_workgroup_storage_size < crate::kernels::COOP_WORKGROUP_BYTES
-        || limits.max_compute_invocations_per_workgroup < 256
-        || limits.max_compute_workgroup_size_x < 256
+        || limits.max_compute_invocations_per_workgroup < crate::kernels::COOP_MAX_INVOCATIONS
+        || limits.max_compute_workgroup_size_x < crate::kernels::COOP_MAX_INVOCATIONS
     {
         return Err("has workgroup limits below what the passes declare".into());
     }

@@ -22,7 +22,11 @@ pub const COOP_MAX_DIM: usize = 128;
 /// of 64): the output pass's Q, masked scores and one staged slice (f16, rows
 /// padded by 8 elements) and the f32 scores; the state pass's K and V (f16,
 /// padded) take less.
-pub const COOP_WORKGROUP_BYTES: u32 = 2 * (64 * 136 + 64 * 72 + 64 * 40) + 4 * 64 * 64;
+pub const COOP_WORKGROUP_BYTES: u32 = 2 * (64 * 136 + 64 * 72 + 32 * 136) + 4 * 64 * 32;
+
+/// Invocations per workgroup of the widest cooperative-matrix pass (the
+/// block-state pass: 32 subgroups of 32).
+pub const COOP_MAX_INVOCATIONS: u32 = 1024;
 
 /// One GPU pass of the blockwise algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -293,6 +297,11 @@ pub fn wgsl(pass: Pass, config: KernelConfig, storage: Storage) -> String {
         out.push_str(&new);
         out.push_str(" // specialised\n");
     }
-    out.push_str(pass.body());
+    if pass == Pass::BlockOutputCoop && storage == Storage::F16Native {
+        // This pass writes o in f16 itself (see `Out` in the pass).
+        out.push_str(&pass.body().replace("alias Out = f32;", "alias Out = f16;"));
+    } else {
+        out.push_str(pass.body());
+    }
     out
 }

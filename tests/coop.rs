@@ -51,7 +51,17 @@ fn contexts() -> Vec<(&'static str, Context)> {
     );
     let portable = with(Some(false), false);
     assert!(!portable.cooperative_matrix());
-    let mut out = vec![("default", auto), ("portable", portable)];
+    // Small bindings: every tensor in several windows, so the output's
+    // windows are planned in f16 elements where the output pass writes f16.
+    let windowed = common::context_with(ContextOptions {
+        max_binding_bytes: Some(256 << 10),
+        ..Default::default()
+    });
+    let mut out = vec![
+        ("default", auto),
+        ("portable", portable),
+        ("small bindings", windowed),
+    ];
     if adapter_has_coop() {
         out.push(("default, checked", with(None, true)));
     }

@@ -4,18 +4,25 @@
 use super::{bind, dispatch, pipelines, Common, Io, Launch};
 use crate::context::Context;
 use crate::error::Result;
-use crate::kernels::{Pass, COOP_MAX_DIM, STRIPE};
+use crate::kernels::{Pass, Storage, COOP_MAX_DIM, STRIPE};
+use crate::layout::Dims;
 use crate::ops::plan::Window;
 
 /// Whether this call runs on cooperative matrices: the context has them,
 /// q, k and v are f16, and d and e fit their 16 x 16 tiles.
-pub(crate) fn uses_coop(ctx: &Context, launch: &Launch<'_>) -> bool {
+pub(crate) fn uses_coop(ctx: &Context, storage: Storage, dims: &Dims) -> bool {
     let fits = |w: usize| w.is_multiple_of(16) && w <= COOP_MAX_DIM;
-    ctx.inner.cooperative && launch.storage.is_f16() && fits(launch.dims.d) && fits(launch.dims.e)
+    ctx.inner.cooperative && storage.is_f16() && fits(dims.d) && fits(dims.e)
+}
+
+/// Whether the output pass writes o in f16 itself (no f32 output and no
+/// packing pass): on cooperative matrices with native f16.
+pub(crate) fn writes_f16(ctx: &Context, storage: Storage, dims: &Dims) -> bool {
+    storage == Storage::F16Native && uses_coop(ctx, storage, dims)
 }
 
 pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> Result<()> {
-    let coop = uses_coop(ctx, launch);
+    let coop = uses_coop(ctx, launch.storage, &launch.dims);
     let passes = if coop { Pass::CHUNK_COOP } else { Pass::CHUNK };
     let pipes = pipelines(ctx, passes, launch.storage).await?;
     let inner = &ctx.inner;

@@ -482,8 +482,14 @@ impl Context {
             Method::Chunk => plan::Needs::CHUNK,
             Method::Recurrent => plan::Needs::RECURRENT,
         };
+        let storage = self.storage(q.dtype());
+        // The tensor-core output pass writes f16 straight into o.
+        let direct = opts.method == Method::Chunk && chunk::writes_f16(self, storage, &dims);
         let mut limits = super::limits(self, q.dtype());
         limits.reversed = reversed;
+        if direct {
+            limits.output_bytes = 2;
+        }
         let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
         if let Some(s0) = opts.initial_state {
             super::submit(self, "initial state", |encoder| {
@@ -498,11 +504,15 @@ impl Context {
             slopes: opts.slopes,
             starts_from_state: opts.initial_state.is_some(),
             slotted: false,
-            storage: self.storage(q.dtype()),
+            storage,
             reversed,
             segments,
         };
-        let output = Output::new(self, o)?;
+        let output = if direct {
+            Output::direct(o)
+        } else {
+            Output::new(self, o)?
+        };
         let io = Io {
             q,
             k,

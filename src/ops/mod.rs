@@ -234,6 +234,7 @@ pub(crate) fn limits(ctx: &Context, input: DType) -> plan::Limits {
     plan::Limits {
         tile: inner.config.tile as usize,
         input_bytes: input.size() as u64,
+        output_bytes: 4,
         reversed: [false; 4],
         max_binding: inner.max_binding,
         offset_align: inner.limits.min_storage_buffer_offset_alignment as u64,
@@ -377,7 +378,13 @@ impl<'a> Output<'a> {
         Ok(Output { target, wide })
     }
 
-    /// The buffer the passes write, in f32.
+    /// Where the passes write the target itself, in its own storage type
+    /// (the tensor-core output pass writing f16).
+    pub(crate) fn direct(target: &'a Tensor) -> Self {
+        Output { target, wide: None }
+    }
+
+    /// The buffer the passes write: in f32, or the target itself.
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {
         self.wide
             .as_ref()

@@ -59,8 +59,11 @@ pub(crate) struct Segment {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     pub tile: usize,
-    /// Bytes per element of q, k and v (o is always computed in f32).
+    /// Bytes per element of q, k and v.
     pub input_bytes: u64,
+    /// Bytes per element the passes write to o: 4 (f32, packed afterwards
+    /// for halves), or 2 where the tensor-core output pass writes f16.
+    pub output_bytes: u64,
     /// Views of q, k, v and o read (written) in reversed time.
     pub reversed: [bool; 4],
     pub max_binding: u64,
@@ -169,7 +172,16 @@ fn segment(
             lim.input_bytes,
             rv,
         ),
-        o: window(layout, dims, dims.e, bh, rows, lim.offset_align, 4, ro),
+        o: window(
+            layout,
+            dims,
+            dims.e,
+            bh,
+            rows,
+            lim.offset_align,
+            lim.output_bytes,
+            ro,
+        ),
         state: Window {
             offset: state_start,
             size: ((state_lo + bh.1 * state_size) as u64) * 4 - state_start,
@@ -310,6 +322,7 @@ mod tests {
         Limits {
             tile: 64,
             input_bytes: 4,
+            output_bytes: 4,
             reversed: [false; 4],
             max_binding,
             offset_align: 256,
@@ -467,6 +480,7 @@ mod reversed_tests {
             let lim = Limits {
                 tile: 64,
                 input_bytes: 4,
+                output_bytes: 4,
                 reversed: [true; 4],
                 max_binding: 16 << 10,
                 offset_align: 256,
