@@ -48,11 +48,13 @@ pub enum Pass {
     BlockStateCoop,
     /// [`Pass::BlockOutput`] on cooperative matrices (tensor cores).
     BlockOutputCoop,
+    /// Scales each head's state by `lambda scale` (the backward's dS0).
+    ScaleStates,
 }
 
 impl Pass {
     /// Every pass.
-    pub const ALL: [Pass; 8] = [
+    pub const ALL: [Pass; 9] = [
         Pass::BlockState,
         Pass::StateScan,
         Pass::BlockOutput,
@@ -61,6 +63,7 @@ impl Pass {
         Pass::PackOutput,
         Pass::BlockStateCoop,
         Pass::BlockOutputCoop,
+        Pass::ScaleStates,
     ];
     /// The passes of the chunked forward, in dispatch order.
     pub const CHUNK: [Pass; 3] = [Pass::BlockState, Pass::StateScan, Pass::BlockOutput];
@@ -80,6 +83,7 @@ impl Pass {
             Pass::PackOutput => "pack_output",
             Pass::BlockStateCoop => "block_state_coop",
             Pass::BlockOutputCoop => "block_output_coop",
+            Pass::ScaleStates => "scale_states",
         }
     }
 
@@ -94,6 +98,7 @@ impl Pass {
             Pass::PackOutput => include_str!("../shaders/pack_output.wgsl"),
             Pass::BlockStateCoop => include_str!("../shaders/block_state_coop.wgsl"),
             Pass::BlockOutputCoop => include_str!("../shaders/block_output_coop.wgsl"),
+            Pass::ScaleStates => include_str!("../shaders/scale_states.wgsl"),
         }
     }
 

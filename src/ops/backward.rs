@@ -364,15 +364,23 @@ impl Context {
             .await?;
 
         // dS0 = lambda scale S', S' the reversed dv pass's final state:
-        // sum_i lambda^i q_i^T dO_i + lambda^(n-1) dS_n / scale.
-        let ds0: Vec<f32> = self
-            .read_async(&final_state)
-            .await?
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| (lambda[(i / (d * e)) % h] * scale * s as f64) as f32)
-            .collect();
-        let d_initial_state = self.tensor(&ds0, &[b, h, d, e])?;
+        // sum_i lambda^i q_i^T dO_i + lambda^(n-1) dS_n / scale. Scaled in
+        // place on the GPU (no round trip through the host), or on the host
+        // where the states exceed one binding.
+        let on_gpu =
+            super::scale_states(self, &final_state, (h, d, e), fwd.slopes, fwd.scale).await?;
+        let d_initial_state = if on_gpu {
+            final_state
+        } else {
+            let ds0: Vec<f32> = self
+                .read_async(&final_state)
+                .await?
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (lambda[(i / (d * e)) % h] * scale * s as f64) as f32)
+                .collect();
+            self.tensor(&ds0, &[b, h, d, e])?
+        };
         Ok(Gradients {
             dq,
             dk,

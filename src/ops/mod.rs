@@ -513,3 +513,73 @@ impl Context {
         Ok(out)
     }
 }
+
+/// Scales each `d x e` state of `states` (f32, `(.., h, d, e)`) in place by
+/// `exp(-slope) scale` of its head, on the GPU. Returns false, doing
+/// nothing, where the tensor is larger than one binding (the caller then
+/// scales on the host).
+pub(crate) async fn scale_states(
+    ctx: &Context,
+    states: &Tensor,
+    (h, d, e): (usize, usize, usize),
+    slopes: Option<&[f32]>,
+    scale: f32,
+) -> Result<bool> {
+    let bytes = states.size_bytes();
+    if bytes > ctx.inner.max_binding {
+        return Ok(false);
+    }
+    let count = states.len() / (d * e);
+    let window = Window {
+        offset: 0,
+        size: bytes,
+        base: 0,
+    };
+    let launch = Launch {
+        dims: Dims {
+            b: count / h,
+            h,
+            n: 1,
+            d,
+            e,
+        },
+        layout: Layout::Bhnd,
+        scale,
+        slopes,
+        starts_from_state: false,
+        slotted: false,
+        storage: Storage::F32,
+        reversed: [false; 4],
+        segments: vec![Segment {
+            seq_start: 0,
+            bh_start: 0,
+            bh_count: count,
+            n0: 0,
+            rows: 0,
+            blocks: 0,
+            q: window,
+            k: window,
+            v: window,
+            o: window,
+            state: window,
+            state_base: 0,
+            scratch_bytes: 0,
+        }],
+    };
+    let [pipe] = pipelines(ctx, [Pass::ScaleStates], Storage::F32).await?;
+    let common = Common::new(ctx, &launch);
+    let threads = ctx.inner.config.threads() as usize;
+    submit_passes(ctx, "scale states", |passes| {
+        dispatch(
+            ctx,
+            passes.pass(Pass::ScaleStates.name()),
+            &common,
+            &pipe,
+            0,
+            &[bind(states.buffer(), window)],
+            states.len().div_ceil(threads),
+        );
+    })
+    .await?;
+    Ok(true)
+}
