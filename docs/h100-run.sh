@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/results/nvidia-h100-2026-11-24-r3*.json and
-# -r2*.json (the second round: r2 an hour before the final kernels, r3 with
-# them; the first round's version of this script is in git history at commit
-# f3a25d4). Calls on the lent H100 machine, the anchors first; for r3, calls B
-# and C ran back to back in one call, with the anchors JSON of the r2 session.
+# The exact commands behind docs/results/nvidia-h100-2026-11-24-r4*.json (the
+# third round: f16 on cooperative matrices) and, with this script as it was
+# at commit ae241ad, -r3*/-r2* (the second round; the first round's version
+# is at commit f3a25d4). Calls on the lent H100 machine: B then C ran in one
+# call, then the anchors (A) in the next; B merges the anchors JSON of an
+# earlier call of the same day (.device/anchors.json), the -r4-anchors-raw
+# file holds the fresh one.
 # Prepared beforehand, on the x86-64 build machine:
 #   cargo build --release && mkdir -p .device && cp target/release/lightning-wgpu .device/
+#   cargo test --release --no-run --test coop --test backward, and copy the two test
+#     binaries it names to .device/test-coop and .device/test-backward
 #   .gl/        Debian's Vulkan loader packages (libvulkan1 libegl1 libglvnd0 ...), see ../shared/GPU.md
 #   anchors_src/ lightning_attn/ and fla_src/fla from OpenNLPLab/lightning-attention and
 #                fla-org/flash-linear-attention (never committed) + shared/tools/bench_anchors.py
-# Usage there: `bash docs/h100-run.sh anchors`, then `bash docs/h100-run.sh`
-# (with the anchors' JSON copied to .device/anchors.json), then
-# `bash docs/h100-run.sh backward`.
+# Usage there: `bash docs/h100-run.sh` then `bash docs/h100-run.sh backward`
+# (one call), and `bash docs/h100-run.sh anchors`.
 set -o pipefail
 
 if [ "${1:-}" = anchors ]; then
@@ -37,8 +40,15 @@ fi
 
 # Call B: this project, with the anchors of call A merged.
 $B info > "$OUT/info.txt" 2>&1
+# The tensor-core path's tests on the card (lavapipe, in CI, has none).
+timeout 100 .device/test-coop --test-threads 1 2>&1 | grep -E "^test |panicked" | tee "$OUT/tests.txt"
+timeout 60 .device/test-backward --test-threads 1 2>&1 | grep -E "^test |panicked" | tee -a "$OUT/tests.txt"
 for t in f32 f16 bf16; do $B demo --n 4096 --h 8 --d 128 --e 128 --dtype $t; done 2>&1 |
     grep -E "error|PASS|FAIL" | tee "$OUT/demo.txt"
+$B --coop off demo --n 4096 --h 8 --d 128 --e 128 --dtype f16 2>&1 | grep -E "error|PASS|FAIL" | tee -a "$OUT/demo.txt"
+# f16 on the portable kernels, for the comparison with the tensor cores.
+timeout 60 $B --coop off bench --providers lightning --b 4 --lengths 4096,32768 --dtype f16 \
+    --reps 5 --passes --json "$OUT/h100-portable-f16.json"
 timeout 420 $B bench --dtype f32,f16,bf16 --reps 5 --max-ms 8000 --anchors .device/anchors.json \
     --passes --json "$OUT/h100.json" --plot "$OUT/h100.svg"
 timeout 90 $B bench --decode --decode-batches 1,8,64,256 --reps 15 --json "$OUT/decode.json"
