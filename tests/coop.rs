@@ -182,28 +182,20 @@ fn forward_on_coop_shapes_matches_the_reference() {
             )
             .unwrap_or_else(|err| panic!("{name} {dims:?}: {err}"));
             let (o, state) = (ctx.read(&o).unwrap(), ctx.read(&state).unwrap());
-            let bounds = cu.map_or(vec![0, n], <[usize]>::to_vec);
-            let st = s0.len() / (bounds.len() - 1);
-            for (i, w) in bounds.windows(2).enumerate() {
-                let (r0, r1) = (w[0], w[1]);
-                let part = |x: &[f32], width: usize| common::rows(x, layout, &dims, width, r0, r1);
-                let states = i * st..(i + 1) * st;
+            for (i, p) in common::parts(&dims, cu, s0.len()).iter().enumerate() {
+                let part = |x: &[f32], width: usize| p.of(x, layout, &dims, width);
                 let want = reference::forward(
-                    Dims {
-                        b: seqs / (bounds.len() - 1),
-                        n: r1 - r0,
-                        ..dims
-                    },
+                    p.dims,
                     layout,
                     &part(&q, d),
                     &part(&k, d),
                     &part(&v, e),
                     &slopes,
                     0.5,
-                    Some(&s0[states.clone()]),
+                    Some(&s0[p.states.clone()]),
                 );
                 let eo = reference::relative_error(&part(&o, e), &want.o);
-                let es = reference::relative_error(&state[states.clone()], &want.final_state);
+                let es = reference::relative_error(&state[p.states.clone()], &want.final_state);
                 eprintln!("{name} {dims:?} sequence {i}: o {eo:.2e}, state {es:.2e}");
                 assert!(
                     eo <= TOL && es <= TOL,

@@ -290,18 +290,10 @@ fn backward_in_half_precision_matches_the_reference() {
                 read(&g.dv),
                 read(&g.d_initial_state),
             );
-            let bounds = cu.map_or(vec![0, n], <[usize]>::to_vec);
-            let st = s0.len() / (bounds.len() - 1);
-            for (i, w) in bounds.windows(2).enumerate() {
-                let (r0, r1) = (w[0], w[1]);
-                let part = |x: &[f32], width: usize| common::rows(x, layout, &dims, width, r0, r1);
-                let states = i * st..(i + 1) * st;
+            for (i, p) in common::parts(&dims, cu, s0.len()).iter().enumerate() {
+                let part = |x: &[f32], width: usize| p.of(x, layout, &dims, width);
                 let want = reference::backward(
-                    Dims {
-                        b: seqs / (bounds.len() - 1),
-                        n: r1 - r0,
-                        ..dims
-                    },
+                    p.dims,
                     layout,
                     &part(&q, d),
                     &part(&k, d),
@@ -309,14 +301,14 @@ fn backward_in_half_precision_matches_the_reference() {
                     &part(&d_o, e),
                     &slopes,
                     scale,
-                    Some(&s0[states.clone()]),
-                    Some(&dsn[states.clone()]),
+                    Some(&s0[p.states.clone()]),
+                    Some(&dsn[p.states.clone()]),
                 );
                 for (grad, got, want) in [
                     ("dq", part(&dq, d), &want.dq),
                     ("dk", part(&dk, d), &want.dk),
                     ("dv", part(&dv, e), &want.dv),
-                    ("dS0", ds0[states.clone()].to_vec(), &want.d_initial_state),
+                    ("dS0", ds0[p.states.clone()].to_vec(), &want.d_initial_state),
                 ] {
                     let err = reference::relative_error(&got, want);
                     assert!(

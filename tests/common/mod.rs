@@ -72,3 +72,42 @@ pub fn rows(x: &[f32], l: Layout, dims: &Dims, w: usize, r0: usize, r1: usize) -
     }
     out
 }
+
+/// One sequence of a call, to compare with the reference on its own: a
+/// plain batch is one part (all rows, every batch entry's states), a packed
+/// batch (`cu_seqlens`) one per sequence.
+pub struct Part {
+    /// Its rows `[r0, r1)` of the call.
+    pub rows: (usize, usize),
+    /// The dims of the part alone.
+    pub dims: Dims,
+    /// Its range in the call's state tensors.
+    pub states: std::ops::Range<usize>,
+}
+
+impl Part {
+    /// The part's rows of a `(b, h, n, width)` tensor of the call.
+    pub fn of(&self, x: &[f32], l: Layout, call: &Dims, width: usize) -> Vec<f32> {
+        rows(x, l, call, width, self.rows.0, self.rows.1)
+    }
+}
+
+/// The parts of a call of `dims` with these `cu_seqlens`, whose state
+/// tensors hold `states_len` values.
+pub fn parts(dims: &Dims, cu: Option<&[usize]>, states_len: usize) -> Vec<Part> {
+    let bounds = cu.map_or(vec![0, dims.n], <[usize]>::to_vec);
+    let per = states_len / (bounds.len() - 1);
+    bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| Part {
+            rows: (w[0], w[1]),
+            // A packed batch has b = 1, and so has each of its sequences.
+            dims: Dims {
+                n: w[1] - w[0],
+                ..*dims
+            },
+            states: i * per..(i + 1) * per,
+        })
+        .collect()
+}
