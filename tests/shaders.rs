@@ -116,6 +116,16 @@ fn every_specialisation_translates() {
                     storage == Storage::F16Native || pass.cooperative()
                 );
                 assert!(source.contains(&format!("const CHUNK: u32 = {chunk}u;")));
+                if pass == Pass::BlockOutputCoop {
+                    // Writes o in f16 itself exactly where the host plans the
+                    // output in f16 (native f16), else f32 for packing.
+                    let out = if storage == Storage::F16Native {
+                        "alias Out = f16;"
+                    } else {
+                        "alias Out = f32;"
+                    };
+                    assert!(source.contains(out), "{storage:?}: {out} missing");
+                }
                 translate(
                     &format!("{} tile {tile} chunk {chunk} {storage:?}", pass.name()),
                     &source,
