@@ -420,6 +420,37 @@ fn demo_passes() {
     assert!(stdout.contains("n=70"), "{stdout:?}");
 }
 
+/// `--coop on` runs f16 on the tensor cores or fails with one line naming
+/// what the adapter lacks; `--coop off` always runs (the portable kernels).
+#[test]
+fn coop_flag_requires_or_refuses_the_tensor_cores() {
+    let demo = |coop: &str| {
+        run(&[
+            "--coop", coop, "demo", "--n", "70", "--h", "2", "--d", "32", "--e", "16", "--dtype",
+            "f16",
+        ])
+    };
+    let has_coop = lightning_wgpu::Context::with_options(ContextOptions {
+        cooperative_matrix: Some(true),
+        ..Default::default()
+    })
+    .is_ok();
+    let on = demo("on");
+    if has_coop {
+        assert_success(&on);
+        assert!(text(&on.stdout).contains("PASS"));
+    } else {
+        assert_fails(&on, &["cooperative_matrix", "cooperative matrices"]);
+    }
+    let off = demo("off");
+    assert_success(&off);
+    assert!(
+        text(&off.stdout).contains("PASS"),
+        "{:?}",
+        text(&off.stdout)
+    );
+}
+
 /// No subcommand: `info` then the default `demo`.
 #[test]
 fn no_subcommand_runs_info_demo_and_the_sweep() {
