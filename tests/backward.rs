@@ -371,29 +371,25 @@ fn packed_sequences_get_their_own_gradients() {
             read(&g.dv),
             read(&g.d_initial_state),
         );
-        for (s, w) in cu.windows(2).enumerate() {
-            let (r0, r1) = (w[0], w[1]);
+        for (s, p) in common::parts(&dims, Some(&cu), s0.len()).iter().enumerate() {
+            let part = |x: &[f32], width: usize| p.of(x, layout, &dims, width);
             let want = reference::backward(
-                Dims { n: r1 - r0, ..dims },
+                p.dims,
                 layout,
-                &common::rows(&q, layout, &dims, d, r0, r1),
-                &common::rows(&k, layout, &dims, d, r0, r1),
-                &common::rows(&v, layout, &dims, e, r0, r1),
-                &common::rows(&d_o, layout, &dims, e, r0, r1),
+                &part(&q, d),
+                &part(&k, d),
+                &part(&v, e),
+                &part(&d_o, e),
                 &slopes,
                 0.8,
-                Some(&s0[s * state..(s + 1) * state]),
-                Some(&dsn[s * state..(s + 1) * state]),
+                Some(&s0[p.states.clone()]),
+                Some(&dsn[p.states.clone()]),
             );
             for (name, got, want) in [
-                ("dq", common::rows(&dq, layout, &dims, d, r0, r1), &want.dq),
-                ("dk", common::rows(&dk, layout, &dims, d, r0, r1), &want.dk),
-                ("dv", common::rows(&dv, layout, &dims, e, r0, r1), &want.dv),
-                (
-                    "dS0",
-                    ds0[s * state..(s + 1) * state].to_vec(),
-                    &want.d_initial_state,
-                ),
+                ("dq", part(&dq, d), &want.dq),
+                ("dk", part(&dk, d), &want.dk),
+                ("dv", part(&dv, e), &want.dv),
+                ("dS0", ds0[p.states.clone()].to_vec(), &want.d_initial_state),
             ] {
                 let err = reference::relative_error(&got, want);
                 assert!(
