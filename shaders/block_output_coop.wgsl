@@ -12,11 +12,12 @@
 // it to 8.9 ms; K 64 columns per step instead of 32 (10.6), the state read
 // as vec4 (10.8) and a smaller fw (no change) did not help.
 // Every global read is an ordinary bounds-checked load (zero past the
-// block, d or e) into registers, one slice ahead, then converted to f16 in
-// workgroup memory; the matrix loads read only workgroup memory, at offsets
-// inside the arrays. What is rounded to f16 beyond the inputs: the masked,
-// decayed, scaled scores, the carried state and the rows of Q scaled by
-// scale lambda^(r+1). Accumulation is f32.
+// block, d or e) into registers, one slice ahead, held there in f16 (8.9 ->
+// 8.4 ms against f32 registers), then stored to workgroup memory; the
+// matrix loads read only workgroup memory, at offsets inside the arrays.
+// What is rounded to f16 beyond the inputs: the per-block states (stored so
+// by the block-state pass), the masked, decayed, scaled scores, the carried
+// state and the rows of Q scaled by scale lambda^(r+1). Accumulation is f32.
 //
 // Needs d and e multiples of 16 and at most DK and DV (the host checks).
 // Every subgroup runs the same products (no branch on the subgroup around a
@@ -28,11 +29,16 @@
 @group(0) @binding(2) var<storage, read> q: array<Stored>;
 @group(0) @binding(3) var<storage, read> k: array<Stored>;
 @group(0) @binding(4) var<storage, read> v: array<Stored>;
-@group(0) @binding(5) var<storage, read> states: array<f32>; // [bh][block][d][e], then [bh][stripe][d][e]
+// The block-state pass's scratch (see block_state_coop.wgsl): the
+// per-block states [bh][block][d][e] in f16, read through `halves`, then
+// from stripe_states() the per-stripe ones [bh][stripe][d][e] in f32 bits.
+@group(0) @binding(5) var<storage, read> states: array<u32>;
 // o in f32 (packed into halves afterwards); the host writes `f16` here
 // where q, k and v are native f16, and the pass stores the output itself.
 alias Out = f32;
 @group(0) @binding(6) var<storage, read_write> o: array<Out>;
+// The same scratch as f16 elements.
+@group(0) @binding(7) var<storage, read> halves: array<f16>;
 
 const DK: u32 = 128u;    // widest d
 const DV: u32 = 128u;    // widest e
@@ -120,7 +126,7 @@ fn main(
     // latency hides behind the masking.
     // Block 0 of a sequence with no initial state carries nothing in.
     let carried = t > 0u || params.has_state != 0u;
-    var xn: array<f32, XPER>;
+    var xn: array<f16, XPER>;
     if carried {
         xn = fetch_s(state, stripe_state, stripe_decay, 0u, tid);
     } else {
@@ -229,80 +235,81 @@ const KPER: u32 = TILE * KS / LANES;
 const XPER: u32 = XS * DV / LANES;
 
 // Q as [r][DK] (zero past the block or d).
-fn fetch_q(base: u32, len: u32, tid: u32) -> array<f32, QPER> {
-    var x: array<f32, QPER>;
+fn fetch_q(base: u32, len: u32, tid: u32) -> array<f16, QPER> {
+    var x: array<f16, QPER>;
     for (var j = 0u; j < QPER; j++) {
         let i = tid + j * LANES;
         let r = i / DK;
         let c = i % DK;
         if r < len && c < params.dim_k {
-            x[j] = read_q(base + r * params.q_stride.z + c);
+            x[j] = f16(read_q(base + r * params.q_stride.z + c));
         }
     }
     return x;
 }
 
-fn put_q(x: array<f32, QPER>, tid: u32) {
+fn put_q(x: array<f16, QPER>, tid: u32) {
     for (var j = 0u; j < QPER; j++) {
         let i = tid + j * LANES;
-        qw[(i / DK) * QP + i % DK] = f16(x[j]);
+        qw[(i / DK) * QP + i % DK] = x[j];
     }
 }
 
 // Columns ds .. ds + KS of the block's K, as [c][KS].
-fn fetch_k(base: u32, ds: u32, len: u32, tid: u32) -> array<f32, KPER> {
-    var x: array<f32, KPER>;
+fn fetch_k(base: u32, ds: u32, len: u32, tid: u32) -> array<f16, KPER> {
+    var x: array<f16, KPER>;
     for (var j = 0u; j < KPER; j++) {
         let i = tid + j * LANES;
         let c = i / KS;
         let dd = ds + i % KS;
         if c < len && dd < params.dim_k {
-            x[j] = read_k(base + c * params.k_stride.z + dd);
+            x[j] = f16(read_k(base + c * params.k_stride.z + dd));
         }
     }
     return x;
 }
 
-fn put_k(x: array<f32, KPER>, tid: u32) {
+fn put_k(x: array<f16, KPER>, tid: u32) {
     for (var j = 0u; j < KPER; j++) {
         let i = tid + j * LANES;
-        xw[(i / KS) * KP + i % KS] = f16(x[j]);
+        xw[(i / KS) * KP + i % KS] = x[j];
     }
 }
 
 // Rows ds .. ds + XS of the carried state L_t + f S_j, as [dd][e].
-fn fetch_s(at: u32, stripe_at: u32, f: f32, ds: u32, tid: u32) -> array<f32, XPER> {
-    var x: array<f32, XPER>;
+fn fetch_s(at: u32, stripe_at: u32, f: f32, ds: u32, tid: u32) -> array<f16, XPER> {
+    var x: array<f16, XPER>;
     for (var j = 0u; j < XPER; j++) {
         let i = tid + j * LANES;
         let dd = ds + i / DV;
         let e = i % DV;
         if dd < params.dim_k && e < params.dim_v {
             let w = dd * params.dim_v + e;
-            x[j] = fma(f, states[stripe_at + w], states[at + w]);
+            let s = bitcast<f32>(states[stripe_at + w]);
+            x[j] = f16(fma(f, s, f32(halves[at + w])));
         }
     }
     return x;
 }
 
 // Rows cs .. cs + XS of the block's V, as [c][e].
-fn fetch_v(base: u32, cs: u32, len: u32, tid: u32) -> array<f32, XPER> {
-    var x: array<f32, XPER>;
+fn fetch_v(base: u32, cs: u32, len: u32, tid: u32) -> array<f16, XPER> {
+    var x: array<f16, XPER>;
     for (var j = 0u; j < XPER; j++) {
         let i = tid + j * LANES;
         let c = cs + i / DV;
         let e = i % DV;
         if c < len && e < params.dim_v {
-            x[j] = read_v(base + c * params.v_stride.z + e);
+            x[j] = f16(read_v(base + c * params.v_stride.z + e));
         }
     }
     return x;
 }
 
-fn put_x(x: array<f32, XPER>, tid: u32) {
+fn put_x(x: array<f16, XPER>, tid: u32) {
     for (var j = 0u; j < XPER; j++) {
         let i = tid + j * LANES;
-        xw[(i / DV) * XP + i % DV] = f16(x[j]);
+        xw[(i / DV) * XP + i % DV] = x[j];
     }
 }
 

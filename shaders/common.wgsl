@@ -39,6 +39,7 @@ struct Params {
     has_state: u32,      // 1 when the state window holds a state to start from
     scale: f32,
     slotted: u32,        // recurrent pass: states found through the slot map
+    stripe_base: u32,    // chunked forward: 32-bit word offset of the per-stripe states
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -78,8 +79,9 @@ fn stripe_count() -> u32 {
     return (params.blocks + STRIPE - 1u) / STRIPE;
 }
 
-// Element offset, in the chunked forward's scratch, of the per-stripe states
-// (after the per-block ones): [bh][stripe][d][e].
+// Offset in 32-bit words, in the chunked forward's scratch, of the f32
+// per-stripe states [bh][stripe][d][e]; the per-block states come first (f32
+// on the portable path, f16 on the tensor cores), so the host says where.
 fn stripe_states() -> u32 {
-    return params.bh_count * params.blocks * params.dim_k * params.dim_v;
+    return params.stripe_base;
 }

@@ -21,7 +21,7 @@ pub const COOP_MAX_DIM: usize = 128;
 /// Workgroup memory the cooperative-matrix passes declare, in bytes (blocks
 /// of 64): the output pass's Q, masked scores and one staged slice (f16, rows
 /// padded by 8 elements) and the f32 scores; the state pass's K and V (f16,
-/// padded) take less.
+/// padded) and its 16 KiB of f32 tiles on their way to storage take less.
 pub const COOP_WORKGROUP_BYTES: u32 = 2 * (64 * 136 + 64 * 72 + 32 * 136) + 4 * 64 * 32;
 
 /// Invocations per workgroup of the widest cooperative-matrix pass (the

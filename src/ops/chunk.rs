@@ -94,7 +94,11 @@ pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> R
                 &common,
                 output,
                 i,
-                &[q, k, v, states, o],
+                &if coop {
+                    vec![q, k, v, states.clone(), o, states]
+                } else {
+                    vec![q, k, v, states, o]
+                },
                 blocks,
             );
         }

@@ -490,6 +490,9 @@ impl Context {
         if direct {
             limits.output_bytes = 2;
         }
+        if opts.method == Method::Chunk && chunk::uses_coop(self, storage, &dims) {
+            limits.block_state_bytes = 2;
+        }
         let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
         if let Some(s0) = opts.initial_state {
             super::submit(self, "initial state", |encoder| {

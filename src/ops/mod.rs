@@ -40,6 +40,8 @@ pub(crate) struct Params {
     has_state: u32,
     scale: f32,
     slotted: u32,
+    stripe_base: u32,
+    _pad: [u32; 3],
 }
 
 /// Everything one recorded call needs besides its tensors.
@@ -93,6 +95,8 @@ impl Launch<'_> {
             has_state: u32::from(self.starts_from_state || s.n0 > s.seq_start),
             scale: self.scale,
             slotted: u32::from(self.slotted),
+            stripe_base: s.stripe_base,
+            _pad: [0; 3],
         }
     }
 }
@@ -235,6 +239,7 @@ pub(crate) fn limits(ctx: &Context, input: DType) -> plan::Limits {
         tile: inner.config.tile as usize,
         input_bytes: input.size() as u64,
         output_bytes: 4,
+        block_state_bytes: 4,
         reversed: [false; 4],
         max_binding: inner.max_binding,
         offset_align: inner.limits.min_storage_buffer_offset_alignment as u64,
@@ -563,6 +568,7 @@ pub(crate) async fn scale_states(
             o: window,
             state: window,
             state_base: 0,
+            stripe_base: 0,
             scratch_bytes: 0,
         }],
     };

@@ -52,6 +52,8 @@ pub(crate) struct Segment {
     pub o: Window,
     pub state: Window,
     pub state_base: u32,
+    /// Where the per-stripe states start in the scratch, in 32-bit words.
+    pub stripe_base: u32,
     pub scratch_bytes: u64,
 }
 
@@ -64,6 +66,9 @@ pub(crate) struct Limits {
     /// Bytes per element the passes write to o: 4 (f32, packed afterwards
     /// for halves), or 2 where the tensor-core output pass writes f16.
     pub output_bytes: u64,
+    /// Bytes per element of the chunked forward's per-block states: 4, or 2
+    /// where the tensor-core passes keep them in f16.
+    pub block_state_bytes: u64,
     /// Views of q, k, v and o read (written) in reversed time.
     pub reversed: [bool; 4],
     pub max_binding: u64,
@@ -129,6 +134,7 @@ fn segment(
 ) -> Segment {
     let blocks = rows.1.div_ceil(lim.tile);
     let state_size = dims.d * dims.e;
+    let per_block_words = ((bh.1 * blocks * state_size) as u64 * lim.block_state_bytes).div_ceil(4);
     let state_lo = (seq.first_state + bh.0) * state_size;
     let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
     // q and k have the same shape, so the same window.
@@ -188,9 +194,10 @@ fn segment(
             base: 0,
         },
         state_base: (state_lo as u64 - state_start / 4) as u32,
-        // Per-block states, then per-stripe ones (see block_state.wgsl).
-        scratch_bytes: (bh.1 * (blocks + blocks.div_ceil(crate::kernels::STRIPE)) * state_size)
-            as u64
+        // Per-block states, then per-stripe ones in f32 (see block_state.wgsl).
+        stripe_base: u32::try_from(per_block_words).unwrap_or(u32::MAX),
+        scratch_bytes: (per_block_words
+            + (bh.1 * blocks.div_ceil(crate::kernels::STRIPE) * state_size) as u64)
             * 4,
     }
 }
@@ -323,6 +330,7 @@ mod tests {
             tile: 64,
             input_bytes: 4,
             output_bytes: 4,
+            block_state_bytes: 4,
             reversed: [false; 4],
             max_binding,
             offset_align: 256,
@@ -388,6 +396,49 @@ mod tests {
             e: 8,
         };
         assert_eq!(check_cover(Layout::Bhnd, dims, 1 << 30), 1);
+    }
+
+    #[test]
+    fn half_block_states_put_the_stripes_after_half_the_words() {
+        // 300 rows: 5 blocks of 64 (the last short), 1 stripe.
+        let dims = Dims {
+            b: 2,
+            h: 3,
+            n: 300,
+            d: 16,
+            e: 32,
+        };
+        let size = (dims.d * dims.e) as u64;
+        for (bytes, words) in [(4u64, 6 * 5 * size), (2, 6 * 5 * size / 2)] {
+            let lim = Limits {
+                block_state_bytes: bytes,
+                ..lim(1 << 30)
+            };
+            let segs = plan(Layout::Bhnd, &dims, &lim, &whole(&dims), Needs::CHUNK).expect("plan");
+            assert_eq!(segs.len(), 1);
+            assert_eq!(u64::from(segs[0].stripe_base), words);
+            assert_eq!(segs[0].scratch_bytes, (words + 6 * size) * 4);
+        }
+        // Half-width states let twice the heads share one scratch budget
+        // (d and e wide enough that the states, not q, k or v, bound it).
+        let dims = Dims {
+            n: 64 * 48,
+            d: 256,
+            e: 256,
+            ..dims
+        };
+        let size = (dims.d * dims.e) as u64;
+        let per_head = |bytes: u64| (48 * size * bytes).div_ceil(4) * 4 + 3 * size * 4;
+        let cap = 4 * per_head(4);
+        for (bytes, heads) in [(4u64, 3), (2, 6)] {
+            let lim = Limits {
+                block_state_bytes: bytes,
+                ..lim(cap)
+            };
+            let segs = plan(Layout::Bhnd, &dims, &lim, &whole(&dims), Needs::CHUNK).expect("plan");
+            assert_eq!(segs[0].bh_count, heads, "{bytes}-byte states");
+            assert!(segs.iter().all(|s| s.scratch_bytes <= cap));
+        }
     }
 
     #[test]
@@ -481,6 +532,7 @@ mod reversed_tests {
                 tile: 64,
                 input_bytes: 4,
                 output_bytes: 4,
+                block_state_bytes: 4,
                 reversed: [true; 4],
                 max_binding: 16 << 10,
                 offset_align: 256,
