@@ -8,16 +8,23 @@
 // 64 (g / 4) .. + 63 of the output (and of the scores, 32 (g / 4) .. + 31).
 // On the H100 (b = 4, h = 32, n = 32K, d = e = 128) this split ran the pass
 // in 10.6 ms, four subgroups of whole rows in 16.8 and sixteen of quarter
-// rows in 15.8; staging the state and V 32 rows per step instead of 16 took
-// it to 8.9 ms; K 64 columns per step instead of 32 (10.6), the state read
-// as vec4 (10.8) and a smaller fw (no change) did not help.
+// rows in 15.8.
+//
+// Few steps: the pass is bound by the wait for each staged slice and by
+// barriers, not by the products (without any matrix product it still took
+// 7.4 of 8.4 ms). So K is staged whole with Q (not 32 columns at a time),
+// the masked scores times V come before the carried state, and one
+// workgroup array (uw) holds in turn K, then the masked scores and a slice
+// of V, then a slice of the state: 8.3 -> 7.2 ms. Slices of the state of
+// 64 rows instead of 32 (which uw has room for) ran no faster (7.22 against
+// 7.18).
 // Every global read is an ordinary bounds-checked load (zero past the
-// block, d or e) into registers, one slice ahead, held there in f16 (8.9 ->
-// 8.4 ms against f32 registers), then stored to workgroup memory; the
-// matrix loads read only workgroup memory, at offsets inside the arrays.
-// What is rounded to f16 beyond the inputs: the per-block states (stored so
-// by the block-state pass), the masked, decayed, scaled scores, the carried
-// state and the rows of Q scaled by scale lambda^(r+1). Accumulation is f32.
+// block, d or e) into registers, a step ahead, held there in f16, then
+// stored to workgroup memory; the matrix loads read only workgroup memory,
+// at offsets inside the arrays. What is rounded to f16 beyond the inputs:
+// the per-block states (stored so by the block-state pass), the masked,
+// decayed, scaled scores, the carried state and the rows of Q scaled by
+// scale lambda^(r+1). Accumulation is f32.
 //
 // Needs d and e multiples of 16 and at most DK and DV (the host checks).
 // Every subgroup runs the same products (no branch on the subgroup around a
@@ -43,21 +50,24 @@ alias Out = f32;
 const DK: u32 = 128u;    // widest d
 const DV: u32 = 128u;    // widest e
 const EW: u32 = DV / 2u; // output columns per subgroup: four 16-wide tiles
-const KS: u32 = 32u;     // columns of K staged per step (scores)
-const XS: u32 = 32u;     // rows of the state or of V staged per step
+const VS: u32 = 32u;     // rows of V staged per step
+const SS: u32 = 32u;     // rows of the state staged per step
 const LANES: u32 = 256u; // eight subgroups of 32
 const FW: u32 = 32u;     // columns of fw: 16 per half of the subgroups
 
 // Row pitches, in elements, padded by 16 bytes so the 16 rows a matrix
 // load reads start in different banks.
 const QP: u32 = DK + 8u;
+const KP: u32 = DK + 8u;
 const PP: u32 = TILE + 8u;
-const KP: u32 = KS + 8u;
 const XP: u32 = DV + 8u;
+// Where the slice of V starts in uw, after the masked scores.
+const VAT: u32 = TILE * PP;
 
 var<workgroup> qw: array<f16, TILE * QP>; // Q, then diag(scale lambda^(r+1)) Q
-var<workgroup> pw: array<f16, TILE * PP>; // masked scores
-var<workgroup> xw: array<f16, XS * XP>; // K as [c][KP]; S as [dd][XP]; V as [c][XP]
+// K as [c][KP]; then the masked scores as [r][PP] and, from VAT, V as
+// [c][XP]; then the state as [dd][XP].
+var<workgroup> uw: array<f16, TILE * PP + VS * XP>;
 var<workgroup> fw: array<f32, TILE * FW>; // a quarter of the f32 scores or of the output
 
 alias Acc = coop_mat16x16<f32, C>;
@@ -94,47 +104,33 @@ fn main(
     let stripe = t / STRIPE;
     let stripe_state = stripe_states() + (local_bh * stripe_count() + stripe) * size;
     let stripe_decay = decay(slope, (t - stripe * STRIPE) * TILE);
+    // Block 0 of a sequence with no initial state carries nothing in.
+    let carried = t > 0u || params.has_state != 0u;
 
-    // Q, all of it (rows 0 .. TILE, columns 0 .. DK); then K, KS columns
-    // at a time, each slice fetched into registers while the one before is
-    // multiplied.
-    let qx = fetch_q(q0, len, tid);
-    var kn = fetch_k(k0, 0u, len, tid);
-    put_q(qx, tid);
+    // Q and K, all of them, in one step.
+    put_q(fetch_q(q0, len, tid), tid);
+    put_k(fetch_k(k0, len, tid), tid);
+    workgroupBarrier();
 
     // Scores Q K^T: this subgroup's rows, columns 32 eh .. 32 eh + 31.
     var s0 = Acc();
     var s1 = Acc();
-    for (var ds = 0u; ds < params.dim_k; ds += KS) {
-        put_k(kn, tid);
-        workgroupBarrier();
-        if ds + KS < params.dim_k {
-            kn = fetch_k(k0, ds + KS, len, tid);
-        }
-        for (var kk = 0u; kk < KS; kk += 16u) {
-            let at = rq * QP + ds + kk;
-            let a = coopLoadT<MatA>(&qw[at], QP);
-            // K^T: element (dd, c) is xw[c KP + dd], column-major.
-            let b0 = eh * 32u * KP + kk;
-            s0 = coopMultiplyAdd(a, coopLoad<MatB>(&xw[b0], KP), s0);
-            let b1 = b0 + 16u * KP;
-            s1 = coopMultiplyAdd(a, coopLoad<MatB>(&xw[b1], KP), s1);
-        }
-        workgroupBarrier();
+    for (var ds = 0u; ds < params.dim_k; ds += 16u) {
+        let at = rq * QP + ds;
+        let a = coopLoadT<MatA>(&qw[at], QP);
+        // K^T: element (dd, c) is uw[c KP + dd], column-major.
+        let b0 = eh * 32u * KP + ds;
+        s0 = coopMultiplyAdd(a, coopLoad<MatB>(&uw[b0], KP), s0);
+        let b1 = b0 + 16u * KP;
+        s1 = coopMultiplyAdd(a, coopLoad<MatB>(&uw[b1], KP), s1);
     }
-    // The first slice of the carried state (or of V) is fetched now, so its
-    // latency hides behind the masking.
-    // Block 0 of a sequence with no initial state carries nothing in.
-    let carried = t > 0u || params.has_state != 0u;
-    var xn: array<f16, XPER>;
-    if carried {
-        xn = fetch_s(state, stripe_state, stripe_decay, 0u, tid);
-    } else {
-        xn = fetch_v(v0, 0u, len, tid);
-    }
-    // Mask, decay and scale the scores into f16; scale the rows of Q for
-    // the carried part.
-    // fw holds each subgroup's tile s0 (then s1) at columns 16 eh.
+    // The first slice of V is fetched now, so its latency hides behind the
+    // masking.
+    var vn = fetch_v(v0, 0u, len, tid);
+    // Mask, decay and scale the scores into f16 (over K: every subgroup is
+    // past its products at the first barrier); scale the rows of Q for the
+    // carried part. fw holds each subgroup's tile s0 (then s1) at columns
+    // 16 eh.
     let f0 = rq * FW + eh * 16u;
     coopStoreT(s0, &fw[f0], FW);
     workgroupBarrier();
@@ -149,60 +145,61 @@ fn main(
         let at = r * QP + i % DK;
         qw[at] = f16(f32(qw[at]) * decay(slope, r + 1u) * params.scale);
     }
-    workgroupBarrier();
 
+    // Masked scores x V, VS rows of V at a time (all of them for every
+    // subgroup: see above); the first slice of the state is fetched during
+    // the last of them.
     var o0 = Acc();
     var o1 = Acc();
     var o2 = Acc();
     var o3 = Acc();
-    let ob = eh * EW; // this subgroup's first column in xw
+    let ob = eh * EW; // this subgroup's first column of V and of the state
+    var sn: array<f16, SPER>;
+    for (var cs = 0u; cs < len; cs += VS) {
+        put_v(vn, tid);
+        workgroupBarrier();
+        if cs + VS < len {
+            vn = fetch_v(v0, cs + VS, len, tid);
+        } else if carried {
+            sn = fetch_s(state, stripe_state, stripe_decay, 0u, tid);
+        }
+        for (var kk = 0u; kk < VS; kk += 16u) {
+            let at = rq * PP + cs + kk;
+            let a = coopLoadT<MatA>(&uw[at], PP);
+            let b0 = VAT + kk * XP + ob;
+            o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b0], XP), o0);
+            let b1 = b0 + 16u;
+            o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b1], XP), o1);
+            let b2 = b0 + 32u;
+            o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b2], XP), o2);
+            let b3 = b0 + 48u;
+            o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b3], XP), o3);
+        }
+        workgroupBarrier();
+    }
+
+    // + the carried state, SS of its rows at a time, over the scores and V.
     if carried {
-        for (var ds = 0u; ds < params.dim_k; ds += XS) {
-            // Rows ds .. ds + XS of the carried state, as [dd][e].
-            put_x(xn, tid);
+        for (var ds = 0u; ds < params.dim_k; ds += SS) {
+            put_s(sn, tid);
             workgroupBarrier();
-            if ds + XS < params.dim_k {
-                xn = fetch_s(state, stripe_state, stripe_decay, ds + XS, tid);
-            } else {
-                xn = fetch_v(v0, 0u, len, tid);
+            if ds + SS < params.dim_k {
+                sn = fetch_s(state, stripe_state, stripe_decay, ds + SS, tid);
             }
-            for (var kk = 0u; kk < XS; kk += 16u) {
+            for (var kk = 0u; kk < SS; kk += 16u) {
                 let at = rq * QP + ds + kk;
                 let a = coopLoadT<MatA>(&qw[at], QP);
                 let b0 = kk * XP + ob;
-                o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b0], XP), o0);
+                o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b0], XP), o0);
                 let b1 = b0 + 16u;
-                o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b1], XP), o1);
+                o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b1], XP), o1);
                 let b2 = b0 + 32u;
-                o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b2], XP), o2);
+                o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b2], XP), o2);
                 let b3 = b0 + 48u;
-                o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b3], XP), o3);
+                o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&uw[b3], XP), o3);
             }
             workgroupBarrier();
         }
-    }
-
-    // + masked scores x V, XS rows of V at a time (all of them for every
-    // subgroup: see above).
-    for (var cs = 0u; cs < len; cs += XS) {
-        put_x(xn, tid);
-        workgroupBarrier();
-        if cs + XS < len {
-            xn = fetch_v(v0, cs + XS, len, tid);
-        }
-        for (var kk = 0u; kk < XS; kk += 16u) {
-            let at = rq * PP + cs + kk;
-            let a = coopLoadT<MatA>(&pw[at], PP);
-            let b0 = kk * XP + ob;
-            o0 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b0], XP), o0);
-            let b1 = b0 + 16u;
-            o1 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b1], XP), o1);
-            let b2 = b0 + 32u;
-            o2 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b2], XP), o2);
-            let b3 = b0 + 48u;
-            o3 = coopMultiplyAdd(a, coopLoadT<MatB>(&xw[b3], XP), o3);
-        }
-        workgroupBarrier();
     }
 
     // Out through fw, in four rounds of 16 columns per subgroup, so the
@@ -225,14 +222,14 @@ fn main(
     store_part(obase, len, 48u, tid);
 }
 
-// Elements each invocation stages per step: of Q, of a TILE x KS slice of
-// K, of an XS x DV slice of the state or of V. Element j of an invocation is
-// element tid + j LANES of the slice; the loops over j have constant
-// bounds, so the arrays live in registers and the loads of a slice are all
-// in flight together.
+// Elements each invocation stages per step: of Q and of K (TILE x DK), of
+// a VS x DV slice of V, of an SS x DV slice of the state. Element j of an
+// invocation is element tid + j LANES of the slice; the loops over j have
+// constant bounds, so the arrays live in registers and the loads of a
+// slice are all in flight together.
 const QPER: u32 = TILE * DK / LANES;
-const KPER: u32 = TILE * KS / LANES;
-const XPER: u32 = XS * DV / LANES;
+const VPER: u32 = VS * DV / LANES;
+const SPER: u32 = SS * DV / LANES;
 
 // Q as [r][DK] (zero past the block or d).
 fn fetch_q(base: u32, len: u32, tid: u32) -> array<f16, QPER> {
@@ -255,13 +252,13 @@ fn put_q(x: array<f16, QPER>, tid: u32) {
     }
 }
 
-// Columns ds .. ds + KS of the block's K, as [c][KS].
-fn fetch_k(base: u32, ds: u32, len: u32, tid: u32) -> array<f16, KPER> {
-    var x: array<f16, KPER>;
-    for (var j = 0u; j < KPER; j++) {
+// K as [c][DK] (zero past the block or d).
+fn fetch_k(base: u32, len: u32, tid: u32) -> array<f16, QPER> {
+    var x: array<f16, QPER>;
+    for (var j = 0u; j < QPER; j++) {
         let i = tid + j * LANES;
-        let c = i / KS;
-        let dd = ds + i % KS;
+        let c = i / DK;
+        let dd = i % DK;
         if c < len && dd < params.dim_k {
             x[j] = f16(read_k(base + c * params.k_stride.z + dd));
         }
@@ -269,17 +266,39 @@ fn fetch_k(base: u32, ds: u32, len: u32, tid: u32) -> array<f16, KPER> {
     return x;
 }
 
-fn put_k(x: array<f16, KPER>, tid: u32) {
-    for (var j = 0u; j < KPER; j++) {
+fn put_k(x: array<f16, QPER>, tid: u32) {
+    for (var j = 0u; j < QPER; j++) {
         let i = tid + j * LANES;
-        xw[(i / KS) * KP + i % KS] = x[j];
+        uw[(i / DK) * KP + i % DK] = x[j];
     }
 }
 
-// Rows ds .. ds + XS of the carried state L_t + f S_j, as [dd][e].
-fn fetch_s(at: u32, stripe_at: u32, f: f32, ds: u32, tid: u32) -> array<f16, XPER> {
-    var x: array<f16, XPER>;
-    for (var j = 0u; j < XPER; j++) {
+// Rows cs .. cs + VS of the block's V, as [c][e] (zero past the block or e).
+fn fetch_v(base: u32, cs: u32, len: u32, tid: u32) -> array<f16, VPER> {
+    var x: array<f16, VPER>;
+    for (var j = 0u; j < VPER; j++) {
+        let i = tid + j * LANES;
+        let c = cs + i / DV;
+        let e = i % DV;
+        if c < len && e < params.dim_v {
+            x[j] = f16(read_v(base + c * params.v_stride.z + e));
+        }
+    }
+    return x;
+}
+
+fn put_v(x: array<f16, VPER>, tid: u32) {
+    for (var j = 0u; j < VPER; j++) {
+        let i = tid + j * LANES;
+        uw[VAT + (i / DV) * XP + i % DV] = x[j];
+    }
+}
+
+// Rows ds .. ds + SS of the carried state L_t + f S_j, as [dd][e] (zero
+// past d or e).
+fn fetch_s(at: u32, stripe_at: u32, f: f32, ds: u32, tid: u32) -> array<f16, SPER> {
+    var x: array<f16, SPER>;
+    for (var j = 0u; j < SPER; j++) {
         let i = tid + j * LANES;
         let dd = ds + i / DV;
         let e = i % DV;
@@ -292,28 +311,14 @@ fn fetch_s(at: u32, stripe_at: u32, f: f32, ds: u32, tid: u32) -> array<f16, XPE
     return x;
 }
 
-// Rows cs .. cs + XS of the block's V, as [c][e].
-fn fetch_v(base: u32, cs: u32, len: u32, tid: u32) -> array<f16, XPER> {
-    var x: array<f16, XPER>;
-    for (var j = 0u; j < XPER; j++) {
+fn put_s(x: array<f16, SPER>, tid: u32) {
+    for (var j = 0u; j < SPER; j++) {
         let i = tid + j * LANES;
-        let c = cs + i / DV;
-        let e = i % DV;
-        if c < len && e < params.dim_v {
-            x[j] = f16(read_v(base + c * params.v_stride.z + e));
-        }
-    }
-    return x;
-}
-
-fn put_x(x: array<f16, XPER>, tid: u32) {
-    for (var j = 0u; j < XPER; j++) {
-        let i = tid + j * LANES;
-        xw[(i / DV) * XP + i % DV] = x[j];
+        uw[(i / DV) * XP + i % DV] = x[j];
     }
 }
 
-// Scores in fw into pw: fw column cf holds score column 32 (cf / 16) + c0
+// Scores in fw into uw as [r][PP]: fw column cf holds score column 32 (cf / 16) + c0
 // + cf % 16; scale lambda^(r-c) for c <= r, else exactly 0.
 fn mask_part(slope: f32, c0: u32, tid: u32) {
     for (var j = 0u; j < TILE * FW / LANES; j++) {
@@ -322,7 +327,7 @@ fn mask_part(slope: f32, c0: u32, tid: u32) {
         let cf = i % FW;
         let c = 32u * (cf / 16u) + c0 + cf % 16u;
         let w = fw[i] * exp(-slope * f32(r - min(c, r))) * params.scale;
-        pw[r * PP + c] = f16(select(0.0, w, c <= r));
+        uw[r * PP + c] = f16(select(0.0, w, c <= r));
     }
 }
 
