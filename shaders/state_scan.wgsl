@@ -64,12 +64,22 @@ fn main(
         states[at + 7u * size] = s;
         s = fma(full, s, c7);
     }
-    for (; j < stripes; j++) {
-        let rows = min(STRIPE * TILE, params.rows - j * STRIPE * TILE);
-        let at = first + j * size;
-        let c = states[at];
-        states[at] = s;
-        s = decay(slope, rows) * s + c;
+    // The rest, the last stripe among them (at most eight, the last
+    // perhaps short): loaded together too, then chained.
+    let rest = stripes - j;
+    var c: array<f32, 8>;
+    for (var u = 0u; u < 8u; u++) {
+        if u < rest {
+            c[u] = states[first + (j + u) * size];
+        }
+    }
+    for (var u = 0u; u < 8u; u++) {
+        if u < rest {
+            let jj = j + u;
+            let rows = min(STRIPE * TILE, params.rows - jj * STRIPE * TILE);
+            states[first + jj * size] = s;
+            s = decay(slope, rows) * s + c[u];
+        }
     }
     carry[params.state_base + idx] = s;
 }
