@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/results/nvidia-h100-2026-11-24-r4*.json (the
-# third round: f16 on cooperative matrices) and, with this script as it was
-# at commit ae241ad, -r3*/-r2* (the second round; the first round's version
-# is at commit f3a25d4). Calls on the lent H100 machine: B then C ran in one
-# call, then the anchors (A) in the next; B merges the anchors JSON of an
-# earlier call of the same day (.device/anchors.json), the -r4-anchors-raw
-# file holds the fresh one.
+# The exact commands behind docs/results/nvidia-h100-2026-11-24-r5*.json (the
+# fourth round: f16 per-block states and fewer staging steps on the tensor
+# cores) and, with this script as it was at commit 430fb74, -r4*; at commit
+# ae241ad, -r3*/-r2* (the second round; the first round's version is at
+# commit f3a25d4). Calls on the lent H100 machine: B then C ran in one call,
+# then the anchors (A) in the next; B merges the anchors JSON of an earlier
+# call of the same day (.device/anchors.json), the -r5-anchors-raw file
+# holds the fresh one.
 # Prepared beforehand, on the x86-64 build machine:
 #   cargo build --release && mkdir -p .device && cp target/release/lightning-wgpu .device/
 #   cargo test --release --no-run --test coop --test backward, and copy the two test
