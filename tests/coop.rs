@@ -7,8 +7,9 @@
 //!
 //! Lavapipe (CI) has no cooperative matrices, so there these shapes run the
 //! portable kernels and the test checks the refusal; on an adapter with
-//! them (the H100: `docs/h100-run.sh coop`) the same tests run the tensor-
-//! core kernels, checked and unchecked, beside the portable ones.
+//! them (the H100: `docs/h100-run.sh` runs this binary as
+//! `.device/test-coop`) the same tests run the tensor-core kernels, checked
+//! and unchecked, beside the portable ones.
 
 mod common;
 
