@@ -15,12 +15,6 @@ pub(crate) fn uses_coop(ctx: &Context, storage: Storage, dims: &Dims) -> bool {
     ctx.inner.cooperative && storage.is_f16() && fits(dims.d) && fits(dims.e)
 }
 
-/// Whether the output pass writes o in f16 itself (no f32 output and no
-/// packing pass): on cooperative matrices with native f16.
-pub(crate) fn writes_f16(ctx: &Context, storage: Storage, dims: &Dims) -> bool {
-    storage == Storage::F16Native && uses_coop(ctx, storage, dims)
-}
-
 pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> Result<()> {
     let coop = uses_coop(ctx, launch.storage, &launch.dims);
     let passes = if coop { Pass::CHUNK_COOP } else { Pass::CHUNK };

@@ -3,6 +3,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::kernels::Storage;
 use crate::layout::{Dims, Layout};
 use crate::ops::plan::{self, Sequence};
 use crate::ops::{chunk, recurrent, Io, Launch, Output};
@@ -483,15 +484,17 @@ impl Context {
             Method::Recurrent => plan::Needs::RECURRENT,
         };
         let storage = self.storage(q.dtype());
-        // The tensor-core output pass writes f16 straight into o.
-        let direct = opts.method == Method::Chunk && chunk::writes_f16(self, storage, &dims);
+        // The tensor-core passes keep the per-block states in f16, and with
+        // native f16 the output pass writes f16 straight into o.
+        let coop = opts.method == Method::Chunk && chunk::uses_coop(self, storage, &dims);
+        let direct = coop && storage == Storage::F16Native;
         let mut limits = super::limits(self, q.dtype());
         limits.reversed = reversed;
+        if coop {
+            limits.block_state_bytes = 2;
+        }
         if direct {
             limits.output_bytes = 2;
-        }
-        if opts.method == Method::Chunk && chunk::uses_coop(self, storage, &dims) {
-            limits.block_state_bytes = 2;
         }
         let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
         if let Some(s0) = opts.initial_state {
