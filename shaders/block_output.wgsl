@@ -11,7 +11,9 @@
 // One workgroup per (bh, block). Scores are built in CHUNK-deep slices of d
 // and kept in workgroup memory; then, 2 TILE columns of e at a time, the
 // carried part is reduced over d and the masked scores are multiplied by V.
-// For the scores every thread owns a 4x4 tile, for the output a 4x8 one
+// For the scores the first (TILE/4)(TILE/4 + 1)/2 threads own a 4x4 tile
+// each, those at or below the diagonal (the other warps skip the products),
+// for the output every thread owns a 4x8 one
 // (columns tx + QUADS j and TILE + tx + QUADS j, j = 0..3, so that a warp's
 // stores are contiguous), all in vec4 registers: constant-indexed,
 // so the loops stay fast even when the runtime bounds checks are on. The
@@ -55,7 +57,6 @@ fn main(
     let tx = tid % QUADS;
     let ty = tid / QUADS;
     let r0 = ty * 4u;
-    let c0 = tx * 4u;
     let q0 = offset_of(params.q_stride, bh, row0, 0u);
     let k0 = offset_of(params.k_stride, bh, row0, 0u);
     let v0 = offset_of(params.v_stride, bh, row0, 0u);
@@ -65,7 +66,14 @@ fn main(
     let stripe_state = stripe_states() + (local_bh * stripe_count() + stripe) * size;
     let stripe_decay = decay(slope, (t - stripe * STRIPE) * TILE);
 
-    // scores = Q_t K_t^T, rows r0.. and columns c0..
+    // scores = Q_t K_t^T at and below the diagonal only: the LOWER 4x4
+    // tiles there go to the first LOWER invocations, row by row of tiles
+    // (tile (si, sj), rows 4 si.., columns 4 sj..), so the warps past them
+    // skip the products (those above the diagonal are never read: the
+    // product with V selects c <= r).
+    let lower = tid < LOWER;
+    let si = select(0u, lower_row(tid), lower);
+    let sj = select(0u, tid - si * (si + 1u) / 2u, lower);
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
     var s2 = vec4<f32>(0.0);
@@ -82,21 +90,27 @@ fn main(
             qn = fetch_q(q0, d0 + CHUNK, len, tid);
             kn = fetch_k(k0, d0 + CHUNK, len, tid);
         }
-        for (var kk = 0u; kk < CHUNK; kk++) {
-            let a = a_tile[kk * PITCH + ty];
-            let b = b_tile[kk * WPITCH + tx];
-            s0 = fma(vec4<f32>(a.x), b, s0);
-            s1 = fma(vec4<f32>(a.y), b, s1);
-            s2 = fma(vec4<f32>(a.z), b, s2);
-            s3 = fma(vec4<f32>(a.w), b, s3);
+        if lower {
+            for (var kk = 0u; kk < CHUNK; kk++) {
+                let a = a_tile[kk * PITCH + si];
+                let b = b_tile[kk * WPITCH + sj];
+                s0 = fma(vec4<f32>(a.x), b, s0);
+                s1 = fma(vec4<f32>(a.y), b, s1);
+                s2 = fma(vec4<f32>(a.z), b, s2);
+                s3 = fma(vec4<f32>(a.w), b, s3);
+            }
         }
         workgroupBarrier();
     }
     // Read only after the barrier inside the first staging step below.
-    scores[(r0 + 0u) * QUADS + tx] = masked_row(s0, r0 + 0u, c0, slope);
-    scores[(r0 + 1u) * QUADS + tx] = masked_row(s1, r0 + 1u, c0, slope);
-    scores[(r0 + 2u) * QUADS + tx] = masked_row(s2, r0 + 2u, c0, slope);
-    scores[(r0 + 3u) * QUADS + tx] = masked_row(s3, r0 + 3u, c0, slope);
+    if lower {
+        let sr = si * 4u;
+        let sc = sj * 4u;
+        scores[(sr + 0u) * QUADS + sj] = masked_row(s0, sr + 0u, sc, slope);
+        scores[(sr + 1u) * QUADS + sj] = masked_row(s1, sr + 1u, sc, slope);
+        scores[(sr + 2u) * QUADS + sj] = masked_row(s2, sr + 2u, sc, slope);
+        scores[(sr + 3u) * QUADS + sj] = masked_row(s3, sr + 3u, sc, slope);
+    }
 
     // Block 0 of a sequence with no initial state carries nothing in (the
     // scan left zeros there): skip the product. Uniform per workgroup.
@@ -348,6 +362,23 @@ fn fetch_v(base: u32, cb: u32, e0: u32, len: u32, tid: u32) -> array<f32, SPER> 
         }
     }
     return x;
+}
+
+// 4x4 tiles of the scores at or below the diagonal.
+const LOWER: u32 = QUADS * (QUADS + 1u) / 2u;
+
+// Row of tiles of the i-th tile at or below the diagonal, counted row by
+// row: the largest si with si (si + 1) / 2 <= i (the f32 square root is
+// exact to one either way for these sizes; the two steps correct it).
+fn lower_row(i: u32) -> u32 {
+    var r = u32((sqrt(8.0 * f32(i) + 1.0) - 1.0) * 0.5);
+    if (r + 1u) * (r + 2u) / 2u <= i {
+        r += 1u;
+    }
+    if r * (r + 1u) / 2u > i {
+        r -= 1u;
+    }
+    return r;
 }
 
 // scale * lambda^(r-c) * s for c <= r, else exactly 0 (select keeps a NaN in
