@@ -122,9 +122,10 @@ fn main(
 }
 
 // Elements each invocation stages per block: of K (TILE x DK) and of V
-// (TILE x EW). Element j of an invocation is element tid + j LANES; the
-// loops over j have constant bounds, so the arrays live in registers and
-// the loads of a block are all in flight together.
+// (TILE x EW). Element j of an invocation is element element_of(tid, j,
+// LANES) (in pairs, see common.wgsl); the loops over j have constant
+// bounds, so the arrays live in registers and the loads of a block are all
+// in flight together.
 const KPER: u32 = TILE * DK / LANES;
 const VPER: u32 = TILE * EW / LANES;
 
@@ -133,7 +134,7 @@ fn fetch_k(kb: u32, t: u32, slope: f32, tid: u32) -> array<f32, KPER> {
     let len = block_len(t);
     var x: array<f32, KPER>;
     for (var j = 0u; j < KPER; j++) {
-        let i = tid + j * LANES;
+        let i = element_of(tid, j, LANES);
         let c = i / DK;
         let w = i % DK;
         if c < len && w < params.dim_k {
@@ -148,7 +149,7 @@ fn fetch_v(vb: u32, t: u32, e0: u32, tid: u32) -> array<f32, VPER> {
     let len = block_len(t);
     var x: array<f32, VPER>;
     for (var j = 0u; j < VPER; j++) {
-        let i = tid + j * LANES;
+        let i = element_of(tid, j, LANES);
         let c = i / EW;
         let w = e0 + i % EW;
         if c < len && w < params.dim_v {
@@ -160,11 +161,11 @@ fn fetch_v(vb: u32, t: u32, e0: u32, tid: u32) -> array<f32, VPER> {
 
 fn put(x: array<f32, KPER>, y: array<f32, VPER>, tid: u32) {
     for (var j = 0u; j < KPER; j++) {
-        let i = tid + j * LANES;
+        let i = element_of(tid, j, LANES);
         kw[(i / DK) * KP + i % DK] = f16(x[j]);
     }
     for (var j = 0u; j < VPER; j++) {
-        let i = tid + j * LANES;
+        let i = element_of(tid, j, LANES);
         vw[(i / EW) * VP + i % EW] = f16(y[j]);
     }
 }

@@ -26,7 +26,7 @@ pub const CHUNK_ENV: &str = "LIGHTNING_CHUNK";
 pub const PACKED_F16_ENV: &str = "LIGHTNING_PACKED_F16";
 
 /// Environment variable choosing the cooperative-matrix (tensor-core) path
-/// for f16: `0` never, `1` required (an error where the adapter lacks it);
+/// for f16 and bf16: `0` never, `1` required (an error where the adapter lacks it);
 /// unset, it is used where the adapter has it.
 pub const COOP_ENV: &str = "LIGHTNING_COOP";
 
@@ -56,12 +56,15 @@ pub struct ContextOptions {
     /// beyond it are processed in several dispatches over windows; useful to
     /// bound scratch memory, and to test that path on small tensors.
     pub max_binding_bytes: Option<u64>,
-    /// Run f16 forwards (and backwards) on cooperative matrices (tensor
-    /// cores): `Some(true)` requires them (an error where the adapter lacks
-    /// them), `Some(false)` never uses them; `None` (the default) reads
-    /// [`COOP_ENV`], else uses them where the adapter has them. They round
-    /// the masked scores and the carried state to f16 (see
-    /// docs/BENCHMARKS.md for the error this gives).
+    /// Run f16 and bf16 forwards (and backwards) on cooperative matrices
+    /// (tensor cores, f16 operands): `Some(true)` requires them (an error
+    /// where the adapter lacks them), `Some(false)` never uses them; `None`
+    /// (the default) reads [`COOP_ENV`], else uses them where the adapter
+    /// has them. They round the masked scores and the carried state to f16
+    /// (see docs/BENCHMARKS.md for the error this gives), and read bf16
+    /// inputs as f16: exact for magnitudes up to 65504 (and down to 2^-14;
+    /// smaller ones lose bits), infinite beyond. For bf16 tensors with
+    /// larger values choose `Some(false)`.
     pub cooperative_matrix: Option<bool>,
 }
 
@@ -434,7 +437,7 @@ impl Context {
         self.inner.native_f16
     }
 
-    /// True when f16 forwards and backwards run on cooperative matrices
+    /// True when f16 and bf16 forwards and backwards run on cooperative matrices
     /// (tensor cores) where their shapes allow (d and e multiples of 16, at
     /// most 128); see [`ContextOptions::cooperative_matrix`].
     pub fn cooperative_matrix(&self) -> bool {

@@ -148,10 +148,24 @@ impl Storage {
         Storage::Bf16,
     ];
 
-    /// f16 storage (native or packed): what the cooperative-matrix passes
-    /// read.
+    /// f16 storage (native or packed).
     pub fn is_f16(self) -> bool {
         matches!(self, Storage::F16Native | Storage::F16Packed)
+    }
+
+    /// Half-precision storage, what the cooperative-matrix passes read: f16,
+    /// and bf16, whose values convert to f16 exactly inside f16's range
+    /// (8 bits of mantissa fit in 11; magnitudes from 2^-14 to 65504), and
+    /// overflow to infinity beyond it.
+    pub fn is_half(self) -> bool {
+        self != Storage::F32
+    }
+
+    /// Whether the tensor-core output pass stores o in this storage itself
+    /// (native f16, and bf16 two to a word), not in f32 for a packing pass.
+    /// The host plans and binds the output by the same answer.
+    pub fn coop_writes_output(self) -> bool {
+        matches!(self, Storage::F16Native | Storage::Bf16)
     }
 
     /// The three specialised lines of the prelude: word type, log2 of the
@@ -302,9 +316,17 @@ pub fn wgsl(pass: Pass, config: KernelConfig, storage: Storage) -> String {
         out.push_str(&new);
         out.push_str(" // specialised\n");
     }
-    if pass == Pass::BlockOutputCoop && storage == Storage::F16Native {
-        // This pass writes o in f16 itself (see `Out` in the pass).
-        out.push_str(&pass.body().replace("alias Out = f32;", "alias Out = f16;"));
+    if pass == Pass::BlockOutputCoop && storage.coop_writes_output() {
+        // This pass writes o itself (see `Out` in the pass): f16, or bf16
+        // two to a word.
+        let body = if storage == Storage::Bf16 {
+            pass.body()
+                .replace("alias Out = f32;", "alias Out = u32;")
+                .replace("const OUT_BF16: u32 = 0u;", "const OUT_BF16: u32 = 1u;")
+        } else {
+            pass.body().replace("alias Out = f32;", "alias Out = f16;")
+        };
+        out.push_str(&body);
     } else {
         out.push_str(pass.body());
     }

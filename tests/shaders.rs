@@ -93,7 +93,7 @@ fn every_specialisation_translates() {
         let config = KernelConfig { tile, chunk };
         for pass in Pass::ALL.into_iter().filter(|p| p.uses_prelude()) {
             for storage in Storage::ALL {
-                if pass.cooperative() && (tile != 64 || !storage.is_f16()) {
+                if pass.cooperative() && (tile != 64 || !storage.is_half()) {
                     continue;
                 }
                 let source = wgsl(pass, config, storage);
@@ -117,14 +117,19 @@ fn every_specialisation_translates() {
                 );
                 assert!(source.contains(&format!("const CHUNK: u32 = {chunk}u;")));
                 if pass == Pass::BlockOutputCoop {
-                    // Writes o in f16 itself exactly where the host plans the
-                    // output in f16 (native f16), else f32 for packing.
-                    let out = if storage == Storage::F16Native {
-                        "alias Out = f16;"
-                    } else {
-                        "alias Out = f32;"
+                    // Writes o in f16 or bf16 itself exactly where the host
+                    // plans the output in 2-byte elements, else f32 for packing.
+                    let out = match storage {
+                        Storage::F16Native => "alias Out = f16;",
+                        Storage::Bf16 => "alias Out = u32;",
+                        _ => "alias Out = f32;",
                     };
                     assert!(source.contains(out), "{storage:?}: {out} missing");
+                    let pairs = format!(
+                        "const OUT_BF16: u32 = {}u;",
+                        u32::from(storage == Storage::Bf16)
+                    );
+                    assert!(source.contains(&pairs), "{storage:?}: {pairs} missing");
                 }
                 translate(
                     &format!("{} tile {tile} chunk {chunk} {storage:?}", pass.name()),

@@ -9,10 +9,10 @@ use crate::layout::Dims;
 use crate::ops::plan::Window;
 
 /// Whether this call runs on cooperative matrices: the context has them,
-/// q, k and v are f16, and d and e fit their 16 x 16 tiles.
+/// q, k and v are f16 or bf16, and d and e fit their 16 x 16 tiles.
 pub(crate) fn uses_coop(ctx: &Context, storage: Storage, dims: &Dims) -> bool {
     let fits = |w: usize| w.is_multiple_of(16) && w <= COOP_MAX_DIM;
-    ctx.inner.cooperative && storage.is_f16() && fits(dims.d) && fits(dims.e)
+    ctx.inner.cooperative && storage.is_half() && fits(dims.d) && fits(dims.e)
 }
 
 pub(crate) async fn record(ctx: &Context, launch: &Launch<'_>, io: &Io<'_>) -> Result<()> {

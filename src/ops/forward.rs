@@ -3,7 +3,6 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::Storage;
 use crate::layout::{Dims, Layout};
 use crate::ops::plan::{self, Sequence};
 use crate::ops::{chunk, recurrent, Io, Launch, Output};
@@ -484,10 +483,11 @@ impl Context {
             Method::Recurrent => plan::Needs::RECURRENT,
         };
         let storage = self.storage(q.dtype());
-        // The tensor-core passes keep the per-block states in f16, and with
-        // native f16 the output pass writes f16 straight into o.
+        // The tensor-core passes keep the per-block states in f16, and their
+        // output pass writes o in its own storage (native f16, or bf16 two
+        // to a word).
         let coop = opts.method == Method::Chunk && chunk::uses_coop(self, storage, &dims);
-        let direct = coop && storage == Storage::F16Native;
+        let direct = coop && storage.coop_writes_output();
         let mut limits = super::limits(self, q.dtype());
         limits.reversed = reversed;
         if coop {
