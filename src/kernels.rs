@@ -11,8 +11,10 @@ const COMMON: &str = include_str!("../shaders/common.wgsl");
 
 /// Blocks per stripe of the chunked forward: the block-state pass walks the
 /// blocks of each stripe in order, stripes in parallel; the stripe scan
-/// chains the stripes.
-pub(crate) const STRIPE: usize = 16;
+/// chains the stripes. On the H100 (b = 4, h = 32, n = 32K, d = e = 128)
+/// 32 against 16 ran the f16 forward on the tensor cores in 10.86 against
+/// 11.15 ms (scan 0.37 -> 0.15) and f32 in 20.28 against 20.40.
+pub(crate) const STRIPE: usize = 32;
 
 /// Widest d and e of the cooperative-matrix passes (their workgroup arrays
 /// are sized for it).

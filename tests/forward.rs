@@ -117,12 +117,12 @@ fn sequence_lengths_around_the_block() {
 
 #[test]
 fn many_stripes_of_blocks() {
-    // Block states are walked in stripes of 16 blocks and the stripes
+    // Block states are walked in stripes of 32 blocks and the stripes
     // chained by a scan that takes eight at a time: more than eight stripes,
     // a short last stripe and a short last block, with decays slow enough
-    // that a stripe's start state still matters 1000 rows on, or no decay;
+    // that a stripe's start state still matters 2000 rows on, or no decay;
     // both tile sizes.
-    let n = 9 * 16 * 64 + 16 * 64 / 3 + 5;
+    let n = 9 * 32 * 64 + 32 * 64 / 3 + 5;
     let mut slow = Case::new(1, 2, n, 8, 12);
     slow.slope_factor = 0.1;
     slow.initial_state = true;
