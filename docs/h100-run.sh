@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/results/nvidia-h100-2026-11-24-r5*.json (the
-# fourth round: f16 per-block states and fewer staging steps on the tensor
-# cores) and, with this script as it was at commit 430fb74, -r4*; at commit
-# ae241ad, -r3*/-r2* (the second round; the first round's version is at
-# commit f3a25d4). Calls on the lent H100 machine: B then C ran in one call,
-# then the anchors (A) in the next; B merges the anchors JSON of an earlier
-# call of the same day (.device/anchors.json), the -r5-anchors-raw file
-# holds the fresh one.
+# The exact commands behind docs/results/nvidia-h100-2026-11-24-r6*.json (the
+# fifth round: scores only below the diagonal on the portable path, bf16 on
+# the tensor cores, elements staged in pairs, stripes of 32) and, with this
+# script as it was at commit 4adc86b, -r5*; at commit 430fb74, -r4*; at
+# commit ae241ad, -r3*/-r2* (the second round; the first round's version is
+# at commit f3a25d4). Calls on the lent H100 machine: B then C ran in one
+# call, then the anchors (A) in the next; B merges the anchors JSON of an
+# earlier call of the same day (.device/anchors.json), the -r6-anchors-raw
+# file holds the fresh one.
 # Prepared beforehand, on the x86-64 build machine:
 #   cargo build --release && mkdir -p .device && cp target/release/lightning-wgpu .device/
 #   cargo test --release --no-run --test coop --test backward, and copy the two test
@@ -47,9 +48,9 @@ timeout 60 .device/test-backward --test-threads 1 2>&1 | grep -E "^test |panicke
 for t in f32 f16 bf16; do $B demo --n 4096 --h 8 --d 128 --e 128 --dtype $t; done 2>&1 |
     grep -E "error|PASS|FAIL" | tee "$OUT/demo.txt"
 $B --coop off demo --n 4096 --h 8 --d 128 --e 128 --dtype f16 2>&1 | grep -E "error|PASS|FAIL" | tee -a "$OUT/demo.txt"
-# f16 on the portable kernels, for the comparison with the tensor cores.
-timeout 60 $B --coop off bench --providers lightning --b 4 --lengths 4096,32768 --dtype f16 \
-    --reps 5 --passes --json "$OUT/h100-portable-f16.json"
+# f16 and bf16 on the portable kernels, for the comparison with the tensor cores.
+timeout 90 $B --coop off bench --providers lightning --b 4 --lengths 4096,32768 --dtype f16,bf16 \
+    --reps 5 --passes --json "$OUT/h100-portable-half.json"
 timeout 420 $B bench --dtype f32,f16,bf16 --reps 5 --max-ms 8000 --anchors .device/anchors.json \
     --passes --json "$OUT/h100.json" --plot "$OUT/h100.svg"
 timeout 90 $B bench --decode --decode-batches 1,8,64,256 --reps 15 --json "$OUT/decode.json"
