@@ -344,7 +344,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         info.backend,
         info.driver,
         info.driver_info,
-        if ctx.cooperative_matrix() { ", f16 on cooperative matrices" } else { "" },
+        if ctx.cooperative_matrix() { ", f16/bf16 on cooperative matrices" } else { "" },
         sweep.h,
         sweep.d,
         sweep.e,

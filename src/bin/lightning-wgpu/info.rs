@@ -101,7 +101,7 @@ pub fn run(options: &ContextOptions) -> Result<ExitCode> {
         "the default pick".to_string()
     };
     println!(
-        "* = {how}: {} ({:?}), tile {}, shader bounds checks {}, f16 on cooperative matrices {}",
+        "* = {how}: {} ({:?}), tile {}, shader bounds checks {}, f16/bf16 on cooperative matrices {}",
         ctx.adapter_info().name,
         ctx.adapter_info().backend,
         ctx.tile(),

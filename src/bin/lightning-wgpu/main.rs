@@ -56,7 +56,7 @@ struct Global {
     /// Keep wgpu's shader bounds checks on (slower; for debugging).
     #[arg(long, global = true)]
     checked: bool,
-    /// f16 on cooperative matrices (tensor cores): `on` requires them, `off`
+    /// f16 and bf16 on cooperative matrices (tensor cores): `on` requires them, `off`
     /// runs the portable kernels (default: LIGHTNING_COOP, else wherever the
     /// adapter has them).
     #[arg(long, global = true, value_name = "on|off")]
