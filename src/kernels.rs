@@ -150,11 +150,6 @@ impl Storage {
         Storage::Bf16,
     ];
 
-    /// f16 storage (native or packed).
-    pub fn is_f16(self) -> bool {
-        matches!(self, Storage::F16Native | Storage::F16Packed)
-    }
-
     /// Half-precision storage, what the cooperative-matrix passes read: f16,
     /// and bf16, whose values convert to f16 exactly inside f16's range
     /// (8 bits of mantissa fit in 11; magnitudes from 2^-14 to 65504), and
