@@ -60,8 +60,8 @@ fn offset_of(stride: vec4<u32>, bh: u32, row: u32, col: u32) -> u32 {
 // each pair's two to one invocation, consecutive invocations side by side,
 // so a word of packed q, k and v is loaded once. In the tensor-core passes
 // on the H100 (b = 4, h = 32, n = 32K, d = e = 128), against one element
-// per invocation: bf16 output pass 14.2 -> 8.6 ms, f16 state pass 4.18 ->
-// 3.90 and output pass 7.24 -> 7.09. `j` runs over an even count.
+// per invocation: bf16 output pass 14.2 -> 8.6 ms, f16 state pass 4.17 ->
+// 3.91 and output pass 7.23 -> 7.09. `j` runs over an even count.
 fn element_of(tid: u32, j: u32, lanes: u32) -> u32 {
     return 2u * (tid + (j / 2u) * lanes) + j % 2u;
 }
