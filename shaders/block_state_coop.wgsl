@@ -129,44 +129,51 @@ fn main(
 const KPER: u32 = TILE * DK / LANES;
 const VPER: u32 = TILE * EW / LANES;
 
-// Block t's lambda^(L-1-c) k_c, zero past the block or d.
-fn fetch_k(kb: u32, t: u32, slope: f32, tid: u32) -> array<f32, KPER> {
+// Block t's lambda^(L-1-c) k_c, zero past the block or d, a word (two
+// elements of one row) at a time.
+fn fetch_k(kb: u32, t: u32, slope: f32, tid: u32) -> array<vec2<f32>, KPER / 2u> {
     let len = block_len(t);
-    var x: array<f32, KPER>;
-    for (var j = 0u; j < KPER; j++) {
-        let i = element_of(tid, j, LANES);
+    var x: array<vec2<f32>, KPER / 2u>;
+    for (var p = 0u; p < KPER / 2u; p++) {
+        let i = element_of(tid, 2u * p, LANES);
         let c = i / DK;
         let w = i % DK;
         if c < len && w < params.dim_k {
-            x[j] = read_k(j, kb + (t * TILE + c) * params.k_stride.z + w) * decay(slope, len - 1u - c);
+            x[p] = pair_of(k[(kb + (t * TILE + c) * params.k_stride.z + w) >> 1u]) * decay(slope, len - 1u - c);
         }
     }
     return x;
 }
 
 // Block t's v_c, columns e0 .. e0 + EW, zero past the block or e.
-fn fetch_v(vb: u32, t: u32, e0: u32, tid: u32) -> array<f32, VPER> {
+fn fetch_v(vb: u32, t: u32, e0: u32, tid: u32) -> array<vec2<f32>, VPER / 2u> {
     let len = block_len(t);
-    var x: array<f32, VPER>;
-    for (var j = 0u; j < VPER; j++) {
-        let i = element_of(tid, j, LANES);
+    var x: array<vec2<f32>, VPER / 2u>;
+    for (var p = 0u; p < VPER / 2u; p++) {
+        let i = element_of(tid, 2u * p, LANES);
         let c = i / EW;
         let w = e0 + i % EW;
         if c < len && w < params.dim_v {
-            x[j] = read_v(j, vb + (t * TILE + c) * params.v_stride.z + w);
+            x[p] = pair_of(v[(vb + (t * TILE + c) * params.v_stride.z + w) >> 1u]);
         }
     }
     return x;
 }
 
-fn put(x: array<f32, KPER>, y: array<f32, VPER>, tid: u32) {
-    for (var j = 0u; j < KPER; j++) {
-        let i = element_of(tid, j, LANES);
-        kw[(i / DK) * KP + i % DK] = f16(x[j]);
+fn put(x: array<vec2<f32>, KPER / 2u>, y: array<vec2<f32>, VPER / 2u>, tid: u32) {
+    for (var p = 0u; p < KPER / 2u; p++) {
+        let i = element_of(tid, 2u * p, LANES);
+        let at = (i / DK) * KP + i % DK;
+        let h = vec2<f16>(x[p]);
+        kw[at] = h.x;
+        kw[at + 1u] = h.y;
     }
-    for (var j = 0u; j < VPER; j++) {
-        let i = element_of(tid, j, LANES);
-        vw[(i / EW) * VP + i % EW] = f16(y[j]);
+    for (var p = 0u; p < VPER / 2u; p++) {
+        let i = element_of(tid, 2u * p, LANES);
+        let at = (i / EW) * VP + i % EW;
+        let h = vec2<f16>(y[p]);
+        vw[at] = h.x;
+        vw[at + 1u] = h.y;
     }
 }
 
@@ -214,17 +221,17 @@ fn save_full(base: u32, e0: u32, round: u32, tid: u32) {
     }
 }
 
-// k and v as f32 whatever their storage (see `widen` in common.wgsl), for
-// element j of an invocation's registers: where they are packed two to a
-// word, its half is j's parity, since elements go in pairs (element_of) and
-// every row starts on an even element (d and e are multiples of 16 on this
-// path, windows start on whole words). For bf16 this pass went from 4.07
-// to 3.87 ms on the H100; the output pass ran slower so (8.52 -> 9.65) and
-// keeps the parity of the element index.
-fn read_k(j: u32, i: u32) -> f32 {
-    return widen(k[i >> PACK], j);
-}
-
-fn read_v(j: u32, i: u32) -> f32 {
-    return widen(v[i >> PACK], j);
+// A word of k or v as its two elements (first the lower half): this pass
+// reads f16 two to a word as it reads bf16 (the host specialises it so,
+// see `wgsl` in src/kernels.rs), and every row starts on an even element
+// (d and e are multiples of 16 on this path, windows start on whole
+// words). A pair shares its row's decay and is converted to f16 in one
+// step. On the H100 (b = 4, h = 32, n = 32K, d = e = 128) this pass went
+// from 3.78 to 3.19 ms in f16 and from 3.81 to 3.23 in bf16 (one load, one
+// exp and one conversion per pair, from one load per element for f16, and
+// an exp and a conversion per element). The output pass read so (with the
+// staged slices held as f32 pairs, or as f16 pairs) ran far slower (6.9
+// -> 12.5 ms, or 28.5) and keeps its element-wise reads.
+fn pair_of(w: Stored) -> vec2<f32> {
+    return vec2<f32>(widen(w, 0u), widen(w, 1u));
 }

@@ -290,7 +290,14 @@ pub fn wgsl(pass: Pass, config: KernelConfig, storage: Storage) -> String {
     }
     let mut out = String::with_capacity(COMMON.len() + pass.body().len() + 64);
     out.push_str(pass.enables(storage));
-    let [word, pack, widen] = storage.lines();
+    // The tensor-core state pass reads native f16 two to a word, as packed
+    // f16 (see `pair_of` in its shader).
+    let words = if pass == Pass::BlockStateCoop && storage == Storage::F16Native {
+        Storage::F16Packed
+    } else {
+        storage
+    };
+    let [word, pack, widen] = words.lines();
     for line in COMMON.lines() {
         if !line.contains("// specialise") {
             out.push_str(line);

@@ -102,7 +102,10 @@ fn every_specialisation_translates() {
                     "TILE not specialised"
                 );
                 assert!(source.contains(&format!("const THREADS: u32 = {}u;", config.threads())));
-                let pack = if matches!(storage, Storage::F16Packed | Storage::Bf16) {
+                // The tensor-core state pass reads native f16 two to a word too.
+                let packed = matches!(storage, Storage::F16Packed | Storage::Bf16)
+                    || (pass == Pass::BlockStateCoop && storage == Storage::F16Native);
+                let pack = if packed {
                     1
                 } else {
                     0
