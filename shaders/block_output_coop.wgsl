@@ -19,12 +19,20 @@
 // 64 rows instead of 32 (which uw has room for) ran no faster (7.22 against
 // 7.18).
 // Every global read is an ordinary bounds-checked load (zero past the
-// block, d or e) into registers, a step ahead, held there in f16, then
-// stored to workgroup memory; the matrix loads read only workgroup memory,
-// at offsets inside the arrays. What is rounded to f16 beyond the inputs:
-// the per-block states (stored so by the block-state pass), the masked,
-// decayed, scaled scores, the carried state and the rows of Q scaled by
-// scale lambda^(r+1). Accumulation is f32.
+// block, d or e) into registers, a step ahead, held there as loaded: q, k
+// and v a word (two elements, f16 or bf16) per register, the carried
+// state's f16 and f32 parts as they are. Only when a slice is stored to
+// workgroup memory is it converted to f16, a pair at a time (and the state
+// put together). Converting as loaded made the compiler wait for the loads
+// there, so the prefetch hid nothing: on the H100, holding the
+// state's parts raw took the pass from 6.74 to 5.98 ms (f16) and 6.11 to
+// 5.45 (bf16), f16 q, k, v read as words 6.00 -> 5.58, bf16 pairs converted
+// at store 8.14 -> 6.11, while converting pairs as loaded ran it in 12 to
+// 21 ms. The matrix loads read only workgroup memory, at offsets inside
+// the arrays. What is rounded to f16 beyond the inputs: the per-block
+// states (stored so by the block-state pass), the masked, decayed, scaled
+// scores, the carried state and the rows of Q scaled by scale lambda^(r+1).
+// Accumulation is f32.
 //
 // Needs d and e multiples of 16 and at most DK and DV (the host checks).
 // Every subgroup runs the same products (no branch on the subgroup around a
@@ -141,15 +149,18 @@ fn main(
     coopStoreT(s1, &fw[f0], FW);
     workgroupBarrier();
     mask_part(slope, 16u, tid);
-    // Row r of element j is tid / DK + (LANES / DK) j: its factor is
+    // Row r of pair p is 2 tid / DK + (2 LANES / DK) p: its factor is
     // stepped, not recomputed (one exp per invocation, not one per
-    // element: 7.00 -> 6.95 ms on the H100).
-    var rf = decay(slope, tid / DK + 1u) * params.scale;
-    let rstep = decay(slope, LANES / DK);
-    for (var j = 0u; j < TILE * DK / LANES; j++) {
-        let i = tid + j * LANES;
+    // element: 7.00 -> 6.95 ms on the H100). Pairs are converted together
+    // (here and in mask_part: 6.92 -> 6.77 ms).
+    var rf = decay(slope, (2u * tid) / DK + 1u) * params.scale;
+    let rstep = decay(slope, 2u * LANES / DK);
+    for (var p = 0u; p < TILE * DK / (2u * LANES); p++) {
+        let i = element_of(tid, 2u * p, LANES);
         let at = (i / DK) * QP + i % DK;
-        qw[at] = f16(f32(qw[at]) * rf);
+        let h = vec2<f16>(vec2<f32>(f32(qw[at]), f32(qw[at + 1u])) * rf);
+        qw[at] = h.x;
+        qw[at + 1u] = h.y;
         rf *= rstep;
     }
 
@@ -161,14 +172,14 @@ fn main(
     var o2 = Acc();
     var o3 = Acc();
     let ob = eh * EW; // this subgroup's first column of V and of the state
-    var sn: array<f16, SPER>;
+    var sn: StateSlice;
     for (var cs = 0u; cs < len; cs += VS) {
         put_v(vn, tid);
         workgroupBarrier();
         if cs + VS < len {
             vn = fetch_v(v0, cs + VS, len, tid);
         } else if carried {
-            sn = fetch_s(state, stripe_state, stripe_decay, 0u, tid);
+            sn = fetch_s(state, stripe_state, 0u, tid);
         }
         for (var kk = 0u; kk < VS; kk += 16u) {
             let at = rq * PP + cs + kk;
@@ -188,10 +199,10 @@ fn main(
     // + the carried state, SS of its rows at a time, over the scores and V.
     if carried {
         for (var ds = 0u; ds < params.dim_k; ds += SS) {
-            put_s(sn, tid);
+            put_s(sn, stripe_decay, tid);
             workgroupBarrier();
             if ds + SS < params.dim_k {
-                sn = fetch_s(state, stripe_state, stripe_decay, ds + SS, tid);
+                sn = fetch_s(state, stripe_state, ds + SS, tid);
             }
             for (var kk = 0u; kk < SS; kk += 16u) {
                 let at = rq * QP + ds + kk;
@@ -232,109 +243,140 @@ fn main(
 // Elements each invocation stages per step: of Q and of K (TILE x DK), of
 // a VS x DV slice of V, of an SS x DV slice of the state. Element j of an
 // invocation is element element_of(tid, j, LANES) of the slice (in pairs,
-// see common.wgsl); the loops over j have constant bounds, so the arrays
-// live in registers and the loads of a slice are all in flight together.
+// see common.wgsl); the loops have constant bounds, so the arrays live in
+// registers and the loads of a slice are all in flight together.
+// q, k and v are held as loaded, one word (two elements) per register,
+// and converted when stored to workgroup memory.
 const QPER: u32 = TILE * DK / LANES;
 const VPER: u32 = VS * DV / LANES;
 const SPER: u32 = SS * DV / LANES;
+const QWORDS: u32 = QPER / 2u;
+const VWORDS: u32 = VPER / 2u;
+
+// Word m of an invocation's share: its first element, at element_of.
+fn first_of(tid: u32, m: u32) -> u32 {
+    return element_of(tid, 2u * m, LANES);
+}
 
 // Q as [r][DK] (zero past the block or d).
-fn fetch_q(base: u32, len: u32, tid: u32) -> array<f16, QPER> {
-    var x: array<f16, QPER>;
-    for (var j = 0u; j < QPER; j++) {
-        let i = element_of(tid, j, LANES);
+fn fetch_q(base: u32, len: u32, tid: u32) -> array<Stored, QWORDS> {
+    var x: array<Stored, QWORDS>;
+    for (var m = 0u; m < QWORDS; m++) {
+        let i = first_of(tid, m);
         let r = i / DK;
         let c = i % DK;
         if r < len && c < params.dim_k {
-            x[j] = f16(read_q(base + r * params.q_stride.z + c));
+            x[m] = q[(base + r * params.q_stride.z + c) >> 1u];
         }
     }
     return x;
 }
 
-fn put_q(x: array<f16, QPER>, tid: u32) {
-    for (var j = 0u; j < QPER; j++) {
-        let i = element_of(tid, j, LANES);
-        qw[(i / DK) * QP + i % DK] = x[j];
+fn put_q(x: array<Stored, QWORDS>, tid: u32) {
+    for (var m = 0u; m < QWORDS; m++) {
+        let i = first_of(tid, m);
+        let at = (i / DK) * QP + i % DK;
+        let h = halves_of(x[m]);
+        qw[at] = h.x;
+        qw[at + 1u] = h.y;
     }
 }
 
 // K as [c][DK] (zero past the block or d).
-fn fetch_k(base: u32, len: u32, tid: u32) -> array<f16, QPER> {
-    var x: array<f16, QPER>;
-    for (var j = 0u; j < QPER; j++) {
-        let i = element_of(tid, j, LANES);
+fn fetch_k(base: u32, len: u32, tid: u32) -> array<Stored, QWORDS> {
+    var x: array<Stored, QWORDS>;
+    for (var m = 0u; m < QWORDS; m++) {
+        let i = first_of(tid, m);
         let c = i / DK;
         let dd = i % DK;
         if c < len && dd < params.dim_k {
-            x[j] = f16(read_k(base + c * params.k_stride.z + dd));
+            x[m] = k[(base + c * params.k_stride.z + dd) >> 1u];
         }
     }
     return x;
 }
 
-fn put_k(x: array<f16, QPER>, tid: u32) {
-    for (var j = 0u; j < QPER; j++) {
-        let i = element_of(tid, j, LANES);
-        uw[(i / DK) * KP + i % DK] = x[j];
+fn put_k(x: array<Stored, QWORDS>, tid: u32) {
+    for (var m = 0u; m < QWORDS; m++) {
+        let i = first_of(tid, m);
+        let at = (i / DK) * KP + i % DK;
+        let h = halves_of(x[m]);
+        uw[at] = h.x;
+        uw[at + 1u] = h.y;
     }
 }
 
 // Rows cs .. cs + VS of the block's V, as [c][e] (zero past the block or e).
-fn fetch_v(base: u32, cs: u32, len: u32, tid: u32) -> array<f16, VPER> {
-    var x: array<f16, VPER>;
-    for (var j = 0u; j < VPER; j++) {
-        let i = element_of(tid, j, LANES);
+fn fetch_v(base: u32, cs: u32, len: u32, tid: u32) -> array<Stored, VWORDS> {
+    var x: array<Stored, VWORDS>;
+    for (var m = 0u; m < VWORDS; m++) {
+        let i = first_of(tid, m);
         let c = cs + i / DV;
         let e = i % DV;
         if c < len && e < params.dim_v {
-            x[j] = f16(read_v(base + c * params.v_stride.z + e));
+            x[m] = v[(base + c * params.v_stride.z + e) >> 1u];
         }
     }
     return x;
 }
 
-fn put_v(x: array<f16, VPER>, tid: u32) {
-    for (var j = 0u; j < VPER; j++) {
-        let i = element_of(tid, j, LANES);
-        uw[VAT + (i / DV) * XP + i % DV] = x[j];
+fn put_v(x: array<Stored, VWORDS>, tid: u32) {
+    for (var m = 0u; m < VWORDS; m++) {
+        let i = first_of(tid, m);
+        let at = VAT + (i / DV) * XP + i % DV;
+        let h = halves_of(x[m]);
+        uw[at] = h.x;
+        uw[at + 1u] = h.y;
     }
 }
 
 // Rows ds .. ds + SS of the carried state L_t + f S_j, as [dd][e] (zero
-// past d or e).
-fn fetch_s(at: u32, stripe_at: u32, f: f32, ds: u32, tid: u32) -> array<f16, SPER> {
-    var x: array<f16, SPER>;
+// past d or e): held as loaded, put together when stored.
+struct StateSlice {
+    l: array<f16, SPER>,
+    s: array<f32, SPER>,
+}
+
+fn fetch_s(at: u32, stripe_at: u32, ds: u32, tid: u32) -> StateSlice {
+    var x: StateSlice;
     for (var j = 0u; j < SPER; j++) {
         let i = element_of(tid, j, LANES);
         let dd = ds + i / DV;
         let e = i % DV;
         if dd < params.dim_k && e < params.dim_v {
             let w = dd * params.dim_v + e;
-            let s = bitcast<f32>(states[stripe_at + w]);
-            x[j] = f16(fma(f, s, f32(halves[at + w])));
+            x.l[j] = halves[at + w];
+            x.s[j] = bitcast<f32>(states[stripe_at + w]);
         }
     }
     return x;
 }
 
-fn put_s(x: array<f16, SPER>, tid: u32) {
-    for (var j = 0u; j < SPER; j++) {
-        let i = element_of(tid, j, LANES);
-        uw[(i / DV) * XP + i % DV] = x[j];
+fn put_s(x: StateSlice, f: f32, tid: u32) {
+    for (var p = 0u; p < SPER / 2u; p++) {
+        let i = element_of(tid, 2u * p, LANES);
+        let at = (i / DV) * XP + i % DV;
+        let l = vec2<f32>(f32(x.l[2u * p]), f32(x.l[2u * p + 1u]));
+        let h = vec2<f16>(fma(vec2<f32>(f), vec2<f32>(x.s[2u * p], x.s[2u * p + 1u]), l));
+        uw[at] = h.x;
+        uw[at + 1u] = h.y;
     }
 }
 
-// Scores in fw into uw as [r][PP]: fw column cf holds score column 32 (cf / 16) + c0
-// + cf % 16; scale lambda^(r-c) for c <= r, else exactly 0.
+// Scores in fw into uw as [r][PP], a pair of columns at a time: fw column
+// cf holds score column 32 (cf / 16) + c0 + cf % 16; scale lambda^(r-c)
+// for c <= r, else exactly 0.
 fn mask_part(slope: f32, c0: u32, tid: u32) {
-    for (var j = 0u; j < TILE * FW / LANES; j++) {
-        let i = element_of(tid, j, LANES);
+    for (var p = 0u; p < TILE * FW / (2u * LANES); p++) {
+        let i = element_of(tid, 2u * p, LANES);
         let r = i / FW;
         let cf = i % FW;
         let c = 32u * (cf / 16u) + c0 + cf % 16u;
-        let w = fw[i] * exp(-slope * f32(r - min(c, r))) * params.scale;
-        uw[r * PP + c] = f16(select(0.0, w, c <= r));
+        let f = vec2<f32>(exp(-slope * f32(r - min(c, r))), exp(-slope * f32(r - min(c + 1u, r))));
+        let w = vec2<f32>(fw[i], fw[i + 1u]) * f * params.scale;
+        let h = vec2<f16>(select(vec2<f32>(0.0), w, vec2<bool>(c <= r, c + 1u <= r)));
+        uw[r * PP + c] = h.x;
+        uw[r * PP + c + 1u] = h.y;
     }
 }
 
@@ -382,15 +424,10 @@ fn to_bf16(x: f32) -> u32 {
     return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;
 }
 
-// q, k and v as f32 whatever their storage (see `widen` in common.wgsl).
-fn read_q(i: u32) -> f32 {
-    return widen(q[i >> PACK], i);
-}
-
-fn read_k(i: u32) -> f32 {
-    return widen(k[i >> PACK], i);
-}
-
-fn read_v(i: u32) -> f32 {
-    return widen(v[i >> PACK], i);
+// A word of q, k or v as its two elements in f16, converted together:
+// the host specialises this pass to read f16 two to a word as it reads
+// bf16 (see `wgsl` in src/kernels.rs), and rows start on even elements (d
+// and e are multiples of 16 on this path, windows start on whole words).
+fn halves_of(w: Stored) -> vec2<f16> {
+    return vec2<f16>(vec2<f32>(widen(w, 0u), widen(w, 1u)));
 }

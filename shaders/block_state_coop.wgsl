@@ -13,10 +13,10 @@
 // 16 (g % 8) and columns 16 (g / 8) of those. On the H100 (b = 4, h = 32,
 // n = 32K, d = e = 128) this ran the pass in 4.5 ms; sixteen subgroups of
 // two tiles took 5.7, eight of four 7.2: more, smaller subgroups keep more
-// loads in flight. Each block's decayed K and its V are loaded with
-// ordinary bounds-checked reads (zero past the block, d or e) into
-// registers while the block before is multiplied, then converted to f16 in
-// workgroup memory; the matrix loads read only workgroup memory. Needs d
+// loads in flight. Each block's K and V are loaded with ordinary
+// bounds-checked reads (zero past the block, d or e) into registers while
+// the block before is multiplied, then decayed (K) and converted to f16
+// into workgroup memory; the matrix loads read only workgroup memory. Needs d
 // and e multiples of 16, at most DK and DV (the host checks), so every
 // 16 x 16 tile of the state is inside it or wholly outside. Every subgroup runs the
 // same products (a branch on the subgroup around a matrix operation was
@@ -80,13 +80,13 @@ fn main(
     var a0 = Acc();
     let first = stripe * STRIPE;
     let end = min(first + STRIPE, params.blocks);
-    var kn = fetch_k(kb, first, slope, tid);
+    var kn = fetch_k(kb, first, tid);
     var vn = fetch_v(vb, first, e0, tid);
     for (var t = first; t < end; t++) {
         let len = block_len(t);
-        put(kn, vn, tid);
+        put(kn, vn, len, slope, tid);
         if t + 1u < end {
-            kn = fetch_k(kb, t + 1u, slope, tid);
+            kn = fetch_k(kb, t + 1u, tid);
             vn = fetch_v(vb, t + 1u, e0, tid);
         }
         // L_t to storage in f16: half of the tiles, then the other half,
@@ -129,49 +129,52 @@ fn main(
 const KPER: u32 = TILE * DK / LANES;
 const VPER: u32 = TILE * EW / LANES;
 
-// Block t's lambda^(L-1-c) k_c, zero past the block or d, a word (two
-// elements of one row) at a time.
-fn fetch_k(kb: u32, t: u32, slope: f32, tid: u32) -> array<vec2<f32>, KPER / 2u> {
+// Block t's k_c, zero past the block or d, a word (two elements of one
+// row) at a time, held as loaded.
+fn fetch_k(kb: u32, t: u32, tid: u32) -> array<Stored, KPER / 2u> {
     let len = block_len(t);
-    var x: array<vec2<f32>, KPER / 2u>;
+    var x: array<Stored, KPER / 2u>;
     for (var p = 0u; p < KPER / 2u; p++) {
         let i = element_of(tid, 2u * p, LANES);
         let c = i / DK;
         let w = i % DK;
         if c < len && w < params.dim_k {
-            x[p] = pair_of(k[(kb + (t * TILE + c) * params.k_stride.z + w) >> 1u]) * decay(slope, len - 1u - c);
+            x[p] = k[(kb + (t * TILE + c) * params.k_stride.z + w) >> 1u];
         }
     }
     return x;
 }
 
 // Block t's v_c, columns e0 .. e0 + EW, zero past the block or e.
-fn fetch_v(vb: u32, t: u32, e0: u32, tid: u32) -> array<vec2<f32>, VPER / 2u> {
+fn fetch_v(vb: u32, t: u32, e0: u32, tid: u32) -> array<Stored, VPER / 2u> {
     let len = block_len(t);
-    var x: array<vec2<f32>, VPER / 2u>;
+    var x: array<Stored, VPER / 2u>;
     for (var p = 0u; p < VPER / 2u; p++) {
         let i = element_of(tid, 2u * p, LANES);
         let c = i / EW;
         let w = e0 + i % EW;
         if c < len && w < params.dim_v {
-            x[p] = pair_of(v[(vb + (t * TILE + c) * params.v_stride.z + w) >> 1u]);
+            x[p] = v[(vb + (t * TILE + c) * params.v_stride.z + w) >> 1u];
         }
     }
     return x;
 }
 
-fn put(x: array<vec2<f32>, KPER / 2u>, y: array<vec2<f32>, VPER / 2u>, tid: u32) {
+// A block of `len` rows into workgroup memory in f16: lambda^(L-1-c) k_c
+// and v_c.
+fn put(x: array<Stored, KPER / 2u>, y: array<Stored, VPER / 2u>, len: u32, slope: f32, tid: u32) {
     for (var p = 0u; p < KPER / 2u; p++) {
         let i = element_of(tid, 2u * p, LANES);
-        let at = (i / DK) * KP + i % DK;
-        let h = vec2<f16>(x[p]);
+        let c = i / DK;
+        let at = c * KP + i % DK;
+        let h = vec2<f16>(pair_of(x[p]) * decay(slope, len - 1u - min(c, len - 1u)));
         kw[at] = h.x;
         kw[at + 1u] = h.y;
     }
     for (var p = 0u; p < VPER / 2u; p++) {
         let i = element_of(tid, 2u * p, LANES);
         let at = (i / EW) * VP + i % EW;
-        let h = vec2<f16>(y[p]);
+        let h = vec2<f16>(pair_of(y[p]));
         vw[at] = h.x;
         vw[at + 1u] = h.y;
     }
@@ -225,13 +228,11 @@ fn save_full(base: u32, e0: u32, round: u32, tid: u32) {
 // reads f16 two to a word as it reads bf16 (the host specialises it so,
 // see `wgsl` in src/kernels.rs), and every row starts on an even element
 // (d and e are multiples of 16 on this path, windows start on whole
-// words). A pair shares its row's decay and is converted to f16 in one
-// step. On the H100 (b = 4, h = 32, n = 32K, d = e = 128) this pass went
-// from 3.78 to 3.19 ms in f16 and from 3.81 to 3.23 in bf16 (one load, one
-// exp and one conversion per pair, from one load per element for f16, and
-// an exp and a conversion per element). The output pass read so (with the
-// staged slices held as f32 pairs, or as f16 pairs) ran far slower (6.9
-// -> 12.5 ms, or 28.5) and keeps its element-wise reads.
+// words). The words are held as loaded and widened, decayed and converted
+// to f16 only when stored to workgroup memory, a pair at a time with one
+// exp: on the H100 (b = 4, h = 32, n = 32K, d = e = 128) reading pairs
+// took this pass from 3.78 to 3.19 ms in f16 (3.81 to 3.23 in bf16), and
+// converting them at the store rather than as loaded to 3.00 (3.01).
 fn pair_of(w: Stored) -> vec2<f32> {
     return vec2<f32>(widen(w, 0u), widen(w, 1u));
 }

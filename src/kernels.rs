@@ -290,9 +290,9 @@ pub fn wgsl(pass: Pass, config: KernelConfig, storage: Storage) -> String {
     }
     let mut out = String::with_capacity(COMMON.len() + pass.body().len() + 64);
     out.push_str(pass.enables(storage));
-    // The tensor-core state pass reads native f16 two to a word, as packed
-    // f16 (see `pair_of` in its shader).
-    let words = if pass == Pass::BlockStateCoop && storage == Storage::F16Native {
+    // The tensor-core passes read native f16 two to a word, as packed f16
+    // (see `pair_of` and `halves_of` in their shaders).
+    let words = if pass.cooperative() && storage == Storage::F16Native {
         Storage::F16Packed
     } else {
         storage

@@ -104,7 +104,7 @@ fn every_specialisation_translates() {
                 assert!(source.contains(&format!("const THREADS: u32 = {}u;", config.threads())));
                 // The tensor-core state pass reads native f16 two to a word too.
                 let packed = matches!(storage, Storage::F16Packed | Storage::Bf16)
-                    || (pass == Pass::BlockStateCoop && storage == Storage::F16Native);
+                    || (pass.cooperative() && storage == Storage::F16Native);
                 let pack = if packed {
                     1
                 } else {
