@@ -16,11 +16,20 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
+    // The host caps the grid (SCAN_GROUPS in src/ops/chunk.rs), so where
+    // there are many (bh) and few stripes (short sequences) an invocation
+    // takes several elements in turn rather than the GPU starting a
+    // workgroup for every 256 of them.
     let size = params.dim_k * params.dim_v;
-    let idx = group_index(wid, groups) * THREADS + tid;
-    if idx >= params.bh_count * size {
-        return;
+    let total = params.bh_count * size;
+    let step = groups.x * groups.y * THREADS;
+    for (var idx = group_index(wid, groups) * THREADS + tid; idx < total; idx += step) {
+        scan(idx, size);
     }
+}
+
+// The chain of element `idx` of [bh][d][e] through every stripe.
+fn scan(idx: u32, size: u32) {
     let local_bh = idx / size;
     let within = idx % size;
     let slope = slope_of(params.bh_start + local_bh);

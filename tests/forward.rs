@@ -137,6 +137,18 @@ fn many_stripes_of_blocks() {
 }
 
 #[test]
+fn more_state_elements_than_the_scan_has_invocations() {
+    // The stripe scan runs at most 16384 workgroups of 256 invocations
+    // (src/ops/chunk.rs); past 2^22 elements of (b, h, d, e) each
+    // invocation scans several. 2 x 129 heads of 128 x 136 states: 4.49 M
+    // elements, with an initial state and two blocks, the second reading
+    // the state the scan leaves.
+    let mut case = Case::new(2, 129, 100, 128, 136);
+    case.initial_state = true;
+    check(&common::context(false), &[case]);
+}
+
+#[test]
 fn head_dims_from_1_to_256() {
     let ctx = common::context(false);
     let pairs = [
