@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/results/nvidia-h100-2026-11-24-r6*.json (the
-# fifth round: scores only below the diagonal on the portable path, bf16 on
-# the tensor cores, elements staged in pairs, stripes of 32) and, with this
-# script as it was at commit 4adc86b, -r5*; at commit 430fb74, -r4*; at
-# commit ae241ad, -r3*/-r2* (the second round; the first round's version is
-# at commit f3a25d4). Calls on the lent H100 machine: B then C ran in one
-# call, then the anchors (A) in the next; B merges the anchors JSON of an
-# earlier call of the same day (.device/anchors.json), the -r6-anchors-raw
-# file holds the fresh one.
+# The exact commands behind docs/results/nvidia-h100-2026-11-24-r7*.json (the
+# sixth round: the tensor-core passes read f16 a word at a time and convert
+# pairs only when storing; the stripe scan's grid capped) and, unchanged,
+# -r6* (the fifth round); with this script as it was at commit 4adc86b,
+# -r5*; at commit 430fb74, -r4*; at commit ae241ad, -r3*/-r2* (the second
+# round; the first round's version is at commit f3a25d4). Calls on the lent
+# H100 machine: B then C ran in one call, then the anchors (A) in the next;
+# B merges the anchors JSON of an earlier call of the same day
+# (.device/anchors.json), the -anchors-raw file holds the fresh one.
 # Prepared beforehand, on the x86-64 build machine:
 #   cargo build --release && mkdir -p .device && cp target/release/lightning-wgpu .device/
 #   cargo test --release --no-run --test coop --test backward, and copy the two test

@@ -25,9 +25,9 @@
 // workgroup memory is it converted to f16, a pair at a time (and the state
 // put together). Converting as loaded made the compiler wait for the loads
 // there, so the prefetch hid nothing: on the H100, holding the
-// state's parts raw took the pass from 6.74 to 5.98 ms (f16) and 6.11 to
-// 5.45 (bf16), f16 q, k, v read as words 6.00 -> 5.58, bf16 pairs converted
-// at store 8.14 -> 6.11, while converting pairs as loaded ran it in 12 to
+// state's parts raw took the pass from 6.77 to 6.00 ms (f16) and 6.13 to
+// 5.47 (bf16), f16 q, k, v read as words 6.00 -> 5.58, bf16 pairs converted
+// at store 8.14 -> 6.13, while converting pairs as loaded ran it in 12 to
 // 21 ms. The matrix loads read only workgroup memory, at offsets inside
 // the arrays. What is rounded to f16 beyond the inputs: the per-block
 // states (stored so by the block-state pass), the masked, decayed, scaled
