@@ -102,14 +102,10 @@ fn every_specialisation_translates() {
                     "TILE not specialised"
                 );
                 assert!(source.contains(&format!("const THREADS: u32 = {}u;", config.threads())));
-                // The tensor-core state pass reads native f16 two to a word too.
+                // The tensor-core passes read native f16 two to a word too.
                 let packed = matches!(storage, Storage::F16Packed | Storage::Bf16)
                     || (pass.cooperative() && storage == Storage::F16Native);
-                let pack = if packed {
-                    1
-                } else {
-                    0
-                };
+                let pack = if packed { 1 } else { 0 };
                 assert!(
                     source.contains(&format!("const PACK: u32 = {pack}u;")),
                     "{storage:?}: PACK not specialised"
