@@ -16,7 +16,8 @@
 #   anchors_src/ lightning_attn/ and fla_src/fla from OpenNLPLab/lightning-attention and
 #                fla-org/flash-linear-attention (never committed) + shared/tools/bench_anchors.py
 # Usage there: `bash docs/h100-run.sh` then `bash docs/h100-run.sh backward`
-# (one call), and `bash docs/h100-run.sh anchors`.
+# (one call), and `bash docs/h100-run.sh anchors`; or `bash docs/h100-run.sh
+# together` (anchors and the forward at b = 4, n = 32K in one call).
 set -o pipefail
 
 if [ "${1:-}" = anchors ]; then
@@ -32,6 +33,22 @@ for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 B=$PWD/.device/lightning-wgpu
+
+if [ "${1:-}" = together ]; then
+    # Call D (from the sixth round): the anchors (call A) and this project's
+    # forward at the issue's shape in one call, merged into one JSON. The
+    # -r7-together file ran this without --warmup-ms: its first case (f16),
+    # the first GPU work after the anchors' process, ran at a low clock
+    # (28.4 ms, every kernel about 3x). -r7-together-warm is the next call
+    # on the same machine, with that call's anchors copied to
+    # .device/anchors-d.json:
+    #   $B bench --providers lightning --b 4 --lengths 32768 --dtype f16,bf16 --reps 5 \
+    #       --passes --warmup-ms 3000 --anchors .device/anchors-d.json --json "$OUT/together-warm.json"
+    bash "$0" anchors
+    timeout 60 $B bench --providers lightning --b 4 --lengths 32768 --dtype f16,bf16 --reps 5 \
+        --passes --warmup-ms 3000 --anchors "$OUT/anchors.json" --json "$OUT/together.json"
+    exit
+fi
 
 if [ "${1:-}" = backward ]; then
     # Call C: forward + backward at b = 4 (wall clock).
