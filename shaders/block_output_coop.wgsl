@@ -156,7 +156,7 @@ fn main(
     var rf = decay(slope, (2u * tid) / DK + 1u) * params.scale;
     let rstep = decay(slope, 2u * LANES / DK);
     for (var p = 0u; p < TILE * DK / (2u * LANES); p++) {
-        let i = element_of(tid, 2u * p, LANES);
+        let i = first_of(tid, p);
         let at = (i / DK) * QP + i % DK;
         let h = vec2<f16>(vec2<f32>(f32(qw[at]), f32(qw[at + 1u])) * rf);
         qw[at] = h.x;
@@ -253,7 +253,8 @@ const SPER: u32 = SS * DV / LANES;
 const QWORDS: u32 = QPER / 2u;
 const VWORDS: u32 = VPER / 2u;
 
-// Word m of an invocation's share: its first element, at element_of.
+// Pair m of an invocation's share (a word of q, k or v): its first
+// element, at element_of.
 fn first_of(tid: u32, m: u32) -> u32 {
     return element_of(tid, 2u * m, LANES);
 }
@@ -354,7 +355,7 @@ fn fetch_s(at: u32, stripe_at: u32, ds: u32, tid: u32) -> StateSlice {
 
 fn put_s(x: StateSlice, f: f32, tid: u32) {
     for (var p = 0u; p < SPER / 2u; p++) {
-        let i = element_of(tid, 2u * p, LANES);
+        let i = first_of(tid, p);
         let at = (i / DV) * XP + i % DV;
         let l = vec2<f32>(f32(x.l[2u * p]), f32(x.l[2u * p + 1u]));
         let h = vec2<f16>(fma(vec2<f32>(f), vec2<f32>(x.s[2u * p], x.s[2u * p + 1u]), l));
@@ -368,7 +369,7 @@ fn put_s(x: StateSlice, f: f32, tid: u32) {
 // for c <= r, else exactly 0.
 fn mask_part(slope: f32, c0: u32, tid: u32) {
     for (var p = 0u; p < TILE * FW / (2u * LANES); p++) {
-        let i = element_of(tid, 2u * p, LANES);
+        let i = first_of(tid, p);
         let r = i / FW;
         let cf = i % FW;
         let c = 32u * (cf / 16u) + c0 + cf % 16u;
