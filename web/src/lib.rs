@@ -3,7 +3,7 @@
 //! The page opens the browser's WebGPU adapter through wgpu's `webgpu`
 //! backend, checks the forward pass against the f64 CPU reference (computed
 //! here, in wasm), and times the providers of the benchmark registry
-//! ([`lightning_wgpu::bench`]) over sequence lengths. Everything returned to
+//! ([`lightning_wgpu_bench`]) over sequence lengths. Everything returned to
 //! JavaScript is a plain object; every failure is a JS `Error` whose message
 //! is the library's [`lightning_wgpu::Error`] text.
 
@@ -11,10 +11,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::{Array, Object, Promise, Reflect};
-use lightning_wgpu::bench::{self, Inputs, Provider, Repeat, Sweep};
 use lightning_wgpu::{
     alibi_slopes, reference, Context, Dims, ForwardOptions, Layout, Method, SoftmaxOptions,
 };
+use lightning_wgpu_bench::{self as bench, Inputs, Provider, Repeat, Sweep};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -141,7 +141,7 @@ impl Demo {
             .set("backend", format!("{:?}", info.backend))
             .set("webgpu", info.backend == wgpu::Backend::BrowserWebGpu)
             .set("deviceType", format!("{:?}", info.device_type))
-            .num("tile", ctx.tile())
+            .num("blockRows", ctx.block_rows())
             .set("checked", ctx.checked())
             .set(
                 "timer",
@@ -222,7 +222,7 @@ impl Demo {
             let result = bench::measure(&ctx, provider, &dims, &mut inputs, repeat).await;
             *cache.borrow_mut() = Some((key, inputs));
             let m = result.map_err(js)?;
-            let flops = provider.forward_flops(&dims, ctx.tile() as usize);
+            let flops = provider.forward_flops(&dims, ctx.block_rows() as usize);
             let samples: Array = m.samples_ms.iter().map(|&s| JsValue::from_f64(s)).collect();
             Ok(Obj::new()
                 .set("provider", provider.name())

@@ -150,7 +150,7 @@ function showAdapter(a) {
   row(t, ['workgroup storage', fmtBytes(l.maxComputeWorkgroupStorageSize)]);
   row(t, ['storage binding', fmtBytes(l.maxStorageBufferBindingSize)]);
   row(t, ['buffer', fmtBytes(l.maxBufferSize)]);
-  row(t, ['kernel tile', `${a.tile} rows per block`]);
+  row(t, ['block', `${a.blockRows} rows`]);
   row(t, ['bounds checks', a.checked ? 'on' : 'off']);
   row(t, ['features used', a.features.length ? a.features.join(', ') : 'none (plain f32)']);
   row(t, ['timer', a.timer]);

@@ -1,0 +1,580 @@
+//! `lightning-wgpu bench`: the paper's speed-versus-length figure on the
+//! adapter at hand. Sequence lengths are swept at a fixed number of tokens
+//! `b * n`, so a provider whose cost is linear in n shows as a flat line of
+//! tokens per second, and softmax attention falls away.
+//!
+//! Every case and provider comes from `lightning_wgpu_bench`, the one place
+//! that names them. Results go to a table on stdout, and optionally to JSON
+//! (`--json`) and an SVG plot (`--plot`); `--anchors` merges the CUDA
+//! anchors measured by `bench_anchors.py` into both.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use lightning_wgpu::{Context, ContextOptions, DType, Dims};
+use lightning_wgpu_bench::{
+    measure, measure_decode, measure_forward_backward, Inputs, Provider, Repeat, Sweep,
+};
+use serde::{Deserialize, Serialize};
+
+/// Arguments of `bench`. Every size defaults to the adapter's own sweep: a
+/// small one on a software adapter, 1K to 128K tokens on a GPU.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Sequence lengths, comma separated (default: the adapter's sweep).
+    #[arg(long, value_delimiter = ',')]
+    pub lengths: Vec<usize>,
+    /// Total tokens b * n of every case (b = tokens / n).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    /// Fixed batch size instead of a fixed number of tokens.
+    #[arg(long, conflicts_with = "tokens")]
+    pub b: Option<usize>,
+    /// Heads.
+    #[arg(long)]
+    pub h: Option<usize>,
+    /// Width of q and k.
+    #[arg(long)]
+    pub d: Option<usize>,
+    /// Width of v and the output (default: d).
+    #[arg(long)]
+    pub e: Option<usize>,
+    /// Providers, comma separated: lightning-chunk, recurrent, softmax.
+    #[arg(long, value_delimiter = ',')]
+    pub providers: Vec<String>,
+    /// Storage types of q, k, v and o, comma separated: f32, f16, bf16.
+    #[arg(long, value_delimiter = ',', default_value = DTYPE)]
+    pub dtype: Vec<String>,
+    /// Untimed runs before timing (default: 2 on a GPU, 1 on a CPU adapter).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Keep warming up until the untimed runs took this long, ms (default:
+    /// 1000 on a GPU, whose clock takes a while to come up; 0 on a CPU adapter).
+    #[arg(long)]
+    pub warmup_ms: Option<f64>,
+    /// Timed runs; the median is reported (default: 7 on a GPU, 3 on a CPU adapter).
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Skip a provider's longer lengths once one case is predicted to take
+    /// longer than this (milliseconds, all runs of the case together).
+    #[arg(long, default_value_t = MAX_MS)]
+    pub max_ms: f64,
+    /// Also time forward + backward of the lightning provider (wall clock:
+    /// the backward moves its small states through the host).
+    #[arg(long)]
+    pub backward: bool,
+    /// Measure decoding steps instead of the length sweep: one new token for
+    /// each of a batch of requests against their cached states.
+    #[arg(long)]
+    pub decode: bool,
+    /// Batch sizes of --decode, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64, 256])]
+    pub decode_batches: Vec<usize>,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw time and tokens/s against length (SVG, log scales).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Draw --plot from a results file written by --json, measuring nothing.
+    #[arg(long, value_name = "RESULTS.json", requires = "plot")]
+    pub replot: Option<PathBuf>,
+    /// Merge anchors measured by shared/tools/bench_anchors.py (its JSON).
+    #[arg(long, value_name = "ANCHORS.json")]
+    pub anchors: Option<PathBuf>,
+    /// Also print the GPU time of each kernel (always in --json's rows).
+    #[arg(long)]
+    pub passes: bool,
+}
+
+const DTYPE: &str = "f32";
+const MAX_MS: f64 = 20_000.0;
+
+impl Default for Args {
+    /// The command line's defaults, for running the sweep without a subcommand.
+    fn default() -> Self {
+        Args {
+            lengths: Vec::new(),
+            tokens: None,
+            b: None,
+            h: None,
+            d: None,
+            e: None,
+            providers: Vec::new(),
+            dtype: vec![DTYPE.into()],
+            warmup: None,
+            warmup_ms: None,
+            reps: None,
+            max_ms: MAX_MS,
+            backward: false,
+            decode: false,
+            decode_batches: vec![1, 8, 64, 256],
+            json: None,
+            plot: None,
+            replot: None,
+            anchors: None,
+            passes: false,
+        }
+    }
+}
+
+/// One line of results, in the JSON schema of docs/BENCHMARKS.md.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub provider: String,
+    pub dtype: String,
+    pub b: usize,
+    pub h: usize,
+    pub n: usize,
+    pub d: usize,
+    pub e: usize,
+    pub fwd_ms: Option<f64>,
+    pub fwd_bwd_ms: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub tflops: Option<f64>,
+    pub peak_mem_mb: Option<f64>,
+    /// Decode rows: state bytes read and written per second, GB/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_gb_per_s: Option<f64>,
+    /// Where the row was measured: `lightning-wgpu` or `bench_anchors.py`.
+    pub source: String,
+    /// Median GPU time of each kernel of the op, ms, in the order it runs
+    /// them (with GPU timestamps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes_ms: Vec<PassTime>,
+}
+
+/// The GPU time of one kernel within a measured op.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PassTime {
+    pub pass: String,
+    pub ms: f64,
+}
+
+fn pass_times(passes: &[(&'static str, f64)]) -> Vec<PassTime> {
+    passes
+        .iter()
+        .map(|&(pass, ms)| PassTime {
+            pass: pass.into(),
+            ms,
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+struct Adapter {
+    name: String,
+    backend: String,
+    driver: String,
+    driver_info: String,
+    /// f16 rows ran on cooperative matrices (tensor cores).
+    cooperative_matrix: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    adapter: Adapter,
+    date: String,
+    command: String,
+    timer: String,
+    rows: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anchors: Option<serde_json::Value>,
+}
+
+/// The anchors file: rows as bench_anchors.py writes them.
+#[derive(Debug, Deserialize)]
+struct AnchorRow {
+    dtype: String,
+    b: usize,
+    h: usize,
+    n: usize,
+    d: usize,
+    provider: String,
+    fwd_ms: Option<f64>,
+    fwd_bwd_ms: Option<f64>,
+    #[serde(rename = "peak_mem_MB")]
+    peak_mem_mb: Option<f64>,
+}
+
+/// The anchors' provider names in this project's vocabulary.
+fn anchor_name(p: &str) -> String {
+    match p {
+        "la2" => "official-la2".into(),
+        "la2_nodecay" => "official-la2-nodecay".into(),
+        "fla_chunk" => "fla-chunk".into(),
+        "sdpa_causal" => "torch-sdpa".into(),
+        other => other.replace('_', "-"),
+    }
+}
+
+fn read_anchors(path: &Path) -> Result<(Vec<Row>, serde_json::Value)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read anchors file {}", path.display()))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("anchors file {} is not JSON", path.display()))?;
+    let rows: Vec<AnchorRow> =
+        serde_json::from_value(value.get("rows").cloned().unwrap_or_default())
+            .with_context(|| format!("anchors file {} has no valid `rows`", path.display()))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("rows");
+    }
+    let rows = rows
+        .into_iter()
+        .map(|a| {
+            let tokens = (a.b * a.n) as f64;
+            Row {
+                provider: anchor_name(&a.provider),
+                dtype: if a.dtype == "fp32" {
+                    "f32".into()
+                } else {
+                    a.dtype
+                },
+                b: a.b,
+                h: a.h,
+                n: a.n,
+                d: a.d,
+                e: a.d,
+                tokens_per_s: a.fwd_ms.map(|ms| tokens / (ms * 1e-3)),
+                tflops: None,
+                fwd_ms: a.fwd_ms,
+                fwd_bwd_ms: a.fwd_bwd_ms,
+                peak_mem_mb: a.peak_mem_mb,
+                state_gb_per_s: None,
+                source: "bench_anchors.py".into(),
+                passes_ms: Vec::new(),
+            }
+        })
+        .collect();
+    Ok((rows, value))
+}
+
+fn providers(args: &Args) -> Result<Vec<Provider>> {
+    if args.providers.is_empty() {
+        return Ok(Provider::ALL.to_vec());
+    }
+    args.providers
+        .iter()
+        .map(|p| {
+            Provider::parse(p.trim()).with_context(|| {
+                let known: Vec<&str> = Provider::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown provider `{p}` (known: {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn sweep(args: &Args, ctx: &Context) -> Result<(Sweep, Option<usize>)> {
+    let mut sweep = Sweep::for_adapter(ctx.adapter_info());
+    if !args.lengths.is_empty() {
+        sweep.lengths = args.lengths.clone();
+    }
+    if let Some(t) = args.tokens {
+        sweep.tokens = t;
+    }
+    if let Some(h) = args.h {
+        sweep.h = h;
+    }
+    if let Some(d) = args.d {
+        sweep.d = d;
+        sweep.e = d;
+    }
+    if let Some(e) = args.e {
+        sweep.e = e;
+    }
+    if sweep.lengths.contains(&0)
+        || sweep.h == 0
+        || sweep.d == 0
+        || sweep.e == 0
+        || args.b == Some(0)
+    {
+        bail!("lengths, b, h, d and e must be at least 1");
+    }
+    if args.b.is_none() {
+        if let Some(&n) = sweep
+            .lengths
+            .iter()
+            .find(|&&n| !sweep.tokens.is_multiple_of(n) || n > sweep.tokens)
+        {
+            bail!(
+                "length {n} does not divide the {} tokens of the sweep (--tokens, or fix --b)",
+                sweep.tokens
+            );
+        }
+    }
+    Ok((sweep, args.b))
+}
+
+/// Runs the sweep and prints the table; writes JSON and SVG when asked.
+pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
+    let dtypes: Vec<DType> = args
+        .dtype
+        .iter()
+        .map(|d| d.trim().parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    if let (Some(from), Some(plot)) = (&args.replot, &args.plot) {
+        let text = std::fs::read_to_string(from)
+            .with_context(|| format!("cannot read {}", from.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", from.display()))?;
+        let rows: Vec<Row> = serde_json::from_value(report["rows"].clone())
+            .with_context(|| format!("{} has no valid `rows`", from.display()))?;
+        let adapter = report["adapter"]["name"]
+            .as_str()
+            .unwrap_or("unknown adapter");
+        crate::plot::draw(plot, adapter, &rows)?;
+        println!("wrote {}", plot.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let providers = providers(args)?;
+    let anchors = args.anchors.as_deref().map(read_anchors).transpose()?;
+    let ctx = Context::with_options(options)?;
+    let (sweep, fixed_b) = sweep(args, &ctx)?;
+    let info = ctx.adapter_info().clone();
+    let default = Repeat::for_adapter(&info);
+    let repeat = Repeat {
+        warmup: args.warmup.unwrap_or(default.warmup),
+        warmup_ms: args.warmup_ms.unwrap_or(default.warmup_ms),
+        reps: args.reps.unwrap_or(default.reps),
+    };
+    println!(
+        "bench on {} ({:?}, {} {}{}): h={} d={} e={}, {}, {} warm-up runs (and {} ms at least) + {} timed runs, median",
+        info.name,
+        info.backend,
+        info.driver,
+        info.driver_info,
+        if ctx.cooperative_matrix() { ", f16/bf16 on cooperative matrices" } else { "" },
+        sweep.h,
+        sweep.d,
+        sweep.e,
+        match fixed_b {
+            Some(b) => format!("b={b}"),
+            None => format!("b*n={}", sweep.tokens),
+        },
+        repeat.warmup,
+        repeat.warmup_ms,
+        repeat.reps
+    );
+    if args.decode {
+        let rows = decode_rows(args, &ctx, &sweep, repeat)?;
+        return finish(args, &ctx, rows, None, "decode");
+    }
+    let cases: Vec<Dims> = sweep
+        .lengths
+        .iter()
+        .map(|&n| match fixed_b {
+            Some(b) => Dims { b, ..sweep.dims(n) },
+            None => sweep.dims(n),
+        })
+        .collect();
+    let progress =
+        indicatif::ProgressBar::new((dtypes.len() * cases.len() * providers.len()) as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    let mut timer = "";
+    // Storage types outermost: inputs are made once per type and reused by
+    // every length of the same b * n.
+    for &dtype in &dtypes {
+        let mut inputs: Option<Inputs> = None;
+        let mut predicted: Vec<Option<f64>> = vec![None; providers.len()];
+        for dims in &cases {
+            let tokens = dims.b * dims.n;
+            if inputs.as_ref().is_none_or(|i| i.tokens() != tokens) {
+                // Free the old inputs, and what the pool kept of the last
+                // cases, so each peak counts only this case's buffers.
+                drop(inputs.take());
+                ctx.trim_pool();
+                inputs = Some(Inputs::with_dtype(
+                    &ctx, tokens, dims.h, dims.d, dims.e, dtype,
+                )?);
+            }
+            let Some(inputs) = inputs.as_mut() else {
+                continue;
+            };
+            for (p, provider) in providers.iter().enumerate() {
+                progress.set_message(format!("{} {dtype} n={}", provider.name(), dims.n));
+                let runs = (repeat.warmup + repeat.reps) as f64;
+                if predicted[p].is_some_and(|ms| ms * runs > args.max_ms) {
+                    progress.inc(1);
+                    continue;
+                }
+                let m = pollster::block_on(measure(&ctx, *provider, dims, inputs, repeat))
+                    .with_context(|| format!("{} {dtype} at n = {}", provider.name(), dims.n))?;
+                timer = m.timer;
+                // Work per case at fixed b*n: linear providers stay put, softmax grows with n.
+                let growth = match provider {
+                    Provider::Softmax => 2.0,
+                    _ => 1.0,
+                };
+                predicted[p] = Some(m.fwd_ms * growth * if fixed_b.is_some() { 2.0 } else { 1.0 });
+                let fwd_bwd_ms = if args.backward && *provider == Provider::Lightning {
+                    let m =
+                        pollster::block_on(measure_forward_backward(&ctx, dims, inputs, repeat))
+                            .with_context(|| {
+                                format!("forward + backward {dtype} at n = {}", dims.n)
+                            })?;
+                    Some(m.fwd_ms)
+                } else {
+                    None
+                };
+                let flops = provider.forward_flops(dims, ctx.block_rows() as usize);
+                rows.push(Row {
+                    provider: provider.name().into(),
+                    dtype: dtype.to_string(),
+                    b: dims.b,
+                    h: dims.h,
+                    n: dims.n,
+                    d: dims.d,
+                    e: dims.e,
+                    fwd_ms: Some(m.fwd_ms),
+                    fwd_bwd_ms,
+                    tokens_per_s: Some(tokens as f64 / (m.fwd_ms * 1e-3)),
+                    tflops: Some(flops / (m.fwd_ms * 1e-3) / 1e12),
+                    peak_mem_mb: Some(m.peak_mem_mb),
+                    state_gb_per_s: None,
+                    source: "lightning-wgpu".into(),
+                    passes_ms: pass_times(&m.passes_ms),
+                });
+                progress.inc(1);
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let (anchor_rows, anchor_meta) = match anchors {
+        Some((r, meta)) => (r, Some(meta)),
+        None => (Vec::new(), None),
+    };
+    rows.extend(anchor_rows);
+    finish(args, &ctx, rows, anchor_meta, timer)
+}
+
+/// Decode steps for each batch size of `--decode-batches`.
+fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Result<Vec<Row>> {
+    let (h, d, e) = (sweep.h, sweep.d, sweep.e);
+    let mut rows = Vec::new();
+    for &batch in &args.decode_batches {
+        let m = pollster::block_on(measure_decode(ctx, batch, h, d, e, repeat))
+            .with_context(|| format!("decode with batch {batch}"))?;
+        let state_bytes = (2 * batch * h * d * e * 4) as f64;
+        rows.push(Row {
+            provider: "decode".into(),
+            dtype: "f32".into(),
+            b: batch,
+            h,
+            n: 1,
+            d,
+            e,
+            fwd_ms: Some(m.fwd_ms),
+            fwd_bwd_ms: None,
+            tokens_per_s: Some(batch as f64 / (m.fwd_ms * 1e-3)),
+            tflops: Some(4.0 * (batch * h * d * e) as f64 / (m.fwd_ms * 1e-3) / 1e12),
+            peak_mem_mb: Some(m.peak_mem_mb),
+            state_gb_per_s: Some(state_bytes / (m.fwd_ms * 1e-3) / 1e9),
+            source: "lightning-wgpu".into(),
+            passes_ms: pass_times(&m.passes_ms),
+        });
+    }
+    Ok(rows)
+}
+
+/// Prints the table and writes what was asked for.
+fn finish(
+    args: &Args,
+    ctx: &Context,
+    rows: Vec<Row>,
+    anchors: Option<serde_json::Value>,
+    timer: &str,
+) -> Result<ExitCode> {
+    let info = ctx.adapter_info();
+    print_table(&rows);
+    if args.passes {
+        print_passes(&rows);
+    }
+    let report = Report {
+        adapter: Adapter {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            cooperative_matrix: ctx.cooperative_matrix(),
+        },
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        timer: timer.into(),
+        rows,
+        anchors,
+    };
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        crate::plot::draw(path, &report.adapter.name, &report.rows)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>10} {:>10}",
+        "provider",
+        "dtype",
+        "b",
+        "h",
+        "n",
+        "d",
+        "e",
+        "fwd ms",
+        "tokens/s",
+        "TFLOP/s",
+        "peak MiB",
+        "state GB/s",
+        "fwd+bwd ms"
+    );
+    let show = |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    for r in rows {
+        println!(
+            "{:<22} {:>5} {:>4} {:>4} {:>7} {:>4} {:>4} {:>10} {:>12} {:>8} {:>9} {:>10} {:>10}",
+            r.provider,
+            r.dtype,
+            r.b,
+            r.h,
+            r.n,
+            r.d,
+            r.e,
+            show(r.fwd_ms, 3),
+            r.tokens_per_s.map_or("-".into(), |t| format!("{:.3e}", t)),
+            show(r.tflops, 2),
+            show(r.peak_mem_mb, 0),
+            show(r.state_gb_per_s, 1),
+            show(r.fwd_bwd_ms, 3),
+        );
+    }
+}
+
+/// One line per measured row: each kernel's share of the GPU time.
+fn print_passes(rows: &[Row]) {
+    println!("GPU time by kernel (ms, median):");
+    for r in rows.iter().filter(|r| !r.passes_ms.is_empty()) {
+        let parts: Vec<String> = r
+            .passes_ms
+            .iter()
+            .map(|p| format!("{} {:.3}", p.pass, p.ms))
+            .collect();
+        println!(
+            "  {} {} b={} n={}: {}",
+            r.provider,
+            r.dtype,
+            r.b,
+            r.n,
+            parts.join(", ")
+        );
+    }
+}

@@ -1,0 +1,825 @@
+//! The `lightning-wgpu` binary end to end: `.npy` files in, `.npy` files out,
+//! checked against the f64 reference; bad inputs fail with one line on
+//! stderr and a non-zero status, never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lightning_wgpu::{alibi_slopes, reference, ContextOptions, Dims, Layout};
+use npyz::half::f16;
+use npyz::{NpyFile, Order, WriteOptions, WriterBuilder};
+use rand::RngExt;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lightning-wgpu"))
+}
+
+fn run(args: &[&str]) -> Output {
+    match bin().args(args).output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run lightning-wgpu: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Writes a C-ordered `.npy` (or Fortran-ordered with `order`).
+fn write_npy_ordered<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[usize],
+    data: &[T],
+    order: Order,
+) {
+    let shape: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+    let file = std::fs::File::create(path).expect("create .npy");
+    let mut w = WriteOptions::<T>::new()
+        .default_dtype()
+        .order(order)
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .expect("npy header");
+    w.extend(data.iter().copied()).expect("npy data");
+    w.finish().expect("npy finish");
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], data: &[T]) {
+    write_npy_ordered(path, shape, data, Order::C);
+}
+
+/// Reads an f32 `.npy`, checking it is C-ordered float32 as promised.
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let file = std::fs::File::open(path).expect("open output .npy");
+    let npy = NpyFile::new(std::io::BufReader::new(file)).expect("output .npy header");
+    assert_eq!(npy.order(), Order::C, "{} not in C order", path.display());
+    assert_eq!(
+        npy.dtype().descr(),
+        "'<f4'",
+        "{} not float32",
+        path.display()
+    );
+    let shape = npy.shape().iter().map(|&x| x as usize).collect();
+    (shape, npy.into_vec::<f32>().expect("output .npy data"))
+}
+
+/// Random inputs of one problem, and where they were written.
+struct Case {
+    dir: tempfile::TempDir,
+    dims: Dims,
+    layout: Layout,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Case {
+    /// Random q, k, v of `dims` in `layout`, written as q.npy, k.npy, v.npy.
+    fn new(dims: Dims, layout: Layout, rng: &mut rand::rngs::StdRng) -> Case {
+        let Dims { b, h, n, d, e } = dims;
+        let q = common::random(rng, b * h * n * d, d);
+        let k = common::random(rng, b * h * n * d, d);
+        let v = common::random(rng, b * h * n * e, e);
+        let case = Case {
+            dir: tempfile::tempdir().expect("temp dir"),
+            dims,
+            layout,
+            q,
+            k,
+            v,
+        };
+        write_npy(&case.path("q.npy"), &case.qk_shape(), &case.q);
+        write_npy(&case.path("k.npy"), &case.qk_shape(), &case.k);
+        write_npy(&case.path("v.npy"), &case.v_shape(), &case.v);
+        case
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `name` inside the case's directory, as an argument.
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    fn qk_shape(&self) -> [usize; 4] {
+        let Dims { b, h, n, d, .. } = self.dims;
+        self.layout.shape(b, h, n, d)
+    }
+
+    fn v_shape(&self) -> [usize; 4] {
+        let Dims { b, h, n, e, .. } = self.dims;
+        self.layout.shape(b, h, n, e)
+    }
+
+    /// `forward --q --k --v --layout --out o.npy` followed by `extra`.
+    fn forward(&self, extra: &[&str]) -> Output {
+        let (q, k, v, out) = (
+            self.arg("q.npy"),
+            self.arg("k.npy"),
+            self.arg("v.npy"),
+            self.arg("o.npy"),
+        );
+        let layout = self.layout.to_string();
+        let mut args = vec![
+            "forward", "--q", &q, "--k", &k, "--v", &v, "--layout", &layout, "--out", &out,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "lightning-wgpu failed ({}): stdout {:?} stderr {:?}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Odd sizes everywhere (n not a multiple of the block, d != e, several
+/// batches and heads), random slopes, an initial state, a scale: the output
+/// and final state must match the f64 reference.
+fn forward_matches_reference(layout: Layout) {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 2,
+        h: 3,
+        n: 77,
+        d: 20,
+        e: 12,
+    };
+    let case = Case::new(dims, layout, &mut rng);
+    let slopes: Vec<f32> = (0..dims.h).map(|_| rng.random_range(0.0f32..0.5)).collect();
+    let s0 = common::random(&mut rng, dims.b * dims.h * dims.d * dims.e, dims.d);
+    write_npy(&case.path("slopes.npy"), &[dims.h], &slopes);
+    write_npy(&case.path("s0.npy"), &dims.state_shape(), &s0);
+
+    let (slopes_arg, s0_arg, sn_arg) = (
+        case.arg("slopes.npy"),
+        case.arg("s0.npy"),
+        case.arg("sn.npy"),
+    );
+    let out = case.forward(&[
+        "--slopes",
+        &slopes_arg,
+        "--initial-state",
+        &s0_arg,
+        "--final-state",
+        &sn_arg,
+        "--scale",
+        "0.5",
+    ]);
+    assert_success(&out);
+
+    let want = reference::forward(
+        dims,
+        layout,
+        &case.q,
+        &case.k,
+        &case.v,
+        &slopes,
+        0.5,
+        Some(&s0),
+    );
+    let (o_shape, o) = read_npy(&case.path("o.npy"));
+    assert_eq!(o_shape, case.v_shape());
+    let err = reference::relative_error(&o, &want.o);
+    assert!(
+        err <= 1e-5,
+        "{layout}: output relative error {err} (seed {seed})"
+    );
+    let (sn_shape, sn) = read_npy(&case.path("sn.npy"));
+    assert_eq!(sn_shape, dims.state_shape());
+    let err = reference::relative_error(&sn, &want.final_state);
+    assert!(
+        err <= 1e-5,
+        "{layout}: final state relative error {err} (seed {seed})"
+    );
+}
+
+#[test]
+fn forward_bhnd_matches_reference() {
+    forward_matches_reference(Layout::Bhnd);
+}
+
+#[test]
+fn forward_bnhd_matches_reference() {
+    forward_matches_reference(Layout::Bnhd);
+}
+
+/// float16 files are widened exactly, so the result must match the
+/// reference on the widened values as closely as float32 input does.
+#[test]
+fn forward_accepts_float16_and_alibi() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 5,
+        n: 40,
+        d: 8,
+        e: 16,
+    };
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    let halves = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+    let (q16, v16) = (halves(&case.q), halves(&case.v));
+    write_npy(&case.path("q.npy"), &case.qk_shape(), &q16);
+    write_npy(&case.path("v.npy"), &case.v_shape(), &v16);
+    let widen = |x: &[f16]| x.iter().map(|&x| x.to_f32()).collect::<Vec<_>>();
+
+    let out = case.forward(&["--alibi"]);
+    assert_success(&out);
+
+    let slopes = alibi_slopes(dims.h);
+    let want = reference::forward(
+        dims,
+        Layout::Bhnd,
+        &widen(&q16),
+        &case.k,
+        &widen(&v16),
+        &slopes,
+        1.0,
+        None,
+    );
+    let (_, o) = read_npy(&case.path("o.npy"));
+    let err = reference::relative_error(&o, &want.o);
+    assert!(err <= 1e-5, "relative error {err} (seed {seed})");
+}
+
+/// A failure: status 1 (not a panic's 101, not a signal), and stderr exactly
+/// one line `error: ...` containing every word of `words`.
+fn assert_fails(out: &Output, words: &[&str]) {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit status 1, stderr {stderr:?}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got {stderr:?}"
+    );
+    assert!(
+        lines[0].starts_with("error: "),
+        "no `error: ` prefix: {stderr:?}"
+    );
+    for w in words {
+        assert!(lines[0].contains(w), "{w:?} not in {stderr:?}");
+    }
+}
+
+fn small_case(layout: Layout) -> Case {
+    let mut rng = common::rng(common::seed());
+    Case::new(
+        Dims {
+            b: 1,
+            h: 3,
+            n: 9,
+            d: 4,
+            e: 5,
+        },
+        layout,
+        &mut rng,
+    )
+}
+
+#[test]
+fn missing_file_fails() {
+    let case = small_case(Layout::Bhnd);
+    std::fs::remove_file(case.path("k.npy")).expect("remove k");
+    assert_fails(&case.forward(&[]), &["k.npy", "No such file"]);
+    assert!(
+        !case.path("o.npy").exists(),
+        "output written despite the error"
+    );
+}
+
+#[test]
+fn mismatched_shape_fails() {
+    let case = small_case(Layout::Bnhd);
+    // k with a different n: (b, n, h, d) with n = 7 instead of 9.
+    write_npy(&case.path("k.npy"), &[1, 7, 3, 4], &vec![0.0f32; 7 * 3 * 4]);
+    assert_fails(&case.forward(&[]), &["mismatch", "`k`", "n = 7", "n = 9"]);
+}
+
+#[test]
+fn wrong_rank_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(&case.path("q.npy"), &[3, 9, 4], &case.q);
+    assert_fails(&case.forward(&[]), &["`q`", "4 dimensions", "[3, 9, 4]"]);
+}
+
+#[test]
+fn wrong_slopes_length_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(&case.path("slopes.npy"), &[4], &[0.1f32, 0.2, 0.3, 0.4]);
+    let slopes = case.arg("slopes.npy");
+    assert_fails(
+        &case.forward(&["--slopes", &slopes]),
+        &["slopes", "3 values", "[4]"],
+    );
+}
+
+#[test]
+fn wrong_initial_state_shape_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(&case.path("s0.npy"), &[1, 3, 5, 4], &[0.0f32; 60]);
+    let s0 = case.arg("s0.npy");
+    assert_fails(
+        &case.forward(&["--initial-state", &s0]),
+        &["initial_state", "[1, 3, 4, 5]"],
+    );
+}
+
+#[test]
+fn int32_array_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy(
+        &case.path("v.npy"),
+        &case.v_shape(),
+        &vec![1i32; case.v.len()],
+    );
+    assert_fails(&case.forward(&[]), &["v.npy", "int32", "float32"]);
+}
+
+#[test]
+fn fortran_order_fails() {
+    let case = small_case(Layout::Bhnd);
+    write_npy_ordered(
+        &case.path("q.npy"),
+        &case.qk_shape(),
+        &case.q,
+        Order::Fortran,
+    );
+    assert_fails(&case.forward(&[]), &["q.npy", "Fortran"]);
+}
+
+#[test]
+fn not_npy_fails() {
+    let case = small_case(Layout::Bhnd);
+    std::fs::write(case.path("q.npy"), b"q,k,v\n1,2,3\n").expect("write");
+    assert_fails(&case.forward(&[]), &["q.npy", ".npy"]);
+}
+
+#[test]
+fn info_lists_adapters() {
+    let out = run(&["info"]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    let adapters = lightning_wgpu::adapters(&ContextOptions::default());
+    assert!(!adapters.is_empty(), "no adapter; stdout {stdout:?}");
+    for a in &adapters {
+        assert!(
+            stdout.contains(&a.info.name),
+            "{:?} not listed in {stdout:?}",
+            a.info.name
+        );
+    }
+    for word in ["max_storage_buffer_binding_size", "SHADER_F16", "SUBGROUP"] {
+        assert!(stdout.contains(word), "{word} not in {stdout:?}");
+    }
+    let picked = stdout.lines().filter(|l| l.starts_with("* [")).count();
+    assert_eq!(picked, 1, "exactly one adapter must be marked: {stdout:?}");
+}
+
+#[test]
+fn unknown_adapter_fails() {
+    let out = run(&["info", "--adapter", "no-such-gpu-anywhere"]);
+    assert_fails(&out, &["no-such-gpu-anywhere"]);
+}
+
+#[test]
+fn demo_passes() {
+    // Global flags after the subcommand reach it too.
+    let out = run(&[
+        "demo",
+        "--n",
+        "70",
+        "--h",
+        "3",
+        "--d",
+        "16",
+        "--e",
+        "8",
+        "--checked",
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("PASS"), "{stdout:?}");
+    assert!(stdout.contains("n=70"), "{stdout:?}");
+}
+
+/// `--coop on` runs f16 on the tensor cores or fails with one line naming
+/// what the adapter lacks; `--coop off` always runs (the portable kernels).
+#[test]
+fn coop_flag_requires_or_refuses_the_tensor_cores() {
+    let demo = |coop: &str| {
+        run(&[
+            "--coop", coop, "demo", "--n", "70", "--h", "2", "--d", "32", "--e", "16", "--dtype",
+            "f16",
+        ])
+    };
+    let has_coop = lightning_wgpu::Context::with_options(ContextOptions {
+        cooperative_matrix: Some(true),
+        ..Default::default()
+    })
+    .is_ok();
+    let on = demo("on");
+    if has_coop {
+        assert_success(&on);
+        assert!(text(&on.stdout).contains("PASS"));
+    } else {
+        assert_fails(&on, &["cooperative_matrix", "cooperative matrices"]);
+    }
+    let off = demo("off");
+    assert_success(&off);
+    assert!(
+        text(&off.stdout).contains("PASS"),
+        "{:?}",
+        text(&off.stdout)
+    );
+}
+
+/// No subcommand: `info` then the default `demo`.
+#[test]
+fn no_subcommand_runs_info_demo_and_the_sweep() {
+    let out = run(&[]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("adapters ("), "{stdout:?}");
+    assert!(stdout.contains("PASS"), "{stdout:?}");
+    for provider in ["lightning-chunk", "recurrent", "softmax"] {
+        assert!(
+            stdout.contains(provider),
+            "{provider} missing from the sweep: {stdout:?}"
+        );
+    }
+}
+
+/// `--method recurrent` gives the reference's output too.
+#[test]
+fn forward_recurrent_method_matches_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 2,
+        h: 2,
+        n: 45,
+        d: 12,
+        e: 20,
+    };
+    let case = Case::new(dims, Layout::Bnhd, &mut rng);
+    assert_success(&case.forward(&["--method", "recurrent", "--alibi"]));
+    let want = reference::forward(
+        dims,
+        Layout::Bnhd,
+        &case.q,
+        &case.k,
+        &case.v,
+        &alibi_slopes(2),
+        1.0,
+        None,
+    );
+    let (_, o) = read_npy(&case.path("o.npy"));
+    let err = reference::relative_error(&o, &want.o);
+    assert!(err <= 1e-5, "relative error {err} (seed {seed})");
+}
+
+/// `--cu-seqlens` (int64 here, int32 below): each packed sequence equals the
+/// reference run on it alone, with its own initial and final state.
+#[test]
+fn forward_packed_sequences_match_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let lens = [30usize, 1, 66];
+    let n: usize = lens.iter().sum();
+    let dims = Dims {
+        b: 1,
+        h: 2,
+        n,
+        d: 8,
+        e: 12,
+    };
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    let cu: Vec<i64> = [0, 30, 31, 97].to_vec();
+    write_npy(&case.path("cu.npy"), &[4], &cu);
+    let state_len = dims.h * dims.d * dims.e;
+    let s0 = common::random(&mut rng, 3 * state_len, 1);
+    write_npy(&case.path("s0.npy"), &[3, dims.h, dims.d, dims.e], &s0);
+    let (cu_arg, s0_arg, sn_arg) = (case.arg("cu.npy"), case.arg("s0.npy"), case.arg("sn.npy"));
+    let out = case.forward(&[
+        "--cu-seqlens",
+        &cu_arg,
+        "--initial-state",
+        &s0_arg,
+        "--final-state",
+        &sn_arg,
+    ]);
+    assert_success(&out);
+    let (_, o) = read_npy(&case.path("o.npy"));
+    let (sn_shape, sn) = read_npy(&case.path("sn.npy"));
+    assert_eq!(sn_shape, vec![3, dims.h, dims.d, dims.e]);
+    for (s, w) in cu.windows(2).enumerate() {
+        let (r0, r1) = (w[0] as usize, w[1] as usize);
+        let part = Dims { n: r1 - r0, ..dims };
+        // (1, h, n, w): rows r0..r1 of every head.
+        let rows = |x: &[f32], width: usize| -> Vec<f32> {
+            (0..dims.h)
+                .flat_map(|h| x[(h * n + r0) * width..(h * n + r1) * width].to_vec())
+                .collect()
+        };
+        let init = &s0[s * state_len..(s + 1) * state_len];
+        let want = reference::forward(
+            part,
+            Layout::Bhnd,
+            &rows(&case.q, 8),
+            &rows(&case.k, 8),
+            &rows(&case.v, 12),
+            &[0.0; 2],
+            1.0,
+            Some(init),
+        );
+        let eo = reference::relative_error(&rows(&o, 12), &want.o);
+        let es =
+            reference::relative_error(&sn[s * state_len..(s + 1) * state_len], &want.final_state);
+        assert!(
+            eo <= 1e-5 && es <= 1e-5,
+            "sequence {s}: o {eo:e} state {es:e} (seed {seed})"
+        );
+    }
+    // Offsets that do not end at n are refused in one line.
+    write_npy(&case.path("cu.npy"), &[3], &[0i32, 30, 90]);
+    assert_fails(
+        &case.forward(&["--cu-seqlens", &cu_arg]),
+        &["cu_seqlens", "end at n = 97"],
+    );
+    // Float offsets are refused.
+    write_npy(&case.path("cu.npy"), &[2], &[0.0f32, 97.0]);
+    assert_fails(
+        &case.forward(&["--cu-seqlens", &cu_arg]),
+        &["cu.npy", "float32", "int32 or int64"],
+    );
+}
+
+/// `bench` writes the table, the JSON schema of docs/BENCHMARKS.md (with
+/// anchors merged under this project's provider names) and an SVG plot.
+#[test]
+fn bench_writes_json_plot_and_merges_anchors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let anchors = dir.path().join("anchors.json");
+    std::fs::write(
+        &anchors,
+        r#"{"device": "test", "rows": [{"dtype": "bf16", "b": 4, "h": 32, "n": 1024, "d": 128,
+            "provider": "la2", "fwd_ms": 0.5, "fwd_bwd_ms": 2.0, "peak_mem_MB": 100.0}],
+            "ceilings": {"copy_TBps": 3.0}}"#,
+    )
+    .expect("write anchors");
+    let (json, svg) = (dir.path().join("b.json"), dir.path().join("b.svg"));
+    let out = run(&[
+        "bench",
+        "--lengths",
+        "32,64",
+        "--tokens",
+        "64",
+        "--h",
+        "1",
+        "--d",
+        "8",
+        "--e",
+        "4",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--anchors",
+        anchors.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("lightning-chunk") && stdout.contains("official-la2"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["adapter"]["name"].is_string() && report["date"].is_string());
+    let rows = report["rows"].as_array().unwrap();
+    // 2 lengths x 3 providers, plus the anchor.
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for r in rows {
+        for key in [
+            "provider",
+            "dtype",
+            "b",
+            "h",
+            "n",
+            "d",
+            "e",
+            "fwd_ms",
+            "fwd_bwd_ms",
+            "tokens_per_s",
+            "peak_mem_mb",
+        ] {
+            assert!(r.get(key).is_some(), "row without {key}: {r}");
+        }
+        assert_eq!(
+            r["b"].as_u64().unwrap() * r["n"].as_u64().unwrap(),
+            if r["provider"] == "official-la2" {
+                4096
+            } else {
+                64
+            }
+        );
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["provider"] == "official-la2" && r["fwd_ms"] == 0.5));
+    assert_eq!(report["anchors"]["ceilings"]["copy_TBps"], 3.0);
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.starts_with("<svg")
+            && plot.contains("lightning-chunk (f32)")
+            && plot.contains("official-la2 (bf16)")
+    );
+    // Bad arguments fail in one line.
+    assert_fails(
+        &run(&["bench", "--providers", "nonsense"]),
+        &["unknown provider", "nonsense"],
+    );
+    assert_fails(
+        &run(&["bench", "--lengths", "48", "--tokens", "64"]),
+        &["48", "divide"],
+    );
+}
+
+/// `--dtype f16|bf16`: inputs rounded on the way in, outputs written as
+/// float32, within the half-precision tolerances of the reference on the
+/// rounded inputs.
+#[test]
+fn forward_in_half_precision() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 2,
+        n: 50,
+        d: 16,
+        e: 8,
+    };
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    for (dtype, tol) in [("f16", 2e-3), ("bf16", 1e-2)] {
+        assert_success(&case.forward(&["--dtype", dtype, "--alibi"]));
+        let round = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&v| {
+                    if dtype == "f16" {
+                        f16::from_f32(v).to_f32()
+                    } else {
+                        half::bf16::from_f32(v).to_f32()
+                    }
+                })
+                .collect()
+        };
+        let want = reference::forward(
+            dims,
+            Layout::Bhnd,
+            &round(&case.q),
+            &round(&case.k),
+            &round(&case.v),
+            &alibi_slopes(2),
+            1.0,
+            None,
+        );
+        let (_, o) = read_npy(&case.path("o.npy"));
+        let err = reference::relative_error(&o, &want.o);
+        assert!(err <= tol, "{dtype}: relative error {err} (seed {seed})");
+    }
+    let out = run(&[
+        "bench",
+        "--dtype",
+        "f16,bf16",
+        "--lengths",
+        "32",
+        "--tokens",
+        "32",
+        "--h",
+        "1",
+        "--d",
+        "8",
+        "--reps",
+        "1",
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(" f16 ") && stdout.contains(" bf16 "),
+        "{stdout}"
+    );
+    assert_fails(
+        &run(&["bench", "--dtype", "f64"]),
+        &["unknown dtype", "f64"],
+    );
+}
+
+/// `backward` writes dq, dk, dv and dS0 matching the f64 reference backward.
+#[test]
+fn backward_matches_reference() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 2,
+        n: 70,
+        d: 12,
+        e: 6,
+    };
+    let case = Case::new(dims, Layout::Bnhd, &mut rng);
+    let d_o = common::random(&mut rng, 2 * 70 * 6, 1);
+    let s0 = common::random(&mut rng, 2 * 12 * 6, 1);
+    let dsn = common::random(&mut rng, 2 * 12 * 6, 1);
+    write_npy(&case.path("do.npy"), &case.v_shape(), &d_o);
+    write_npy(&case.path("s0.npy"), &dims.state_shape(), &s0);
+    write_npy(&case.path("dsn.npy"), &dims.state_shape(), &dsn);
+    let a = |n: &str| case.arg(n);
+    let (q, k, v, dov, s0a, dsna) = (
+        a("q.npy"),
+        a("k.npy"),
+        a("v.npy"),
+        a("do.npy"),
+        a("s0.npy"),
+        a("dsn.npy"),
+    );
+    let (dq, dk, dv, ds0) = (a("dq.npy"), a("dk.npy"), a("dv.npy"), a("ds0.npy"));
+    let out = run(&[
+        "backward",
+        "--q",
+        &q,
+        "--k",
+        &k,
+        "--v",
+        &v,
+        "--layout",
+        "bnhd",
+        "--alibi",
+        "--scale",
+        "0.5",
+        "--initial-state",
+        &s0a,
+        "--do",
+        &dov,
+        "--d-final-state",
+        &dsna,
+        "--dq",
+        &dq,
+        "--dk",
+        &dk,
+        "--dv",
+        &dv,
+        "--d-initial-state",
+        &ds0,
+    ]);
+    assert_success(&out);
+    let want = reference::backward(
+        dims,
+        Layout::Bnhd,
+        &case.q,
+        &case.k,
+        &case.v,
+        &d_o,
+        &alibi_slopes(2),
+        0.5,
+        Some(&s0),
+        Some(&dsn),
+    );
+    for (file, want) in [
+        ("dq.npy", &want.dq),
+        ("dk.npy", &want.dk),
+        ("dv.npy", &want.dv),
+        ("ds0.npy", &want.d_initial_state),
+    ] {
+        let (_, got) = read_npy(&case.path(file));
+        let err = reference::relative_error(&got, want);
+        assert!(err <= 1e-5, "{file}: relative error {err} (seed {seed})");
+    }
+    // A gradient of the wrong shape is refused in one line.
+    write_npy(&case.path("do.npy"), &[1, 69, 2, 6], &d_o[..69 * 12]);
+    let out = run(&[
+        "backward", "--q", &q, "--k", &k, "--v", &v, "--do", &dov, "--dq", &dq, "--dk", &dk,
+        "--dv", &dv,
+    ]);
+    assert_fails(&out, &["do.npy", "shaped like v"]);
+}

@@ -1,0 +1,24 @@
+// Output packing, for half-precision storage: the passes write o in f32, and
+// this pass packs it two elements to a u32 word (the even element in the low
+// half), one invocation per word, so no two invocations ever share a word.
+// f16 rounds to nearest even (pack2x16float); bf16 likewise (`to_bf16`).
+//
+// Bindings: job (this window's counts), wide (f32, read), packed (words).
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let w = gid.x + gid.y * groups.x * 256u;
+    if w >= job.words {
+        return;
+    }
+    let a = wide[2u * w];
+    var b = 0.0;
+    if 2u * w + 1u < job.elements {
+        b = wide[2u * w + 1u];
+    }
+    if job.bf16 != 0u {
+        packed[w] = bf16_pair(a, b);
+    } else {
+        packed[w] = pack2x16float(vec2<f32>(a, b));
+    }
+}

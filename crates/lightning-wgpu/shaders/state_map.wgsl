@@ -1,0 +1,40 @@
+// lambda^k as lib/addressing.wgsl computes it (this kernel has no params).
+fn decay(slope: f32, k: u32) -> f32 {
+    return exp(max(-slope * f32(k), -1e4));
+}
+
+// A map over `map.count` states of rows x cols, state i of head i % heads:
+//     out = x_factor X + y_factor Y,   factor = exp(-slope steps) scale
+// with X read transposed (cols x rows in memory) when map.transpose is 1,
+// and Y left out when y_scale is 0. The backward's small state work: S0^T
+// for the dq pass, dS0 = lambda scale S' + lambda^n dS_n. Each factor is
+// one exp of the whole exponent, never a product of decays, so it
+// underflows to 0 rather than overflowing.
+//
+// Bindings: map, slopes, x and y (read), out (written), each a window of
+// whole states starting `map.base` elements before state `map.first`. One
+// invocation per element of out.
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * 256u;
+    let size = map.rows * map.cols;
+    if i >= map.count * size {
+        return;
+    }
+    let state = i / size;
+    let within = i % size;
+    let slope = slopes[(map.first + state) % map.heads];
+    let at = map.base + i;
+    var source = at;
+    if map.transpose != 0u {
+        let r = within / map.cols;
+        let c = within % map.cols;
+        source = map.base + state * size + c * map.rows + r;
+    }
+    var value = x[source] * (decay(slope, map.x_steps) * map.x_scale);
+    if map.y_scale != 0.0 {
+        value += y[at] * (decay(slope, map.y_steps) * map.y_scale);
+    }
+    out[at] = value;
+}

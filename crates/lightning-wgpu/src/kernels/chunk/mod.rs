@@ -1,0 +1,128 @@
+//! The chunked (blockwise) forward: three passes per planned segment —
+//! block states, the stripe scan, block outputs — on one of two paths,
+//! each a unit that owns its requirements, encodings, kernels and grids:
+//! [`portable`] (every adapter) and [`tensor_core`] (cooperative matrices).
+//! The path is chosen once per call; the recording around it is shared.
+
+pub(crate) mod portable;
+pub(crate) mod tensor_core;
+
+use super::launch::{bind, Io, Launch, Uniforms};
+use super::{Compiled, KernelSpec, OutStore, Setup, Storage};
+use crate::error::Result;
+use crate::layout::Dims;
+use crate::plan::{Segment, Window};
+use crate::runtime::recorder::Recorder;
+use crate::tensor::DType;
+
+/// The most workgroups the stripe scan is dispatched with; past it each
+/// invocation scans several elements (many short sequences otherwise start
+/// a short workgroup per few hundred elements).
+const SCAN_GROUPS: u64 = 16384;
+
+/// One way of running the chunked forward's block passes.
+pub(crate) trait ChunkPath: Sync {
+    /// Its name, as `info` and the benchmarks print it.
+    fn name(&self) -> &'static str;
+    /// Whether it runs this call, on a context with this setup.
+    fn runs(&self, setup: &Setup, storage: Storage, dims: &Dims) -> bool;
+    /// Bytes per element of the per-block states it keeps in the scratch.
+    fn block_state_bytes(&self) -> u64;
+    /// How its output pass stores an output of `dtype` itself, or `None`
+    /// where it writes f32 to be packed afterwards.
+    fn output_store(&self, storage: Storage, dtype: DType) -> Option<OutStore>;
+    /// Its block-state, stripe-scan and block-output kernels.
+    fn kernels(&self, setup: &Setup, storage: Storage, out: OutStore) -> [KernelSpec; 3];
+    /// Workgroups of its block-state pass for segment `s`.
+    fn state_groups(&self, s: &Segment, dims: &Dims, setup: &Setup) -> u64;
+    /// Whether its output pass also binds the scratch as f16 (`halves`).
+    fn binds_halves(&self) -> bool;
+}
+
+/// The path of a call: the tensor cores where they run it, else portable.
+pub(crate) fn choose(setup: &Setup, storage: Storage, dims: &Dims) -> &'static dyn ChunkPath {
+    if tensor_core::PATH.runs(setup, storage, dims) {
+        &tensor_core::PATH
+    } else {
+        &portable::PATH
+    }
+}
+
+/// Records the three passes of every segment of `launch`.
+pub(crate) async fn record(
+    rec: &mut Recorder<'_>,
+    setup: &Setup,
+    path: &dyn ChunkPath,
+    launch: &Launch<'_>,
+    io: &Io<'_>,
+    out: OutStore,
+) -> Result<()> {
+    let rt = rec.runtime();
+    let [state_spec, scan_spec, output_spec] = path.kernels(setup, launch.storage, out);
+    let block_state: Compiled = state_spec.compile(rt).await?;
+    let scan = scan_spec.compile(rt).await?;
+    let output = output_spec.compile(rt).await?;
+    let uniforms = Uniforms::new(rec, launch);
+    let scratch_bytes = launch
+        .segments
+        .iter()
+        .map(|s| s.scratch_bytes)
+        .max()
+        .unwrap_or(4);
+    let scratch = rt.buffer("block states", scratch_bytes, wgpu::BufferUsages::STORAGE);
+    let scratch = rec.keep(scratch);
+    let dims = &launch.dims;
+    let threads = u64::from(setup.config.threads());
+    for (i, s) in launch.segments.iter().enumerate() {
+        let states = || {
+            bind(
+                &scratch,
+                Window {
+                    offset: 0,
+                    size: s.scratch_bytes,
+                    base: 0,
+                },
+            )
+        };
+        block_state.dispatch(
+            rec,
+            "block_state",
+            &[
+                ("params", uniforms.params(i)),
+                ("slopes", uniforms.slopes()),
+                ("k", bind(io.k, s.k)),
+                ("v", bind(io.v, s.v)),
+                ("states", states()),
+            ],
+            path.state_groups(s, dims, setup),
+        );
+        scan.dispatch(
+            rec,
+            "state_scan",
+            &[
+                ("params", uniforms.params(i)),
+                ("slopes", uniforms.slopes()),
+                ("states", states()),
+                ("carry", bind(io.state, s.state)),
+            ],
+            ((s.bh_count * dims.d * dims.e) as u64)
+                .div_ceil(threads)
+                .min(SCAN_GROUPS),
+        );
+        let mut named = vec![
+            ("params", uniforms.params(i)),
+            ("slopes", uniforms.slopes()),
+            ("q", bind(io.q, s.q)),
+            ("k", bind(io.k, s.k)),
+            ("v", bind(io.v, s.v)),
+            ("states", states()),
+            ("o", bind(io.o, s.o)),
+        ];
+        if path.binds_halves() {
+            named.push(("halves", states()));
+        }
+        // Timing labels name the pass, whichever path runs it.
+        output.dispatch(rec, "block_output", &named, (s.bh_count * s.blocks) as u64);
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The WGSL kernels: one file per pass under `shaders/`, each with a table
+//! of its bindings here. A [`KernelSpec`] renders a kernel's whole source:
+//! its prelude (constants, storage aliases, uniform blocks, binding
+//! declarations and accessors, the shared pieces of `shaders/lib/`) and
+//! then the file as written. Nothing rewrites a kernel's own text.
+
+pub(crate) mod chunk;
+pub(crate) mod launch;
+pub(crate) mod pack;
+pub(crate) mod params;
+pub(crate) mod recurrent;
+pub(crate) mod softmax;
+pub(crate) mod spec;
+pub(crate) mod states;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use spec::{BlockConfig, KernelSpec, OutStore, Storage};
+
+use crate::error::Result;
+use crate::runtime::recorder::Recorder;
+use crate::runtime::Runtime;
+
+/// What a context runs the kernels with, decided once when it is opened.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Setup {
+    pub config: BlockConfig,
+    /// f16 tensors are read as WGSL `f16` (SHADER_F16, not forced packed).
+    pub native_f16: bool,
+    /// The device was opened with the tensor-core kernels' feature and
+    /// passed their requirements (see `chunk::tensor_core`).
+    pub tensor_cores: bool,
+}
+
+impl Setup {
+    /// How the kernels read q, k and v stored as `dtype`.
+    pub(crate) fn storage(&self, dtype: crate::DType) -> Storage {
+        match dtype {
+            crate::DType::F32 => Storage::F32,
+            crate::DType::F16 if self.native_f16 => Storage::F16Native,
+            crate::DType::F16 => Storage::F16Packed,
+            crate::DType::BF16 => Storage::Bf16,
+        }
+    }
+}
+
+/// The element type of a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Elem {
+    /// The storage of q, k and v ([`Storage`]), read through `read_<name>`.
+    Stored,
+    F32,
+    U32,
+    I32,
+    F16,
+    /// An output stored as [`OutStore`] says.
+    Out,
+}
+
+/// What a binding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A uniform block of [`params`], by its struct name.
+    Uniform(&'static str),
+    Read(Elem),
+    ReadWrite(Elem),
+}
+
+/// A binding of group 0: the kernel's name for it, and what it holds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Binding {
+    pub name: &'static str,
+    pub slot: Slot,
+}
+
+const fn uniform(name: &'static str, block: &'static str) -> Binding {
+    Binding {
+        name,
+        slot: Slot::Uniform(block),
+    }
+}
+
+const fn read(name: &'static str, elem: Elem) -> Binding {
+    Binding {
+        name,
+        slot: Slot::Read(elem),
+    }
+}
+
+const fn write(name: &'static str, elem: Elem) -> Binding {
+    Binding {
+        name,
+        slot: Slot::ReadWrite(elem),
+    }
+}
+
+/// The uniform block and slopes every attention kernel starts with.
+const PARAMS: Binding = uniform("params", "Params");
+const SLOPES: Binding = read("slopes", Elem::F32);
+
+/// A piece of WGSL under `shaders/lib/` that kernels share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lib {
+    /// Tensor addressing through windows, grid folding, the decay, blocks
+    /// and stripes (needs `params` and `slopes`).
+    Addressing,
+    /// Where one block of a dispatch lies: the prologue of the output passes.
+    Blocks,
+    /// bf16 rounding.
+    Halves,
+    /// A word of q, k or v as a pair of elements (the tensor-core kernels).
+    Pairs,
+}
+
+impl Lib {
+    pub(crate) fn source(self) -> &'static str {
+        match self {
+            Lib::Addressing => include_str!("../../shaders/lib/addressing.wgsl"),
+            Lib::Blocks => include_str!("../../shaders/lib/blocks.wgsl"),
+            Lib::Halves => include_str!("../../shaders/lib/halves.wgsl"),
+            Lib::Pairs => include_str!("../../shaders/lib/pairs.wgsl"),
+        }
+    }
+}
+
+/// One GPU pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    /// The state each block starts from, counted from its stripe's start.
+    BlockState,
+    /// [`Kernel::BlockState`] on the tensor cores.
+    BlockStateTc,
+    /// The scan over stripes: the state each stripe starts from, the final state.
+    StateScan,
+    /// Each block's output: masked `(Q K^T) (.) M` times `V`, plus
+    /// `Lambda Q S_{t-1}` carried in from earlier blocks.
+    BlockOutput,
+    /// [`Kernel::BlockOutput`] on the tensor cores.
+    BlockOutputTc,
+    /// The token-by-token recurrence (the recurrent method, and decoding).
+    Recurrent,
+    /// Causal softmax attention with an online softmax (the baseline).
+    SoftmaxAttention,
+    /// f32 values packed into f16 or bf16 words.
+    PackOutput,
+    /// Decayed, scaled sums of `(.., d, e)` states, transposed or not.
+    StateMap,
+    /// The final-state gradient's decayed term of dk and dv.
+    StateTerm,
+}
+
+impl Kernel {
+    #[cfg(test)]
+    pub(crate) const ALL: [Kernel; 10] = [
+        Kernel::BlockState,
+        Kernel::BlockStateTc,
+        Kernel::StateScan,
+        Kernel::BlockOutput,
+        Kernel::BlockOutputTc,
+        Kernel::Recurrent,
+        Kernel::SoftmaxAttention,
+        Kernel::PackOutput,
+        Kernel::StateMap,
+        Kernel::StateTerm,
+    ];
+
+    /// The file stem under `shaders/`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kernel::BlockState => "block_state",
+            Kernel::BlockStateTc => "block_state_tc",
+            Kernel::StateScan => "state_scan",
+            Kernel::BlockOutput => "block_output",
+            Kernel::BlockOutputTc => "block_output_tc",
+            Kernel::Recurrent => "recurrent",
+            Kernel::SoftmaxAttention => "softmax_attention",
+            Kernel::PackOutput => "pack_output",
+            Kernel::StateMap => "state_map",
+            Kernel::StateTerm => "state_term",
+        }
+    }
+
+    /// The kernel's own WGSL, after its prelude.
+    pub(crate) fn body(self) -> &'static str {
+        match self {
+            Kernel::BlockState => include_str!("../../shaders/block_state.wgsl"),
+            Kernel::BlockStateTc => include_str!("../../shaders/block_state_tc.wgsl"),
+            Kernel::StateScan => include_str!("../../shaders/state_scan.wgsl"),
+            Kernel::BlockOutput => include_str!("../../shaders/block_output.wgsl"),
+            Kernel::BlockOutputTc => include_str!("../../shaders/block_output_tc.wgsl"),
+            Kernel::Recurrent => include_str!("../../shaders/recurrent.wgsl"),
+            Kernel::SoftmaxAttention => include_str!("../../shaders/softmax_attention.wgsl"),
+            Kernel::PackOutput => include_str!("../../shaders/pack_output.wgsl"),
+            Kernel::StateMap => include_str!("../../shaders/state_map.wgsl"),
+            Kernel::StateTerm => include_str!("../../shaders/state_term.wgsl"),
+        }
+    }
+
+    /// Its bindings of group 0, in binding order.
+    pub(crate) fn bindings(self) -> &'static [Binding] {
+        use Elem::*;
+        match self {
+            Kernel::BlockState => {
+                const {
+                    &[
+                        PARAMS,
+                        SLOPES,
+                        read("k", Stored),
+                        read("v", Stored),
+                        write("states", F32),
+                    ]
+                }
+            }
+            Kernel::BlockStateTc => {
+                const {
+                    &[
+                        PARAMS,
+                        SLOPES,
+                        read("k", Stored),
+                        read("v", Stored),
+                        write("states", U32),
+                    ]
+                }
+            }
+            Kernel::StateScan => {
+                const { &[PARAMS, SLOPES, write("states", F32), write("carry", F32)] }
+            }
+            Kernel::BlockOutput => {
+                const {
+                    &[
+                        PARAMS,
+                        SLOPES,
+                        read("q", Stored),
+                        read("k", Stored),
+                        read("v", Stored),
+                        read("states", F32),
+                        write("o", F32),
+                    ]
+                }
+            }
+            Kernel::BlockOutputTc => {
+                const {
+                    &[
+                        PARAMS,
+                        SLOPES,
+                        read("q", Stored),
+                        read("k", Stored),
+                        read("v", Stored),
+                        read("states", U32),
+                        write("o", Out),
+                        // The same scratch as f16 elements (the per-block states).
+                        read("halves", F16),
+                    ]
+                }
+            }
+            Kernel::Recurrent => {
+                const {
+                    &[
+                        PARAMS,
+                        SLOPES,
+                        read("q", Stored),
+                        read("k", Stored),
+                        read("v", Stored),
+                        write("o", F32),
+                        write("state", F32),
+                        read("slots", I32),
+                    ]
+                }
+            }
+            Kernel::SoftmaxAttention => {
+                const {
+                    &[
+                        PARAMS,
+                        SLOPES,
+                        read("q", Stored),
+                        read("k", Stored),
+                        read("v", Stored),
+                        write("o", F32),
+                    ]
+                }
+            }
+            Kernel::PackOutput => {
+                const {
+                    &[
+                        uniform("job", "PackJob"),
+                        read("wide", F32),
+                        write("packed", U32),
+                    ]
+                }
+            }
+            Kernel::StateMap => {
+                const {
+                    &[
+                        uniform("map", "StateMap"),
+                        SLOPES,
+                        read("x", F32),
+                        read("y", F32),
+                        write("out", F32),
+                    ]
+                }
+            }
+            Kernel::StateTerm => {
+                const {
+                    &[
+                        PARAMS,
+                        SLOPES,
+                        read("x", Stored),
+                        read("a", F32),
+                        write("out", F32),
+                    ]
+                }
+            }
+        }
+    }
+
+    /// The shared pieces the kernel uses, in the order they are included.
+    pub(crate) fn libs(self) -> &'static [Lib] {
+        match self {
+            Kernel::BlockOutput => &[Lib::Addressing, Lib::Blocks],
+            Kernel::BlockOutputTc => &[Lib::Addressing, Lib::Blocks, Lib::Halves, Lib::Pairs],
+            Kernel::BlockStateTc => &[Lib::Addressing, Lib::Pairs],
+            Kernel::BlockState
+            | Kernel::StateScan
+            | Kernel::Recurrent
+            | Kernel::SoftmaxAttention
+            | Kernel::StateTerm => &[Lib::Addressing],
+            Kernel::PackOutput => &[Lib::Halves],
+            Kernel::StateMap => &[],
+        }
+    }
+
+    /// Whether the kernel runs on the tensor cores (cooperative matrices):
+    /// it needs EXPERIMENTAL_COOPERATIVE_MATRIX and SHADER_F16 and
+    /// translates to SPIR-V only.
+    pub(crate) fn tensor_cores(self) -> bool {
+        matches!(self, Kernel::BlockStateTc | Kernel::BlockOutputTc)
+    }
+
+    /// The index of binding `name`; a name the kernel does not have is a
+    /// bug in the op that binds it.
+    fn slot_of(self, name: &str) -> u32 {
+        self.bindings()
+            .iter()
+            .position(|b| b.name == name)
+            .unwrap_or_else(|| panic!("kernel {} has no binding `{name}`", self.name()))
+            as u32
+    }
+}
+
+impl KernelSpec {
+    /// The pipeline of this spec, compiled on first use.
+    pub(crate) async fn compile(&self, rt: &Runtime) -> Result<Compiled> {
+        let pipeline = rt
+            .pipeline(&self.key(), self.kernel.name(), || self.wgsl())
+            .await?;
+        Ok(Compiled {
+            kernel: self.kernel,
+            pipeline,
+        })
+    }
+}
+
+/// A compiled kernel, bound by name.
+pub(crate) struct Compiled {
+    pub kernel: Kernel,
+    pub pipeline: wgpu::ComputePipeline,
+}
+
+impl Compiled {
+    /// Records a dispatch of `groups` workgroups with `named` resources
+    /// bound; `label` names it for timing.
+    pub(crate) fn dispatch(
+        &self,
+        rec: &mut Recorder,
+        label: &'static str,
+        named: &[(&str, wgpu::BindingResource)],
+        groups: u64,
+    ) {
+        let entries = self.entries(named);
+        rec.dispatch(label, &self.pipeline, &entries, groups);
+    }
+
+    /// Bind group entries for `named` resources, in the kernel's order.
+    pub(crate) fn entries<'a>(
+        &self,
+        named: &[(&str, wgpu::BindingResource<'a>)],
+    ) -> Vec<wgpu::BindGroupEntry<'a>> {
+        debug_assert_eq!(
+            named.len(),
+            self.kernel.bindings().len(),
+            "{}: every binding must be given",
+            self.kernel.name()
+        );
+        named
+            .iter()
+            .map(|(name, resource)| wgpu::BindGroupEntry {
+                binding: self.kernel.slot_of(name),
+                resource: resource.clone(),
+            })
+            .collect()
+    }
+}

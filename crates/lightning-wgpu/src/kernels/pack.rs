@@ -1,0 +1,141 @@
+//! Where an op writes its output, and the packing of f32 results into
+//! f16 or bf16 words.
+
+use super::launch::bind;
+use super::params::PackJob;
+use super::{BlockConfig, Kernel, KernelSpec, Storage};
+use crate::error::{Error, Result};
+use crate::plan::Window;
+use crate::runtime::recorder::Recorder;
+use crate::runtime::Runtime;
+use crate::tensor::{DType, Tensor};
+
+/// Where the passes write an output: the tensor itself when it is f32 (or
+/// when the pass stores its own storage type), else an f32 scratch that
+/// [`Output::finish`] packs into the tensor's halves (packing in place
+/// would make neighbouring invocations share words).
+pub(crate) struct Output<'a> {
+    target: &'a Tensor,
+    wide: Option<wgpu::Buffer>,
+}
+
+impl<'a> Output<'a> {
+    /// Through an f32 scratch where `target` holds halves.
+    pub(crate) fn new(rec: &mut Recorder, target: &'a Tensor) -> Result<Self> {
+        let wide = match target.dtype() {
+            DType::F32 => None,
+            DType::F16 | DType::BF16 => {
+                let bytes = (target.len() as u64).saturating_mul(4);
+                let limit = rec.runtime().limits().max_buffer_size;
+                if bytes > limit {
+                    return Err(Error::TooLarge {
+                        arg: "o (f32 while computed)",
+                        bytes,
+                        limit,
+                        which: "max_buffer_size",
+                    });
+                }
+                let scratch = rec
+                    .runtime()
+                    .buffer("o in f32", bytes, wgpu::BufferUsages::STORAGE);
+                Some(rec.keep(scratch))
+            }
+        };
+        Ok(Output { target, wide })
+    }
+
+    /// Where the pass writes `target` itself, in its own storage type.
+    pub(crate) fn direct(target: &'a Tensor) -> Self {
+        Output { target, wide: None }
+    }
+
+    /// The buffer the passes write: f32 scratch, or the target itself.
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        self.wide.as_ref().unwrap_or(self.target.buffer())
+    }
+
+    /// Bytes per element the passes write.
+    pub(crate) fn element_bytes(&self) -> u64 {
+        if self.wide.is_some() {
+            4
+        } else {
+            self.target.dtype().size() as u64
+        }
+    }
+
+    /// Records the packing of the f32 result into the target, when it is
+    /// stored in halves.
+    pub(crate) async fn finish(self, rec: &mut Recorder<'_>) -> Result<()> {
+        match &self.wide {
+            Some(wide) => pack(rec, wide, self.target).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The pack kernel (it reads no q, k or v; the config is irrelevant to it).
+fn spec() -> KernelSpec {
+    KernelSpec::new(Kernel::PackOutput, Storage::F32, BlockConfig::default())
+}
+
+/// Records packing the f32 elements of `wide` into `target`'s f16 or bf16
+/// words, in windows that fit one binding on both sides.
+pub(crate) async fn pack(
+    rec: &mut Recorder<'_>,
+    wide: &wgpu::Buffer,
+    target: &Tensor,
+) -> Result<()> {
+    let rt: &Runtime = rec.runtime();
+    let kernel = spec().compile(rt).await?;
+    let elements = target.len() as u64;
+    // Windows start on aligned offsets: a multiple of 128 elements (512 B
+    // of f32, 256 B of halves).
+    let per_window = (rt.max_binding() / 4 / 128 * 128).max(128);
+    let windows: Vec<(u64, u64)> = (0..elements)
+        .step_by(per_window as usize)
+        .map(|e0| (e0, per_window.min(elements - e0)))
+        .collect();
+    let size = std::mem::size_of::<PackJob>() as u64;
+    let stride = size.next_multiple_of(rt.limits().min_uniform_buffer_offset_alignment as u64);
+    let bf16 = u32::from(target.dtype() == DType::BF16);
+    let mut bytes = vec![0u8; (stride * windows.len() as u64) as usize];
+    for (i, &(_, n)) in windows.iter().enumerate() {
+        let job = PackJob {
+            words: n.div_ceil(2) as u32,
+            elements: n as u32,
+            bf16,
+            ..Default::default()
+        };
+        let at = i * stride as usize;
+        bytes[at..at + size as usize].copy_from_slice(bytemuck::bytes_of(&job));
+    }
+    let jobs = rec.upload("pack jobs", &bytes, wgpu::BufferUsages::UNIFORM);
+    for (i, &(e0, n)) in windows.iter().enumerate() {
+        let job = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &jobs,
+            offset: i as u64 * stride,
+            size: std::num::NonZeroU64::new(size),
+        });
+        let from = Window {
+            offset: e0 * 4,
+            size: n * 4,
+            base: 0,
+        };
+        let to = Window {
+            offset: e0 * 2,
+            size: n.div_ceil(2) * 4,
+            base: 0,
+        };
+        kernel.dispatch(
+            rec,
+            "pack output",
+            &[
+                ("job", job),
+                ("wide", bind(wide, from)),
+                ("packed", bind(target.buffer(), to)),
+            ],
+            n.div_ceil(2).div_ceil(256),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! Recording causal softmax attention, the baseline.
+
+use super::launch::{bind, Io, Launch, Uniforms};
+use super::{Kernel, KernelSpec, Setup};
+use crate::error::Result;
+use crate::runtime::recorder::Recorder;
+
+pub(crate) async fn record(
+    rec: &mut Recorder<'_>,
+    setup: &Setup,
+    launch: &Launch<'_>,
+    io: &Io<'_>,
+) -> Result<()> {
+    let kernel = KernelSpec::new(Kernel::SoftmaxAttention, launch.storage, setup.config)
+        .compile(rec.runtime())
+        .await?;
+    let uniforms = Uniforms::new(rec, launch);
+    let e_tiles = launch.dims.e.div_ceil(setup.config.rows as usize);
+    for (i, s) in launch.segments.iter().enumerate() {
+        kernel.dispatch(
+            rec,
+            "softmax attention",
+            &[
+                ("params", uniforms.params(i)),
+                ("slopes", uniforms.slopes()),
+                ("q", bind(io.q, s.q)),
+                ("k", bind(io.k, s.k)),
+                ("v", bind(io.v, s.v)),
+                ("o", bind(io.o, s.o)),
+            ],
+            (s.bh_count * s.blocks * e_tiles) as u64,
+        );
+    }
+    Ok(())
+}

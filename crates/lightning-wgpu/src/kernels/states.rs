@@ -1,0 +1,135 @@
+//! Recording maps over small `(.., rows, cols)` states on the GPU: the
+//! backward's transposed initial state and its dS0.
+
+use super::launch::{bind, whole};
+use super::params::StateMap;
+use super::{BlockConfig, Kernel, KernelSpec, Storage};
+use crate::error::{Error, Result};
+use crate::plan::Window;
+use crate::runtime::recorder::Recorder;
+
+/// A term `exp(-slope steps) scale X` of a map.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Term<'a> {
+    pub states: &'a wgpu::Buffer,
+    pub steps: u32,
+    pub scale: f32,
+}
+
+/// Records `out = x_term (transposed when asked) + y_term` over the states
+/// `states` of `rows x cols` each (of `out`; X is `cols x rows` when
+/// transposed), state i of head `i % heads`, in windows of whole states
+/// that fit a binding.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn record(
+    rec: &mut Recorder<'_>,
+    slopes: &[f32],
+    states: std::ops::Range<usize>,
+    (rows, cols): (usize, usize),
+    x: Term<'_>,
+    transpose: bool,
+    y: Option<Term<'_>>,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    let rt = rec.runtime();
+    let size = (rows * cols) as u64;
+    let align = rt.limits().min_storage_buffer_offset_alignment as u64;
+    // Whole states per window, leaving room for the alignment of its start.
+    let per = (rt.max_binding().saturating_sub(align) / (size * 4)).min(u32::MAX as u64 / size);
+    if per == 0 {
+        return Err(Error::TooLarge {
+            arg: "state",
+            bytes: size * 4,
+            limit: rt.max_binding(),
+            which: "max_storage_buffer_binding_size",
+        });
+    }
+    let kernel = KernelSpec::new(Kernel::StateMap, Storage::F32, BlockConfig::default())
+        .compile(rt)
+        .await?;
+    let slope_buffer = rec.upload(
+        "slopes",
+        bytemuck::cast_slice(slopes),
+        wgpu::BufferUsages::STORAGE,
+    );
+    let y_states = y.map_or(x.states, |t| t.states);
+    let mut first = states.start as u64;
+    while first < states.end as u64 {
+        let n = per.min(states.end as u64 - first);
+        let start = first * size * 4 / align * align;
+        let window = Window {
+            offset: start,
+            size: (first + n) * size * 4 - start,
+            base: 0,
+        };
+        let map = StateMap {
+            heads: slopes.len() as u32,
+            first: first as u32,
+            count: n as u32,
+            base: (first * size - start / 4) as u32,
+            rows: rows as u32,
+            cols: cols as u32,
+            transpose: u32::from(transpose),
+            x_steps: x.steps,
+            x_scale: x.scale,
+            y_steps: y.map_or(0, |t| t.steps),
+            y_scale: y.map_or(0.0, |t| t.scale),
+            ..Default::default()
+        };
+        let uniform = rec.upload(
+            "state map",
+            bytemuck::bytes_of(&map),
+            wgpu::BufferUsages::UNIFORM,
+        );
+        kernel.dispatch(
+            rec,
+            "state map",
+            &[
+                (
+                    "map",
+                    whole(&uniform, std::mem::size_of::<StateMap>() as u64),
+                ),
+                ("slopes", whole(&slope_buffer, (slopes.len() * 4) as u64)),
+                ("x", bind(x.states, window)),
+                ("y", bind(y_states, window)),
+                ("out", bind(out, window)),
+            ],
+            (n * size).div_ceil(256),
+        );
+        first += n;
+    }
+    Ok(())
+}
+
+/// Records the final-state gradient's term `out_i += lambda^(n-1-i) x_i A`
+/// over every segment of `launch` (x read through q's strides, out through
+/// o's; `launch.transposed_state` says how A is laid out).
+pub(crate) async fn record_term(
+    rec: &mut Recorder<'_>,
+    setup: &super::Setup,
+    launch: &super::launch::Launch<'_>,
+    x: &wgpu::Buffer,
+    a: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    let kernel = KernelSpec::new(Kernel::StateTerm, launch.storage, setup.config)
+        .compile(rec.runtime())
+        .await?;
+    let uniforms = super::launch::Uniforms::new(rec, launch);
+    let threads = u64::from(setup.config.threads());
+    for (i, s) in launch.segments.iter().enumerate() {
+        kernel.dispatch(
+            rec,
+            "state term",
+            &[
+                ("params", uniforms.params(i)),
+                ("slopes", uniforms.slopes()),
+                ("x", bind(x, s.q)),
+                ("a", bind(a, s.state)),
+                ("out", bind(out, s.o)),
+            ],
+            ((s.bh_count * s.rows * launch.dims.e) as u64).div_ceil(threads),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The backward pass, built from the forward's blockwise kernels: every
+//! gradient of Lightning Attention is itself a decayed causal linear
+//! attention, forward in time (dq) or backward in time (dk, dv, dS0):
+//!
+//! - `dq = forward(q = dO, k = v, v = k, S0 = S0^T)` (scaled like q);
+//! - in reversed time, `dk = forward(q = v, k = dO, v = q)` and
+//!   `dv = forward(q = k, k = q, v = dO)`, both scaled like q;
+//! - the final-state gradient adds `lambda^(n-1-j) v_j dS_n^T` to dk and
+//!   `lambda^(n-1-j) k_j dS_n` to dv (a pass of its own, each factor one
+//!   exp: nothing is divided by a decay or by the scale, so any finite
+//!   slopes and scale give finite gradients);
+//! - `dS0 = lambda scale S' + lambda^n dS_n`, `S'` the final state of the
+//!   dv pass.
+//!
+//! Like the official kernels it recomputes block states instead of storing
+//! an n x d x e history: memory stays linear in n. Time is reversed without
+//! a copy, through views whose row stride is negative (see `plan::window`);
+//! the small states are transposed and combined on the GPU. Packed batches
+//! run as one call, each sequence with its own states. All of it is one
+//! submission.
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::kernels::launch::Launch;
+use crate::kernels::{pack, states};
+use crate::layout::{Dims, Layout};
+use crate::ops::forward::{ForwardOptions, Views};
+use crate::plan::{self, Needs};
+use crate::runtime::recorder::Recorder;
+use crate::tensor::{DType, Tensor};
+use crate::validate::{self, Call};
+
+/// Options of [`Context::backward`]: the forward's, plus the gradient of
+/// its final state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackwardOptions<'a> {
+    /// The options the forward pass ran with (slopes, scale, layout, initial
+    /// state, `cu_seqlens`).
+    pub forward: ForwardOptions<'a>,
+    /// Incoming gradient of the final state `dS_n`, `(b, h, d, e)`; zero if `None`.
+    pub d_final_state: Option<&'a Tensor>,
+}
+
+/// Gradients from [`Context::backward`].
+#[derive(Debug)]
+pub struct Gradients {
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    /// Gradient of the initial state, `(b, h, d, e)` (computed whether or not
+    /// an initial state was given).
+    pub d_initial_state: Tensor,
+}
+
+impl Context {
+    /// Gradients of [`Context::forward`] for the output gradient `d_o`
+    /// (shaped like `v`, stored like q): `dq`, `dk`, `dv` in the inputs'
+    /// storage type and the initial state's `dS0` (f32, like every state).
+    /// Arithmetic is f32 whatever the storage. Blocks; see
+    /// [`Context::backward_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.backward_async(q, k, v, d_o, opts))
+    }
+
+    /// Async form of [`Context::backward`].
+    pub async fn backward_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions<'_>,
+    ) -> Result<Gradients> {
+        let call = validate::backward(self, q, k, v, d_o, opts)?;
+        let mut rec = Recorder::new(self.rt(), "backward");
+        let g = self
+            .record_backward(&mut rec, q, k, v, d_o, opts, &call)
+            .await?;
+        rec.submit().await?;
+        Ok(g)
+    }
+
+    /// Records the whole backward into `rec`.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_backward(
+        &self,
+        rec: &mut Recorder<'_>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions<'_>,
+        call: &Call,
+    ) -> Result<Gradients> {
+        let fwd = &opts.forward;
+        let Dims { h, d, e, .. } = call.dims;
+        let states = call.state_shape[0] * h;
+        let dtype = q.dtype();
+        let slopes: Vec<f32> = fwd.slopes.map_or(vec![0.0; h], <[f32]>::to_vec);
+        let plain = ForwardOptions {
+            slopes: fwd.slopes,
+            scale: fwd.scale,
+            layout: fwd.layout,
+            cu_seqlens: fwd.cu_seqlens,
+            ..Default::default()
+        };
+
+        // dq: forward in time, S0^T as the initial state.
+        let s0t = match fwd.initial_state {
+            Some(s0) => {
+                let [count, heads, _, _] = call.state_shape;
+                let t = self.empty(&[count, heads, e, d], "initial_state transposed")?;
+                let x = states::Term {
+                    states: s0.buffer(),
+                    steps: 0,
+                    scale: 1.0,
+                };
+                states::record(rec, &slopes, 0..states, (e, d), x, true, None, t.buffer()).await?;
+                Some(t)
+            }
+            None => None,
+        };
+        let dq = self.empty_as(q.shape(), dtype, "dq")?;
+        let with_s0t = ForwardOptions {
+            initial_state: s0t.as_ref(),
+            ..plain
+        };
+        self.record_forward(rec, d_o, v, k, &with_s0t, &dq, None, Views::default())
+            .await?;
+
+        // dk and dv: backward in time, through reversed views of q, k, v, dO
+        // and of the outputs (no copies). With dS_n their outputs stay in
+        // f32 until its term is added.
+        let views = Views {
+            reversed: [true; 4],
+            wide_output: opts.d_final_state.is_some(),
+        };
+        let dk = self.empty_as(k.shape(), dtype, "dk")?;
+        let dk_wide = self
+            .record_forward(rec, v, d_o, q, &plain, &dk, None, views)
+            .await?;
+        let dv = self.empty_as(v.shape(), dtype, "dv")?;
+        let s_prime = self.empty(&call.state_shape, "state of the dv pass")?;
+        let dv_wide = self
+            .record_forward(rec, k, q, d_o, &plain, &dv, Some(&s_prime), views)
+            .await?;
+        if let (Some(dsn), Some(dk_wide), Some(dv_wide)) = (opts.d_final_state, dk_wide, dv_wide) {
+            self.record_state_term(rec, call, fwd, v, dsn, true, (e, d), &dk_wide)
+                .await?;
+            self.record_state_term(rec, call, fwd, k, dsn, false, (d, e), &dv_wide)
+                .await?;
+            for (wide, t) in [(&dk_wide, &dk), (&dv_wide, &dv)] {
+                if t.dtype() != DType::F32 {
+                    pack::pack(rec, wide, t).await?;
+                }
+            }
+        }
+
+        // dS0 = lambda scale S' + lambda^n dS_n, per sequence (n its length).
+        let d_initial_state = self.empty(&call.state_shape, "d_initial_state")?;
+        let x = states::Term {
+            states: s_prime.buffer(),
+            steps: 1,
+            scale: fwd.scale,
+        };
+        let runs: Vec<(std::ops::Range<usize>, usize)> = match fwd.cu_seqlens {
+            Some(_) => call
+                .sequences
+                .iter()
+                .map(|s| (s.first_state..s.first_state + h, s.len))
+                .collect(),
+            None => vec![(0..states, call.dims.n)],
+        };
+        for (range, n) in runs {
+            let y = opts.d_final_state.map(|t| states::Term {
+                states: t.buffer(),
+                steps: n as u32,
+                scale: 1.0,
+            });
+            states::record(
+                rec,
+                &slopes,
+                range,
+                (d, e),
+                x,
+                false,
+                y,
+                d_initial_state.buffer(),
+            )
+            .await?;
+        }
+        // The temporaries (S0^T, S') are read by work not yet submitted:
+        // they stay out of the pool until it is.
+        for t in s0t.into_iter().chain([s_prime]) {
+            rec.keep(t.into_buffer());
+        }
+        Ok(Gradients {
+            dq,
+            dk,
+            dv,
+            d_initial_state,
+        })
+    }
+
+    /// Records `out_i += lambda^(n-1-i) x_i A`, A the final-state gradient
+    /// (transposed for dk), over every sequence; `widths` = (of x, of out).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_state_term(
+        &self,
+        rec: &mut Recorder<'_>,
+        call: &Call,
+        fwd: &ForwardOptions<'_>,
+        x: &Tensor,
+        a: &Tensor,
+        transposed: bool,
+        (width_in, width_out): (usize, usize),
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        let dims = Dims {
+            d: width_in,
+            e: width_out,
+            ..call.dims
+        };
+        let layout: Layout = fwd.layout;
+        let limits = super::limits(self, x.dtype(), 4, 4);
+        let segments = plan::plan(
+            layout,
+            &dims,
+            &limits,
+            &call.sequences,
+            Needs::recurrent(usize::MAX),
+        )?;
+        let setup = *self.setup();
+        let launch = Launch {
+            dims,
+            layout,
+            scale: 1.0,
+            slopes: fwd.slopes,
+            starts_from_state: false,
+            slotted: false,
+            storage: setup.storage(x.dtype()),
+            reversed: [false; 4],
+            transposed_state: transposed,
+            segments,
+        };
+        states::record_term(rec, &setup, &launch, x.buffer(), a.buffer(), out).await
+    }
+}

@@ -1,0 +1,303 @@
+//! The forward pass: options and entry points. Validation is in
+//! `validate`, the recording in `kernels::chunk` (blockwise) and
+//! `kernels::recurrent` (token by token).
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::kernels::chunk::{self, ChunkPath};
+use crate::kernels::launch::{Io, Launch};
+use crate::kernels::pack::Output;
+use crate::kernels::{recurrent, OutStore};
+use crate::layout::Layout;
+use crate::plan::{self, Needs};
+use crate::runtime::io::TENSOR_USAGE;
+use crate::runtime::recorder::Recorder;
+use crate::tensor::{DType, Tensor};
+use crate::validate;
+
+/// How the forward pass is computed. Both give the same result to rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Blockwise (Lightning Attention-2): masked attention inside blocks, a
+    /// key-value state across them. Parallel over blocks: the fast one.
+    #[default]
+    Chunk,
+    /// Token by token through the `d x e` state (FLA's `fused_recurrent`):
+    /// sequential in n; for short prompts and for checking.
+    Recurrent,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "chunk" => Ok(Method::Chunk),
+            "recurrent" => Ok(Method::Recurrent),
+            other => Err(format!(
+                "unknown method `{other}` (expected chunk or recurrent)"
+            )),
+        }
+    }
+}
+
+/// Options of [`Context::forward`]. `Default` is: no decay, scale 1, layout
+/// `(b, h, n, d)`, zero initial state, no final state, chunked.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardOptions<'a> {
+    /// Per-head decay slopes `s_h >= 0` (`lambda = exp(-s_h)`), `h` of them;
+    /// `None` for no decay. See [`alibi_slopes`](crate::alibi_slopes).
+    pub slopes: Option<&'a [f32]>,
+    /// Multiplies `q` (1 in the official kernel; `1/sqrt(d)` in FLA's).
+    pub scale: f32,
+    /// Layout of q, k, v and o.
+    pub layout: Layout,
+    /// The state before the first position: `(b, h, d, e)`, or `(N, h, d, e)`
+    /// with `cu_seqlens`.
+    pub initial_state: Option<&'a Tensor>,
+    /// Also return the state after the last position (shaped like the
+    /// initial state).
+    pub output_final_state: bool,
+    /// Algorithm.
+    pub method: Method,
+    /// Packed variable-length batch (as FLA's `cu_seqlens`): `b` must be 1 and
+    /// sequence `i` is rows `cu_seqlens[i]..cu_seqlens[i + 1]`, with its own
+    /// initial and final state. `N + 1` strictly increasing offsets from 0 to `n`.
+    pub cu_seqlens: Option<&'a [usize]>,
+}
+
+impl Default for ForwardOptions<'_> {
+    fn default() -> Self {
+        ForwardOptions {
+            slopes: None,
+            scale: 1.0,
+            layout: Layout::Bhnd,
+            initial_state: None,
+            output_final_state: false,
+            method: Method::Chunk,
+            cu_seqlens: None,
+        }
+    }
+}
+
+/// Results of [`Context::forward`].
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// The attention output, shaped like `v`.
+    pub o: Tensor,
+    /// The state after the last position, when asked for.
+    pub final_state: Option<Tensor>,
+}
+
+/// Views of a forward's tensors in reversed time (row i read or written at
+/// row n - 1 - i) and how its initial state enters: what the backward's
+/// passes need of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Views {
+    /// q, k, v and o reversed.
+    pub reversed: [bool; 4],
+    /// Write o in f32 even for half inputs, so a term can be added before
+    /// packing (the caller packs).
+    pub wide_output: bool,
+}
+
+impl Context {
+    /// Which path the chunked forward takes on this context for inputs
+    /// stored as `dtype` with head sizes `d` and `e`: `"tensor-core"`
+    /// (cooperative matrices) or `"portable"`.
+    pub fn chunk_path(&self, dtype: DType, d: usize, e: usize) -> &'static str {
+        let setup = self.setup();
+        let dims = crate::Dims {
+            b: 1,
+            h: 1,
+            n: 1,
+            d,
+            e,
+        };
+        chunk::choose(setup, setup.storage(dtype), &dims).name()
+    }
+
+    /// Lightning Attention forward:
+    /// `o_i = sum_{j <= i} lambda_h^(i-j) (scale q_i . k_j) v_j`, plus
+    /// `lambda_h^(i+1) scale q_i S0` with an initial state.
+    ///
+    /// The work is submitted before this returns; reading a result waits for it.
+    ///
+    /// ```no_run
+    /// use lightning_wgpu::{alibi_slopes, Context, ForwardOptions};
+    /// let ctx = Context::new()?;
+    /// let (b, h, n, d) = (1, 4, 300, 32);
+    /// let x: Vec<f32> = (0..b * h * n * d).map(|i| ((i % 7) as f32 - 3.0) / 10.0).collect();
+    /// let q = ctx.tensor(&x, &[b, h, n, d])?;
+    /// let k = ctx.tensor(&x, &[b, h, n, d])?;
+    /// let v = ctx.tensor(&x, &[b, h, n, d])?;
+    /// let slopes = alibi_slopes(h);
+    /// let out = ctx.forward(&q, &k, &v, &ForwardOptions { slopes: Some(&slopes), ..Default::default() })?;
+    /// let o: Vec<f32> = ctx.read(&out.o)?;
+    /// # Ok::<(), lightning_wgpu::Error>(())
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        pollster::block_on(self.forward_async(q, k, v, opts))
+    }
+
+    /// Async form of [`Context::forward`] (the one to use in a browser).
+    pub async fn forward_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+    ) -> Result<ForwardOutput> {
+        let call = validate::forward(self, q, k, v, opts)?;
+        let mut o = self.empty_as(v.shape(), v.dtype(), "o")?;
+        let mut state = if opts.output_final_state {
+            Some(self.empty(&call.state_shape, "final_state")?)
+        } else {
+            None
+        };
+        self.forward_into_async(q, k, v, opts, &mut o, state.as_mut())
+            .await?;
+        Ok(ForwardOutput {
+            o,
+            final_state: state,
+        })
+    }
+
+    /// [`Context::forward`] into tensors the caller owns: `o` shaped like
+    /// `v` (stored like v, or in f32: then a half-precision call's output
+    /// is never rounded to halves), and `final_state` shaped like the
+    /// initial state (written whatever `opts.output_final_state` says).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_into(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+        o: &mut Tensor,
+        final_state: Option<&mut Tensor>,
+    ) -> Result<()> {
+        pollster::block_on(self.forward_into_async(q, k, v, opts, o, final_state))
+    }
+
+    /// Async form of [`Context::forward_into`].
+    pub async fn forward_into_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &mut Tensor,
+        final_state: Option<&mut Tensor>,
+    ) -> Result<()> {
+        let mut rec = Recorder::new(self.rt(), "forward");
+        let views = Views::default();
+        self.record_forward(&mut rec, q, k, v, opts, o, final_state.map(|t| &*t), views)
+            .await?;
+        rec.submit().await
+    }
+
+    /// Records a forward pass into `rec`: validation, the initial state's
+    /// copy, the passes and the packing of a half-precision output.
+    /// Returns the f32 buffer o was written to when `views.wide_output`
+    /// asked for one (the caller packs it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn record_forward(
+        &self,
+        rec: &mut Recorder<'_>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &Tensor,
+        final_state: Option<&Tensor>,
+        views: Views,
+    ) -> Result<Option<wgpu::Buffer>> {
+        let call = validate::forward(self, q, k, v, opts)?;
+        validate::forward_outputs(self, &call, opts.layout, v, o, final_state)?;
+        let setup = *self.setup();
+        let storage = setup.storage(q.dtype());
+        let dims = call.dims;
+        let path: &dyn ChunkPath = chunk::choose(&setup, storage, &dims);
+        let store = match opts.method {
+            Method::Chunk if !views.wide_output => path.output_store(storage, o.dtype()),
+            _ => (o.dtype() == DType::F32).then_some(OutStore::F32),
+        };
+        let output = match store {
+            Some(_) => Output::direct(o),
+            None => Output::new(rec, o)?,
+        };
+        let (needs, block_state_bytes) = match opts.method {
+            Method::Chunk => (Needs::CHUNK, path.block_state_bytes()),
+            Method::Recurrent => (Needs::recurrent(recurrent::max_rows(dims.d)), 4),
+        };
+        let mut limits = super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes);
+        limits.reversed = views.reversed;
+        // In reversed time a packed batch's sequences are mirrored too: the
+        // one at rows [a, b) is read as rows [n - b, n - a), its states
+        // where they were.
+        let mut sequences = call.sequences.clone();
+        if views.reversed == [true; 4] {
+            for s in &mut sequences {
+                s.start = dims.n - s.start - s.len;
+            }
+        }
+        let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
+
+        let state_bytes = (call.state_shape.iter().product::<usize>() * 4) as u64;
+        let state = match final_state {
+            Some(t) => t.buffer().clone(),
+            None => {
+                let scratch = self.rt().buffer("state", state_bytes, TENSOR_USAGE);
+                rec.keep(scratch)
+            }
+        };
+        if let Some(s0) = opts.initial_state {
+            rec.copy(s0.buffer(), 0, &state, 0, state_bytes);
+        }
+        let launch = Launch {
+            dims,
+            layout: opts.layout,
+            scale: opts.scale,
+            slopes: opts.slopes,
+            starts_from_state: opts.initial_state.is_some(),
+            slotted: false,
+            storage,
+            reversed: views.reversed,
+            transposed_state: false,
+            segments,
+        };
+        let io = Io {
+            q: q.buffer(),
+            k: k.buffer(),
+            v: v.buffer(),
+            o: output.buffer(),
+            state: &state,
+        };
+        match opts.method {
+            Method::Chunk => {
+                chunk::record(
+                    rec,
+                    &setup,
+                    path,
+                    &launch,
+                    &io,
+                    store.unwrap_or(OutStore::F32),
+                )
+                .await?
+            }
+            Method::Recurrent => recurrent::record(rec, &setup, &launch, &io, None).await?,
+        }
+        if views.wide_output {
+            return Ok(Some(output.buffer().clone()));
+        }
+        output.finish(rec).await?;
+        Ok(None)
+    }
+}

@@ -1,0 +1,252 @@
+//! GPU tensors: a pooled device buffer with a shape and a storage type, and
+//! moving them between the host and the device.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::runtime::io::TENSOR_USAGE;
+use crate::runtime::pool::PooledBuffer;
+
+/// Storage type of a tensor's elements on the GPU. Arithmetic is always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DType {
+    /// IEEE 754 binary32.
+    F32,
+    /// IEEE 754 binary16, two to a 32-bit word (the even element in the low half).
+    F16,
+    /// bfloat16 (the high half of an f32), two to a 32-bit word.
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "f16" | "float16" | "half" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            other => Err(format!(
+                "unknown dtype `{other}` (expected f32, f16 or bf16)"
+            )),
+        }
+    }
+}
+
+/// `data` rounded to `dtype` (nearest even) and laid out as the GPU stores it.
+pub(crate) fn encode(data: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => bytemuck::cast_slice(data).to_vec(),
+        DType::F16 => data
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
+        DType::BF16 => data
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
+    }
+}
+
+/// The values of `len` elements stored as `dtype`, widened to f32 (exactly).
+pub(crate) fn decode(bytes: &[u8], dtype: DType, len: usize) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytemuck::cast_slice::<u8, f32>(&bytes[..len * 4]).to_vec(),
+        DType::F16 => bytes[..len * 2]
+            .chunks_exact(2)
+            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        DType::BF16 => bytes[..len * 2]
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        })
+    }
+}
+
+/// A dense, row-major tensor living on one [`Context`](crate::Context)'s device.
+///
+/// Make one with [`Context::tensor`](crate::Context::tensor) and read it back with
+/// [`Context::read`](crate::Context::read). Dropping it returns its buffer to
+/// the context's pool.
+pub struct Tensor {
+    pub(crate) buffer: PooledBuffer,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+    pub(crate) owner: u64,
+}
+
+impl Tensor {
+    /// The dimensions, outermost first.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Storage type of the elements.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when some dimension is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size of the data in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        (self.len() * self.dtype.size()) as u64
+    }
+
+    /// The underlying wgpu buffer, for interop with other wgpu code. It may be
+    /// larger than [`Tensor::size_bytes`].
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.buffer()
+    }
+
+    /// The pooled buffer, to keep out of the pool until work using it is
+    /// submitted.
+    pub(crate) fn into_buffer(self) -> PooledBuffer {
+        self.buffer
+    }
+
+    /// Gives the tensor a new shape of as many elements, without a copy.
+    ///
+    /// ```
+    /// # fn demo(ctx: &lightning_wgpu::Context) -> lightning_wgpu::Result<()> {
+    /// let mut t = ctx.tensor(&[0.0; 24], &[2, 3, 4])?;
+    /// t.reshape(&[6, 4])?;
+    /// assert_eq!(t.shape(), &[6, 4]);
+    /// # Ok(()) }
+    /// ```
+    pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
+        let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if elements != Some(self.len()) {
+            return Err(Error::DataLength {
+                arg: "shape",
+                shape: shape.to_vec(),
+                expected: elements.unwrap_or(usize::MAX),
+                got: self.len(),
+            });
+        }
+        self.shape = shape.to_vec();
+        Ok(())
+    }
+}
+
+impl Context {
+    /// Uploads `data` as an f32 tensor of `shape`.
+    pub fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        self.tensor_as(data, shape, DType::F32)
+    }
+
+    /// Uploads `data` as a tensor of `shape` stored as `dtype` (rounded to
+    /// nearest even on the host for f16 and bf16).
+    pub fn tensor_as(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.empty_as(shape, dtype, "data")?;
+        if data.len() != t.len() {
+            return Err(Error::DataLength {
+                arg: "data",
+                shape: shape.to_vec(),
+                expected: t.len(),
+                got: data.len(),
+            });
+        }
+        self.rt().write(t.buffer(), 0, &encode(data, dtype));
+        Ok(t)
+    }
+
+    /// An f32 tensor of `shape` with unspecified contents.
+    pub(crate) fn empty(&self, shape: &[usize], arg: &'static str) -> Result<Tensor> {
+        self.empty_as(shape, DType::F32, arg)
+    }
+
+    /// A tensor of `shape` stored as `dtype`, with unspecified contents.
+    pub(crate) fn empty_as(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        arg: &'static str,
+    ) -> Result<Tensor> {
+        let rt = self.rt();
+        rt.check_lost()?;
+        let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let bytes = elements
+            .and_then(|e| e.checked_mul(dtype.size()))
+            .and_then(|b| u64::try_from(b).ok());
+        let limit = rt.limits().max_buffer_size;
+        let bytes = match bytes {
+            Some(b) if b <= limit => b,
+            _ => {
+                return Err(Error::TooLarge {
+                    arg,
+                    bytes: bytes.unwrap_or(u64::MAX),
+                    limit,
+                    which: "max_buffer_size",
+                })
+            }
+        };
+        Ok(Tensor {
+            buffer: rt.buffer(arg, bytes, TENSOR_USAGE),
+            shape: shape.to_vec(),
+            dtype,
+            owner: rt.id(),
+        })
+    }
+
+    /// Checks that `t` lives on this context.
+    pub(crate) fn owns(&self, arg: &'static str, t: &Tensor) -> Result<()> {
+        if t.owner == self.rt().id() {
+            Ok(())
+        } else {
+            Err(Error::ForeignTensor(arg))
+        }
+    }
+
+    /// Reads a tensor back to the host. Blocks; see [`Context::read_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(t))
+    }
+
+    /// Reads a tensor back to the host once the GPU work writing it is done.
+    pub async fn read_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.owns("tensor", t)?;
+        // Copies move whole 32-bit words; a half tensor of odd length has a
+        // padding half at the end of its buffer.
+        let bytes = t.size_bytes().next_multiple_of(4);
+        let raw = self.rt().read_bytes(t.buffer(), 0, bytes, "tensor").await?;
+        Ok(decode(&raw, t.dtype(), t.len()))
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tensor")
+            .field("shape", &self.shape)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
