@@ -31,23 +31,12 @@ var<workgroup> kv_slice: array<vec4<f32>, DEPTH * WIDE_PITCH>;    // K as [kk][c
 var<workgroup> scores: array<vec4<f32>, BLOCK * QUADS>;           // [row][col / 4], masked, decayed, scaled
 
 @compute @workgroup_size(THREADS)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
-    let g = group_index(wid, groups);
-    if g >= params.bh_count * params.blocks {
+fn main(inv: Invocation) {
+    let tid = inv.tid;
+    let at = block_at(inv);
+    if !at.inside {
         return;
     }
-    let at = block_at(g);
-    let bh = at.bh;
-    let row0 = at.row0;
-    let len = at.len;
-    let slope = at.slope;
-    let q0 = at.q0;
-    let k0 = at.k0;
-    let v0 = at.v0;
     let tx = tid % QUADS;
     let ty = tid / QUADS;
     let r0 = ty * 4u;
@@ -60,30 +49,22 @@ fn main(
     let lower = tid < LOWER;
     let si = select(0u, lower_row(tid), lower);
     let sj = select(0u, tid - si * (si + 1u) / 2u, lower);
-    var s0 = vec4<f32>(0.0);
-    var s1 = vec4<f32>(0.0);
-    var s2 = vec4<f32>(0.0);
-    var s3 = vec4<f32>(0.0);
+    var s: Rows4;
     // Each step's slices are loaded into registers during the step before,
     // so their global-memory latency hides behind that step's arithmetic.
-    var qn = fetch_qk(Q, q0, 0u, len, tid);
-    var kn = fetch_qk(K, k0, 0u, len, tid);
+    var qn = fetch_qk(Q, at.q0, 0u, at.len, tid);
+    var kn = fetch_qk(K, at.k0, 0u, at.len, tid);
     for (var d0 = 0u; d0 < params.dim_k; d0 += DEPTH) {
         put_qk(Q, qn, tid);
         put_qk(K, kn, tid);
         workgroupBarrier();
         if d0 + DEPTH < params.dim_k {
-            qn = fetch_qk(Q, q0, d0 + DEPTH, len, tid);
-            kn = fetch_qk(K, k0, d0 + DEPTH, len, tid);
+            qn = fetch_qk(Q, at.q0, d0 + DEPTH, at.len, tid);
+            kn = fetch_qk(K, at.k0, d0 + DEPTH, at.len, tid);
         }
         if lower {
             for (var kk = 0u; kk < DEPTH; kk++) {
-                let a = q_slice[kk * PITCH + si];
-                let b = kv_slice[kk * WIDE_PITCH + sj];
-                s0 = fma(vec4<f32>(a.x), b, s0);
-                s1 = fma(vec4<f32>(a.y), b, s1);
-                s2 = fma(vec4<f32>(a.z), b, s2);
-                s3 = fma(vec4<f32>(a.w), b, s3);
+                s = outer4(s, q_slice[kk * PITCH + si], kv_slice[kk * WIDE_PITCH + sj]);
             }
         }
         workgroupBarrier();
@@ -92,10 +73,10 @@ fn main(
     if lower {
         let sr = si * 4u;
         let sc = sj * 4u;
-        scores[(sr + 0u) * QUADS + sj] = masked_row(s0, sr + 0u, sc, slope);
-        scores[(sr + 1u) * QUADS + sj] = masked_row(s1, sr + 1u, sc, slope);
-        scores[(sr + 2u) * QUADS + sj] = masked_row(s2, sr + 2u, sc, slope);
-        scores[(sr + 3u) * QUADS + sj] = masked_row(s3, sr + 3u, sc, slope);
+        scores[(sr + 0u) * QUADS + sj] = masked_row(s.r0, sr + 0u, sc, at.slope);
+        scores[(sr + 1u) * QUADS + sj] = masked_row(s.r1, sr + 1u, sc, at.slope);
+        scores[(sr + 2u) * QUADS + sj] = masked_row(s.r2, sr + 2u, sc, at.slope);
+        scores[(sr + 3u) * QUADS + sj] = masked_row(s.r3, sr + 3u, sc, at.slope);
     }
 
     // Block 0 of a sequence with no initial state carries nothing in (the
@@ -107,60 +88,40 @@ fn main(
         let wide = e0 + TILE < params.dim_v;
         // Rows r0.., columns e0 + tx + QUADS j (o) and e0 + TILE + tx + QUADS j (p)
         // for j = 0..3 (see put_wide).
-        var o0 = vec4<f32>(0.0);
-        var o1 = vec4<f32>(0.0);
-        var o2 = vec4<f32>(0.0);
-        var o3 = vec4<f32>(0.0);
-        var p0 = vec4<f32>(0.0);
-        var p1 = vec4<f32>(0.0);
-        var p2 = vec4<f32>(0.0);
-        var p3 = vec4<f32>(0.0);
+        var o: Rows4;
+        var p: Rows4;
         if carried {
             // Q_t S_{t-1} for these columns, then the per-row decay.
-            qn = fetch_qk(Q, q0, 0u, len, tid);
+            qn = fetch_qk(Q, at.q0, 0u, at.len, tid);
             var sn = fetch_state(at.own_state, at.stripe_state, at.stripe_decay, 0u, e0, tid);
             for (var d0 = 0u; d0 < params.dim_k; d0 += DEPTH) {
                 put_qk(Q, qn, tid);
                 put_wide(sn, tid);
                 workgroupBarrier();
                 if d0 + DEPTH < params.dim_k {
-                    qn = fetch_qk(Q, q0, d0 + DEPTH, len, tid);
+                    qn = fetch_qk(Q, at.q0, d0 + DEPTH, at.len, tid);
                     sn = fetch_state(at.own_state, at.stripe_state, at.stripe_decay, d0 + DEPTH, e0, tid);
                 }
                 for (var kk = 0u; kk < DEPTH; kk++) {
                     let a = q_slice[kk * PITCH + ty];
-                    let b = kv_slice[kk * WIDE_PITCH + tx];
-                    o0 = fma(vec4<f32>(a.x), b, o0);
-                    o1 = fma(vec4<f32>(a.y), b, o1);
-                    o2 = fma(vec4<f32>(a.z), b, o2);
-                    o3 = fma(vec4<f32>(a.w), b, o3);
+                    o = outer4(o, a, kv_slice[kk * WIDE_PITCH + tx]);
                     if wide {
-                        let c = kv_slice[kk * WIDE_PITCH + QUADS + tx];
-                        p0 = fma(vec4<f32>(a.x), c, p0);
-                        p1 = fma(vec4<f32>(a.y), c, p1);
-                        p2 = fma(vec4<f32>(a.z), c, p2);
-                        p3 = fma(vec4<f32>(a.w), c, p3);
+                        p = outer4(p, a, kv_slice[kk * WIDE_PITCH + QUADS + tx]);
                     }
                 }
                 workgroupBarrier();
             }
-            let f = vec4<f32>(decay(slope, r0 + 1u), decay(slope, r0 + 2u), decay(slope, r0 + 3u), decay(slope, r0 + 4u)) * params.scale;
-            o0 *= f.x;
-            o1 *= f.y;
-            o2 *= f.z;
-            o3 *= f.w;
-            p0 *= f.x;
-            p1 *= f.y;
-            p2 *= f.z;
-            p3 *= f.w;
+            let f = vec4<f32>(decay(at.slope, r0 + 1u), decay(at.slope, r0 + 2u), decay(at.slope, r0 + 3u), decay(at.slope, r0 + 4u)) * params.scale;
+            o = scale_rows(o, f);
+            p = scale_rows(p, f);
         }
         // + scores V: only columns c <= row contribute.
-        var vn = fetch_v(v0, 0u, e0, len, tid);
-        for (var cb = 0u; cb < len; cb += DEPTH) {
+        var vn = fetch_v(at.v0, 0u, e0, at.len, tid);
+        for (var cb = 0u; cb < at.len; cb += DEPTH) {
             put_wide(vn, tid);
             workgroupBarrier();
-            if cb + DEPTH < len {
-                vn = fetch_v(v0, cb + DEPTH, e0, len, tid);
+            if cb + DEPTH < at.len {
+                vn = fetch_v(at.v0, cb + DEPTH, e0, at.len, tid);
             }
             if cb + DEPTH <= r0 + 1u {
                 // The whole slice lies at or before every row of this thread.
@@ -173,47 +134,15 @@ fn main(
                     let y = vec4<f32>(w0.y, w1.y, w2.y, w3.y);
                     let z = vec4<f32>(w0.z, w1.z, w2.z, w3.z);
                     let w = vec4<f32>(w0.w, w1.w, w2.w, w3.w);
-                    var vv = kv_slice[(cc + 0u) * WIDE_PITCH + tx];
-                    o0 = fma(vec4<f32>(x.x), vv, o0);
-                    o1 = fma(vec4<f32>(x.y), vv, o1);
-                    o2 = fma(vec4<f32>(x.z), vv, o2);
-                    o3 = fma(vec4<f32>(x.w), vv, o3);
-                    vv = kv_slice[(cc + 1u) * WIDE_PITCH + tx];
-                    o0 = fma(vec4<f32>(y.x), vv, o0);
-                    o1 = fma(vec4<f32>(y.y), vv, o1);
-                    o2 = fma(vec4<f32>(y.z), vv, o2);
-                    o3 = fma(vec4<f32>(y.w), vv, o3);
-                    vv = kv_slice[(cc + 2u) * WIDE_PITCH + tx];
-                    o0 = fma(vec4<f32>(z.x), vv, o0);
-                    o1 = fma(vec4<f32>(z.y), vv, o1);
-                    o2 = fma(vec4<f32>(z.z), vv, o2);
-                    o3 = fma(vec4<f32>(z.w), vv, o3);
-                    vv = kv_slice[(cc + 3u) * WIDE_PITCH + tx];
-                    o0 = fma(vec4<f32>(w.x), vv, o0);
-                    o1 = fma(vec4<f32>(w.y), vv, o1);
-                    o2 = fma(vec4<f32>(w.z), vv, o2);
-                    o3 = fma(vec4<f32>(w.w), vv, o3);
+                    o = outer4(o, x, kv_slice[(cc + 0u) * WIDE_PITCH + tx]);
+                    o = outer4(o, y, kv_slice[(cc + 1u) * WIDE_PITCH + tx]);
+                    o = outer4(o, z, kv_slice[(cc + 2u) * WIDE_PITCH + tx]);
+                    o = outer4(o, w, kv_slice[(cc + 3u) * WIDE_PITCH + tx]);
                     if wide {
-                        var uu = kv_slice[(cc + 0u) * WIDE_PITCH + QUADS + tx];
-                        p0 = fma(vec4<f32>(x.x), uu, p0);
-                        p1 = fma(vec4<f32>(x.y), uu, p1);
-                        p2 = fma(vec4<f32>(x.z), uu, p2);
-                        p3 = fma(vec4<f32>(x.w), uu, p3);
-                        uu = kv_slice[(cc + 1u) * WIDE_PITCH + QUADS + tx];
-                        p0 = fma(vec4<f32>(y.x), uu, p0);
-                        p1 = fma(vec4<f32>(y.y), uu, p1);
-                        p2 = fma(vec4<f32>(y.z), uu, p2);
-                        p3 = fma(vec4<f32>(y.w), uu, p3);
-                        uu = kv_slice[(cc + 2u) * WIDE_PITCH + QUADS + tx];
-                        p0 = fma(vec4<f32>(z.x), uu, p0);
-                        p1 = fma(vec4<f32>(z.y), uu, p1);
-                        p2 = fma(vec4<f32>(z.z), uu, p2);
-                        p3 = fma(vec4<f32>(z.w), uu, p3);
-                        uu = kv_slice[(cc + 3u) * WIDE_PITCH + QUADS + tx];
-                        p0 = fma(vec4<f32>(w.x), uu, p0);
-                        p1 = fma(vec4<f32>(w.y), uu, p1);
-                        p2 = fma(vec4<f32>(w.z), uu, p2);
-                        p3 = fma(vec4<f32>(w.w), uu, p3);
+                        p = outer4(p, x, kv_slice[(cc + 0u) * WIDE_PITCH + QUADS + tx]);
+                        p = outer4(p, y, kv_slice[(cc + 1u) * WIDE_PITCH + QUADS + tx]);
+                        p = outer4(p, z, kv_slice[(cc + 2u) * WIDE_PITCH + QUADS + tx]);
+                        p = outer4(p, w, kv_slice[(cc + 3u) * WIDE_PITCH + QUADS + tx]);
                     }
                 }
             } else if cb <= r0 + 3u {
@@ -230,26 +159,26 @@ fn main(
                         scores[(r0 + 3u) * QUADS + c / 4u][c % 4u],
                     );
                     let seen = vec4<u32>(c) <= vec4<u32>(r0, r0 + 1u, r0 + 2u, r0 + 3u);
-                    o0 += select(vec4<f32>(0.0), w.x * vv, seen.x);
-                    o1 += select(vec4<f32>(0.0), w.y * vv, seen.y);
-                    o2 += select(vec4<f32>(0.0), w.z * vv, seen.z);
-                    o3 += select(vec4<f32>(0.0), w.w * vv, seen.w);
-                    p0 += select(vec4<f32>(0.0), w.x * uu, seen.x);
-                    p1 += select(vec4<f32>(0.0), w.y * uu, seen.y);
-                    p2 += select(vec4<f32>(0.0), w.z * uu, seen.z);
-                    p3 += select(vec4<f32>(0.0), w.w * uu, seen.w);
+                    o.r0 += select(vec4<f32>(0.0), w.x * vv, seen.x);
+                    o.r1 += select(vec4<f32>(0.0), w.y * vv, seen.y);
+                    o.r2 += select(vec4<f32>(0.0), w.z * vv, seen.z);
+                    o.r3 += select(vec4<f32>(0.0), w.w * vv, seen.w);
+                    p.r0 += select(vec4<f32>(0.0), w.x * uu, seen.x);
+                    p.r1 += select(vec4<f32>(0.0), w.y * uu, seen.y);
+                    p.r2 += select(vec4<f32>(0.0), w.z * uu, seen.z);
+                    p.r3 += select(vec4<f32>(0.0), w.w * uu, seen.w);
                 }
             }
             workgroupBarrier();
         }
-        store_row(bh, row0, r0 + 0u, len, e0 + tx, o0);
-        store_row(bh, row0, r0 + 1u, len, e0 + tx, o1);
-        store_row(bh, row0, r0 + 2u, len, e0 + tx, o2);
-        store_row(bh, row0, r0 + 3u, len, e0 + tx, o3);
-        store_row(bh, row0, r0 + 0u, len, e0 + TILE + tx, p0);
-        store_row(bh, row0, r0 + 1u, len, e0 + TILE + tx, p1);
-        store_row(bh, row0, r0 + 2u, len, e0 + TILE + tx, p2);
-        store_row(bh, row0, r0 + 3u, len, e0 + TILE + tx, p3);
+        store_row(at.bh, at.row0, r0 + 0u, at.len, e0 + tx, o.r0);
+        store_row(at.bh, at.row0, r0 + 1u, at.len, e0 + tx, o.r1);
+        store_row(at.bh, at.row0, r0 + 2u, at.len, e0 + tx, o.r2);
+        store_row(at.bh, at.row0, r0 + 3u, at.len, e0 + tx, o.r3);
+        store_row(at.bh, at.row0, r0 + 0u, at.len, e0 + TILE + tx, p.r0);
+        store_row(at.bh, at.row0, r0 + 1u, at.len, e0 + TILE + tx, p.r1);
+        store_row(at.bh, at.row0, r0 + 2u, at.len, e0 + TILE + tx, p.r2);
+        store_row(at.bh, at.row0, r0 + 3u, at.len, e0 + TILE + tx, p.r3);
     }
 }
 

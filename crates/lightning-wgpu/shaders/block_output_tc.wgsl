@@ -57,33 +57,23 @@ var<workgroup> q_rows: array<f16, BLOCK * Q_PITCH>; // Q, then diag(scale lambda
 var<workgroup> staged: array<f16, BLOCK * P_PITCH + V_STEP * X_PITCH>;
 var<workgroup> exchange: array<f32, BLOCK * EXCHANGE_W>; // a quarter of the f32 scores or of the output
 
-alias Acc = coop_mat16x16<f32, C>;
-alias MatA = coop_mat16x16<f16, A>;
-alias MatB = coop_mat16x16<f16, B>;
-
 // naga's uniformity analysis does not see that the branch on `carried`
 // (which depends on the workgroup and the parameters only) is uniform.
 @diagnostic(off, derivative_uniformity)
 @compute @workgroup_size(LANES)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
-    let g = group_index(wid, groups);
-    if g >= params.bh_count * params.blocks {
+fn main(inv: Invocation) {
+    let tid = inv.tid;
+    let at = block_at(inv);
+    if !at.inside {
         return;
     }
-    let at = block_at(g);
-    let len = at.len;
-    let slope = at.slope;
     let sg = tid / 32u;
     let rq = (sg % 4u) * 16u; // this subgroup's rows
     let eh = sg / 4u;         // and half of the columns
 
     // Q and K, all of them, in one step.
-    put_qk(Q, fetch_qk(Q, at.q0, len, tid), tid);
-    put_qk(K, fetch_qk(K, at.k0, len, tid), tid);
+    put_qk(Q, fetch_qk(Q, at.q0, at.len, tid), tid);
+    put_qk(K, fetch_qk(K, at.k0, at.len, tid), tid);
     workgroupBarrier();
 
     // Scores Q K^T: this subgroup's rows, columns 32 eh .. 32 eh + 31.
@@ -100,7 +90,7 @@ fn main(
     }
     // The first slice of V is fetched now, so its latency hides behind the
     // masking.
-    var vn = fetch_v(at.v0, 0u, len, tid);
+    var vn = fetch_v(at.v0, 0u, at.len, tid);
     // Mask, decay and scale the scores into f16 (over K: every subgroup is
     // past its products at the first barrier); scale the rows of Q for the
     // carried part. `exchange` holds each subgroup's tile s0 (then s1) at
@@ -108,15 +98,15 @@ fn main(
     let f0 = rq * EXCHANGE_W + eh * 16u;
     coopStoreT(s0, &exchange[f0], EXCHANGE_W);
     workgroupBarrier();
-    mask_part(slope, 0u, tid);
+    mask_part(at.slope, 0u, tid);
     workgroupBarrier();
     coopStoreT(s1, &exchange[f0], EXCHANGE_W);
     workgroupBarrier();
-    mask_part(slope, 16u, tid);
+    mask_part(at.slope, 16u, tid);
     // Row r of pair p is 2 tid / MAX_D + (2 LANES / MAX_D) p: its factor is
     // stepped, not recomputed (one exp per invocation, not one per element).
-    var rf = decay(slope, (2u * tid) / MAX_D + 1u) * params.scale;
-    let rstep = decay(slope, 2u * LANES / MAX_D);
+    var rf = decay(at.slope, (2u * tid) / MAX_D + 1u) * params.scale;
+    let rstep = decay(at.slope, 2u * LANES / MAX_D);
     for (var p = 0u; p < BLOCK * MAX_D / (2u * LANES); p++) {
         let i = first_of(tid, p);
         let qi = (i / MAX_D) * Q_PITCH + i % MAX_D;
@@ -135,11 +125,11 @@ fn main(
     var o3 = Acc();
     let ob = eh * COLUMNS; // this subgroup's first column of V and of the state
     var sn: StateSlice;
-    for (var cs = 0u; cs < len; cs += V_STEP) {
+    for (var cs = 0u; cs < at.len; cs += V_STEP) {
         put_v(vn, tid);
         workgroupBarrier();
-        if cs + V_STEP < len {
-            vn = fetch_v(at.v0, cs + V_STEP, len, tid);
+        if cs + V_STEP < at.len {
+            vn = fetch_v(at.v0, cs + V_STEP, at.len, tid);
         } else if at.carried {
             sn = fetch_s(at.own_state, at.stripe_state, 0u, tid);
         }
@@ -187,19 +177,19 @@ fn main(
     let obase = offset_of(params.o_stride, at.bh, at.row0, 0u);
     coopStoreT(o0, &exchange[f0], EXCHANGE_W);
     workgroupBarrier();
-    store_part(obase, len, 0u, tid);
+    store_part(obase, at.len, 0u, tid);
     workgroupBarrier();
     coopStoreT(o1, &exchange[f0], EXCHANGE_W);
     workgroupBarrier();
-    store_part(obase, len, 16u, tid);
+    store_part(obase, at.len, 16u, tid);
     workgroupBarrier();
     coopStoreT(o2, &exchange[f0], EXCHANGE_W);
     workgroupBarrier();
-    store_part(obase, len, 32u, tid);
+    store_part(obase, at.len, 32u, tid);
     workgroupBarrier();
     coopStoreT(o3, &exchange[f0], EXCHANGE_W);
     workgroupBarrier();
-    store_part(obase, len, 48u, tid);
+    store_part(obase, at.len, 48u, tid);
 }
 
 // Elements each invocation stages per step: of Q and of K (BLOCK x MAX_D),

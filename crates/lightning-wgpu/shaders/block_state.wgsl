@@ -17,15 +17,12 @@ var<workgroup> k_tile: array<vec4<f32>, DEPTH * QUADS>; // decayed K as [c][dd /
 var<workgroup> v_tile: array<vec4<f32>, DEPTH * QUADS>; // V as [c][ee / 4]
 
 @compute @workgroup_size(THREADS)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
+fn main(inv: Invocation) {
+    let tid = inv.tid;
     let d_tiles = (params.dim_k + TILE - 1u) / TILE;
     let e_tiles = (params.dim_v + TILE - 1u) / TILE;
     let stripes = stripe_count();
-    var g = group_index(wid, groups);
+    var g = group_index(inv);
     if g >= params.bh_count * stripes * d_tiles * e_tiles {
         return;
     }
@@ -33,10 +30,7 @@ fn main(
     g /= d_tiles;
     let e0 = (g % e_tiles) * TILE;
     g /= e_tiles;
-    let stripe = g % stripes;
-    let local_bh = g / stripes;
-    let bh = params.bh_start + local_bh;
-    let slope = slope_of(bh);
+    let at = stripe_at(g, stripes);
     let tx = tid % QUADS;
     let ty = tid / QUADS;
     let size = params.dim_k * params.dim_v;
@@ -45,55 +39,43 @@ fn main(
     // QUADS, so a warp stores each row's columns side by side (see put).
     let ee = e0 + tx;
 
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    var a2 = vec4<f32>(0.0);
-    var a3 = vec4<f32>(0.0);
-    let first = stripe * STRIPE;
+    var acc: Rows4;
+    let first = at.stripe * STRIPE;
     let end = min(first + STRIPE, params.blocks);
     // Offsets of the sequence's first row: rows are stepped by the stride.
-    let kb = offset_of(params.k_stride, bh, 0u, 0u);
-    let vb = offset_of(params.v_stride, bh, 0u, 0u);
+    let kb = offset_of(params.k_stride, at.bh, 0u, 0u);
+    let vb = offset_of(params.v_stride, at.bh, 0u, 0u);
     // Each step's slices are loaded into registers during the step before
     // (across block boundaries too), so their latency hides behind the
     // arithmetic.
-    var next = fetch(kb, vb, first, 0u, d0, e0, slope, tid);
+    var next = fetch(kb, vb, first, 0u, d0, e0, at.slope, tid);
     for (var t = first; t < end; t++) {
-        let base = (local_bh * params.blocks + t) * size;
-        store_state_row(base, dd + 0u, ee, a0);
-        store_state_row(base, dd + 1u, ee, a1);
-        store_state_row(base, dd + 2u, ee, a2);
-        store_state_row(base, dd + 3u, ee, a3);
+        let base = (at.local_bh * params.blocks + t) * size;
+        store_state_row(base, dd + 0u, ee, acc.r0);
+        store_state_row(base, dd + 1u, ee, acc.r1);
+        store_state_row(base, dd + 2u, ee, acc.r2);
+        store_state_row(base, dd + 3u, ee, acc.r3);
         let len = block_len(t);
-        let carry = decay(slope, len);
-        a0 *= carry;
-        a1 *= carry;
-        a2 *= carry;
-        a3 *= carry;
+        acc = scale_rows(acc, vec4<f32>(decay(at.slope, len)));
         for (var cb = 0u; cb < len; cb += DEPTH) {
             put(next, tid);
             workgroupBarrier();
             if cb + DEPTH < len {
-                next = fetch(kb, vb, t, cb + DEPTH, d0, e0, slope, tid);
+                next = fetch(kb, vb, t, cb + DEPTH, d0, e0, at.slope, tid);
             } else if t + 1u < end {
-                next = fetch(kb, vb, t + 1u, 0u, d0, e0, slope, tid);
+                next = fetch(kb, vb, t + 1u, 0u, d0, e0, at.slope, tid);
             }
             for (var cc = 0u; cc < DEPTH; cc++) {
-                let a = k_tile[cc * QUADS + ty];
-                let b = v_tile[cc * QUADS + tx];
-                a0 = fma(vec4<f32>(a.x), b, a0);
-                a1 = fma(vec4<f32>(a.y), b, a1);
-                a2 = fma(vec4<f32>(a.z), b, a2);
-                a3 = fma(vec4<f32>(a.w), b, a3);
+                acc = outer4(acc, k_tile[cc * QUADS + ty], v_tile[cc * QUADS + tx]);
             }
             workgroupBarrier();
         }
     }
-    let base = stripe_states() + (local_bh * stripes + stripe) * size;
-    store_state_row(base, dd + 0u, ee, a0);
-    store_state_row(base, dd + 1u, ee, a1);
-    store_state_row(base, dd + 2u, ee, a2);
-    store_state_row(base, dd + 3u, ee, a3);
+    let base = stripe_states() + (at.local_bh * stripes + at.stripe) * size;
+    store_state_row(base, dd + 0u, ee, acc.r0);
+    store_state_row(base, dd + 1u, ee, acc.r1);
+    store_state_row(base, dd + 2u, ee, acc.r2);
+    store_state_row(base, dd + 3u, ee, acc.r3);
 }
 
 // Elements of a DEPTH x TILE slice each invocation stages per step: element

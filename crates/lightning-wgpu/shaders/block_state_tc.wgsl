@@ -39,48 +39,38 @@ var<workgroup> v_rows: array<f16, BLOCK * V_PITCH>; // v_c as [c][e - e0]
 // Half of the subgroups' f32 tiles at a time, on their way to storage.
 var<workgroup> exchange: array<f32, 16u * 256u>;
 
-alias Acc = coop_mat16x16<f32, C>;
-alias MatA = coop_mat16x16<f16, A>;
-alias MatB = coop_mat16x16<f16, B>;
-
 // A subgroup stages its tile only in its half's turn and for rows inside
 // d: a branch on the subgroup index, uniform within each subgroup (the
 // scope of the store).
 @diagnostic(off, derivative_uniformity)
 @compute @workgroup_size(LANES)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
+fn main(inv: Invocation) {
+    let tid = inv.tid;
     let stripes = stripe_count();
     let halves = (params.dim_v + COLUMNS - 1u) / COLUMNS;
-    var g = group_index(wid, groups);
+    var g = group_index(inv);
     if g >= params.bh_count * stripes * halves {
         return;
     }
     let e0 = (g % halves) * COLUMNS;
     g /= halves;
-    let stripe = g % stripes;
-    let local_bh = g / stripes;
-    let bh = params.bh_start + local_bh;
-    let slope = slope_of(bh);
+    let at = stripe_at(g, stripes);
     let size = params.dim_k * params.dim_v;
     let r16 = ((tid / 32u) % 8u) * 16u;
     let ec = (tid / 256u) * 16u; // this subgroup's first column, from e0
     // Whether this subgroup's rows are inside d (uniform per subgroup).
     let mine = r16 < params.dim_k;
-    let kb = offset_of(params.k_stride, bh, 0u, 0u);
-    let vb = offset_of(params.v_stride, bh, 0u, 0u);
+    let kb = offset_of(params.k_stride, at.bh, 0u, 0u);
+    let vb = offset_of(params.v_stride, at.bh, 0u, 0u);
 
     var a0 = Acc();
-    let first = stripe * STRIPE;
+    let first = at.stripe * STRIPE;
     let end = min(first + STRIPE, params.blocks);
     var kn = fetch_k(kb, first, tid);
     var vn = fetch_v(vb, first, e0, tid);
     for (var t = first; t < end; t++) {
         let len = block_len(t);
-        put(kn, vn, len, slope, tid);
+        put(kn, vn, len, at.slope, tid);
         if t + 1u < end {
             kn = fetch_k(kb, t + 1u, tid);
             vn = fetch_v(vb, t + 1u, e0, tid);
@@ -88,13 +78,13 @@ fn main(
         // L_t to storage in f16: half of the tiles, then the other half,
         // whose copy out of `exchange` overlaps the products (it is next
         // written after the barrier that ends them).
-        let slot = (local_bh * params.blocks + t) * (size / 2u);
+        let slot = (at.local_bh * params.blocks + t) * (size / 2u);
         stage(a0, 0u, tid, mine);
         workgroupBarrier();
         save_half(slot, e0, 0u, tid);
         workgroupBarrier();
         stage(a0, 1u, tid, mine);
-        let carry = decay(slope, len);
+        let carry = decay(at.slope, len);
         a0 = a0 * carry;
         workgroupBarrier();
         save_half(slot, e0, 1u, tid);
@@ -107,7 +97,7 @@ fn main(
         }
         workgroupBarrier();
     }
-    let base = stripe_states() + (local_bh * stripes + stripe) * size;
+    let base = stripe_states() + (at.local_bh * stripes + at.stripe) * size;
     stage(a0, 0u, tid, mine);
     workgroupBarrier();
     save_full(base, e0, 0u, tid);

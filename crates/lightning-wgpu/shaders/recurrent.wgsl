@@ -27,13 +27,10 @@ var<workgroup> partial: array<vec4<f32>, THREADS>;
 var<workgroup> slot_shared: i32;
 
 @compute @workgroup_size(THREADS)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
+fn main(inv: Invocation) {
+    let tid = inv.tid;
     let e_tiles = (params.dim_v + 4u * COLUMN_QUADS - 1u) / (4u * COLUMN_QUADS);
-    let g = group_index(wid, groups);
+    let g = group_index(inv);
     if g >= params.bh_count * e_tiles {
         return;
     }

@@ -20,13 +20,10 @@ var<workgroup> row_sum: array<f32, BLOCK>;
 var<workgroup> row_rescale: array<f32, BLOCK>;
 
 @compute @workgroup_size(THREADS)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
+fn main(inv: Invocation) {
+    let tid = inv.tid;
     let e_tiles = (params.dim_v + TILE - 1u) / TILE;
-    var g = group_index(wid, groups);
+    var g = group_index(inv);
     if g >= params.bh_count * params.blocks * e_tiles {
         return;
     }
@@ -46,19 +43,13 @@ fn main(
         row_max[tid] = NEG;
         row_sum[tid] = 0.0;
     }
-    var o0 = vec4<f32>(0.0);
-    var o1 = vec4<f32>(0.0);
-    var o2 = vec4<f32>(0.0);
-    var o3 = vec4<f32>(0.0);
+    var o: Rows4;
 
     for (var kb = 0u; kb <= t; kb++) {
         let key0 = kb * BLOCK;
         let key_len = block_len(kb);
         // Logits of this key block.
-        var s0 = vec4<f32>(0.0);
-        var s1 = vec4<f32>(0.0);
-        var s2 = vec4<f32>(0.0);
-        var s3 = vec4<f32>(0.0);
+        var s: Rows4;
         for (var k0 = 0u; k0 < params.dim_k; k0 += DEPTH) {
             for (var i = tid; i < BLOCK * DEPTH; i += THREADS) {
                 let r = i / DEPTH;
@@ -80,18 +71,15 @@ fn main(
             for (var kk = 0u; kk < DEPTH; kk++) {
                 let a = q_tile[kk * QUADS + ty];
                 let b = kv_tile[kk * QUADS + tx];
-                s0 = fma(vec4<f32>(a.x), b, s0);
-                s1 = fma(vec4<f32>(a.y), b, s1);
-                s2 = fma(vec4<f32>(a.z), b, s2);
-                s3 = fma(vec4<f32>(a.w), b, s3);
+                s = outer4(s, a, b);
             }
             workgroupBarrier();
         }
         let diagonal = kb == t;
-        scores[(r0 + 0u) * QUADS + tx] = logits(s0, row0 + r0 + 0u, key0 + c0, key0 + key_len, slope);
-        scores[(r0 + 1u) * QUADS + tx] = logits(s1, row0 + r0 + 1u, key0 + c0, key0 + key_len, slope);
-        scores[(r0 + 2u) * QUADS + tx] = logits(s2, row0 + r0 + 2u, key0 + c0, key0 + key_len, slope);
-        scores[(r0 + 3u) * QUADS + tx] = logits(s3, row0 + r0 + 3u, key0 + c0, key0 + key_len, slope);
+        scores[(r0 + 0u) * QUADS + tx] = logits(s.r0, row0 + r0 + 0u, key0 + c0, key0 + key_len, slope);
+        scores[(r0 + 1u) * QUADS + tx] = logits(s.r1, row0 + r0 + 1u, key0 + c0, key0 + key_len, slope);
+        scores[(r0 + 2u) * QUADS + tx] = logits(s.r2, row0 + r0 + 2u, key0 + c0, key0 + key_len, slope);
+        scores[(r0 + 3u) * QUADS + tx] = logits(s.r3, row0 + r0 + 3u, key0 + c0, key0 + key_len, slope);
         workgroupBarrier();
 
         // Online softmax, one invocation per row: new maximum, probabilities,
@@ -115,10 +103,7 @@ fn main(
         }
         workgroupBarrier();
 
-        o0 *= row_rescale[r0 + 0u];
-        o1 *= row_rescale[r0 + 1u];
-        o2 *= row_rescale[r0 + 2u];
-        o3 *= row_rescale[r0 + 3u];
+        o = scale_rows(o, vec4<f32>(row_rescale[r0], row_rescale[r0 + 1u], row_rescale[r0 + 2u], row_rescale[r0 + 3u]));
         for (var cb = 0u; cb < key_len; cb += DEPTH) {
             for (var i = tid; i < TILE * DEPTH; i += THREADS) {
                 let cc = i / TILE;
@@ -133,18 +118,21 @@ fn main(
             for (var cc = 0u; cc < DEPTH; cc++) {
                 let c = cb + cc;
                 let vv = kv_tile[cc * QUADS + tx];
-                o0 = fma(vec4<f32>(scores[(r0 + 0u) * QUADS + c / 4u][c % 4u]), vv, o0);
-                o1 = fma(vec4<f32>(scores[(r0 + 1u) * QUADS + c / 4u][c % 4u]), vv, o1);
-                o2 = fma(vec4<f32>(scores[(r0 + 2u) * QUADS + c / 4u][c % 4u]), vv, o2);
-                o3 = fma(vec4<f32>(scores[(r0 + 3u) * QUADS + c / 4u][c % 4u]), vv, o3);
+                let w = vec4<f32>(
+                    scores[(r0 + 0u) * QUADS + c / 4u][c % 4u],
+                    scores[(r0 + 1u) * QUADS + c / 4u][c % 4u],
+                    scores[(r0 + 2u) * QUADS + c / 4u][c % 4u],
+                    scores[(r0 + 3u) * QUADS + c / 4u][c % 4u],
+                );
+                o = outer4(o, w, vv);
             }
             workgroupBarrier();
         }
     }
-    store_row(bh, row0, r0 + 0u, len, e0 + c0, o0 / row_sum[r0 + 0u]);
-    store_row(bh, row0, r0 + 1u, len, e0 + c0, o1 / row_sum[r0 + 1u]);
-    store_row(bh, row0, r0 + 2u, len, e0 + c0, o2 / row_sum[r0 + 2u]);
-    store_row(bh, row0, r0 + 3u, len, e0 + c0, o3 / row_sum[r0 + 3u]);
+    store_row(bh, row0, r0 + 0u, len, e0 + c0, o.r0 / row_sum[r0 + 0u]);
+    store_row(bh, row0, r0 + 1u, len, e0 + c0, o.r1 / row_sum[r0 + 1u]);
+    store_row(bh, row0, r0 + 2u, len, e0 + c0, o.r2 / row_sum[r0 + 2u]);
+    store_row(bh, row0, r0 + 3u, len, e0 + c0, o.r3 / row_sum[r0 + 3u]);
 }
 
 // scale q_i . k_j - s (i - j) for keys j <= i that exist, else NEG.

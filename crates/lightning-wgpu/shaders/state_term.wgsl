@@ -11,12 +11,9 @@
 // One invocation per element of out.
 
 @compute @workgroup_size(THREADS)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
-    let idx = group_index(wid, groups) * THREADS + tid;
+fn main(inv: Invocation) {
+    let tid = inv.tid;
+    let idx = group_index(inv) * THREADS + tid;
     let per_bh = params.rows * params.dim_v;
     if idx >= params.bh_count * per_bh {
         return;

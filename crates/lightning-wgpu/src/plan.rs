@@ -139,28 +139,20 @@ fn segment(
     let per_block_words = ((bh.1 * blocks * state_size) as u64 * lim.block_state_bytes).div_ceil(4);
     let state_lo = (seq.first_state + bh.0) * state_size;
     let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
-    // q and k have the same shape, so the same window.
     let [rq, rk, rv, ro] = lim.reversed;
-    let q = window(
-        layout,
-        dims,
-        dims.d,
-        bh,
-        rows,
-        lim.offset_align,
-        lim.input_bytes,
-        rq,
-    );
-    let k = window(
-        layout,
-        dims,
-        dims.d,
-        bh,
-        rows,
-        lim.offset_align,
-        lim.input_bytes,
-        rk,
-    );
+    // A tensor's window: its width, bytes per element, and time direction.
+    let win = |width: usize, bytes: u64, reversed: bool| {
+        window(
+            layout,
+            dims,
+            width,
+            bh,
+            rows,
+            lim.offset_align,
+            bytes,
+            reversed,
+        )
+    };
     Segment {
         seq_start: seq.start,
         seq_len: seq.len,
@@ -169,28 +161,10 @@ fn segment(
         n0: rows.0,
         rows: rows.1,
         blocks,
-        q,
-        k,
-        v: window(
-            layout,
-            dims,
-            dims.e,
-            bh,
-            rows,
-            lim.offset_align,
-            lim.input_bytes,
-            rv,
-        ),
-        o: window(
-            layout,
-            dims,
-            dims.e,
-            bh,
-            rows,
-            lim.offset_align,
-            lim.output_bytes,
-            ro,
-        ),
+        q: win(dims.d, lim.input_bytes, rq),
+        k: win(dims.d, lim.input_bytes, rk),
+        v: win(dims.e, lim.input_bytes, rv),
+        o: win(dims.e, lim.output_bytes, ro),
         state: Window {
             offset: state_start,
             size: ((state_lo + bh.1 * state_size) as u64) * 4 - state_start,

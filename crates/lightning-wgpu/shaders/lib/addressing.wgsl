@@ -37,9 +37,17 @@ fn decay4(slope: f32, k: vec4<u32>) -> vec4<f32> {
     return exp(max(-slope * vec4<f32>(k), vec4<f32>(-1e4)));
 }
 
+// What an invocation of a kernel knows of itself: every kernel's `main`
+// takes one.
+struct Invocation {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+}
+
 // Linear workgroup index; the host folds grids wider than its limit into y.
-fn group_index(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return wid.x + wid.y * groups.x;
+fn group_index(inv: Invocation) -> u32 {
+    return inv.wid.x + inv.wid.y * inv.groups.x;
 }
 
 // Rows of block t of this dispatch: BLOCK, or fewer for the last block.
@@ -52,6 +60,24 @@ fn stripe_count() -> u32 {
     return (params.blocks + STRIPE - 1u) / STRIPE;
 }
 
+// The (bh, stripe) a block-state workgroup walks, from its index `g`
+// counted past its tiles of the state (the innermost part of the grid).
+struct StripeAt {
+    local_bh: u32,
+    bh: u32,
+    stripe: u32,
+    slope: f32,
+}
+
+fn stripe_at(g: u32, stripes: u32) -> StripeAt {
+    var s: StripeAt;
+    s.stripe = g % stripes;
+    s.local_bh = g / stripes;
+    s.bh = params.bh_start + s.local_bh;
+    s.slope = slope_of(s.bh);
+    return s;
+}
+
 // Offset in 32-bit words, in the chunked forward's scratch, of the f32
 // per-stripe states [bh][stripe][d][e]; the per-block states come first
 // (f32 on the portable path, f16 on the tensor cores), so the host says where.
@@ -62,4 +88,29 @@ fn stripe_states() -> u32 {
 // Which of columns col, col + step, col + 2 step, col + 3 step lie below `limit`.
 fn live4(col: u32, step: u32, limit: u32) -> vec4<bool> {
     return vec4<u32>(col, col + step, col + 2u * step, col + 3u * step) < vec4<u32>(limit);
+}
+
+// Four rows of four columns in registers: an invocation's 4x4 tile of a
+// product (named members, so the tile stays in registers even with the
+// runtime bounds checks on).
+struct Rows4 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+// t + a^T b: row i gains a[i] times the row b.
+fn outer4(t: Rows4, a: vec4<f32>, b: vec4<f32>) -> Rows4 {
+    return Rows4(
+        fma(vec4<f32>(a.x), b, t.r0),
+        fma(vec4<f32>(a.y), b, t.r1),
+        fma(vec4<f32>(a.z), b, t.r2),
+        fma(vec4<f32>(a.w), b, t.r3),
+    );
+}
+
+// Row i of t times f[i].
+fn scale_rows(t: Rows4, f: vec4<f32>) -> Rows4 {
+    return Rows4(t.r0 * f.x, t.r1 * f.y, t.r2 * f.z, t.r3 * f.w);
 }

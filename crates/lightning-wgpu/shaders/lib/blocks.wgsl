@@ -4,6 +4,8 @@
 // with L_t the block's state counted from the start t_j of its stripe (the
 // block-state pass) and S_j the state before the stripe (the stripe scan).
 struct BlockAt {
+    // The workgroup has a block (the last row of a folded grid has spares).
+    inside: bool,
     local_bh: u32,
     bh: u32,
     t: u32,
@@ -23,8 +25,10 @@ struct BlockAt {
     carried: bool,
 }
 
-fn block_at(g: u32) -> BlockAt {
+fn block_at(inv: Invocation) -> BlockAt {
+    let g = group_index(inv);
     var b: BlockAt;
+    b.inside = g < params.bh_count * params.blocks;
     b.local_bh = g / params.blocks;
     b.bh = params.bh_start + b.local_bh;
     b.t = g % params.blocks;

@@ -30,7 +30,29 @@ pub(crate) struct Launch<'a> {
     pub segments: Vec<Segment>,
 }
 
-impl Launch<'_> {
+impl<'a> Launch<'a> {
+    /// A launch of `segments` with no decay, scale 1, no state to start
+    /// from, in sequence mode, in time order.
+    pub(crate) fn new(
+        dims: Dims,
+        layout: Layout,
+        storage: Storage,
+        segments: Vec<Segment>,
+    ) -> Self {
+        Launch {
+            dims,
+            layout,
+            scale: 1.0,
+            slopes: None,
+            starts_from_state: false,
+            slotted: false,
+            storage,
+            reversed: [false; 4],
+            transposed_state: false,
+            segments,
+        }
+    }
+
     /// The uniform block of segment `s`.
     pub(crate) fn params(&self, s: &Segment) -> Params {
         let dims = &self.dims;
@@ -120,6 +142,11 @@ impl Uniforms {
     pub(crate) fn slopes(&self) -> wgpu::BindingResource<'_> {
         whole(&self.slopes, (self.heads * 4) as u64)
     }
+
+    /// `params` of segment `index` and `slopes`, named.
+    pub(crate) fn named(&self, index: usize) -> Vec<(&'static str, wgpu::BindingResource<'_>)> {
+        vec![("params", self.params(index)), ("slopes", self.slopes())]
+    }
 }
 
 /// `buffer` bound at window `w`.
@@ -153,4 +180,28 @@ pub(crate) struct Io<'a> {
     pub o: &'a wgpu::Buffer,
     /// The state: initial state in, final state out (or the decode cache).
     pub state: &'a wgpu::Buffer,
+}
+
+impl<'a> Io<'a> {
+    /// The windows of segment `s` of the tensors `names` (q, k, v, o, and
+    /// the state by the name the kernel gives it), named.
+    pub(crate) fn named(
+        &self,
+        s: &Segment,
+        names: &[&'static str],
+    ) -> Vec<(&'static str, wgpu::BindingResource<'a>)> {
+        names
+            .iter()
+            .map(|&name| {
+                let (buffer, window) = match name {
+                    "q" => (self.q, s.q),
+                    "k" => (self.k, s.k),
+                    "v" => (self.v, s.v),
+                    "o" => (self.o, s.o),
+                    _ => (self.state, s.state),
+                };
+                (name, bind(buffer, window))
+            })
+            .collect()
+    }
 }

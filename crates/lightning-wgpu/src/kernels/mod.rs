@@ -94,9 +94,35 @@ const fn write(name: &'static str, elem: Elem) -> Binding {
     }
 }
 
-/// The uniform block and slopes every attention kernel starts with.
+/// The uniform block and slopes every attention kernel starts with, and
+/// the inputs and output most of them bind.
 const PARAMS: Binding = uniform("params", "Params");
 const SLOPES: Binding = read("slopes", Elem::F32);
+const Q: Binding = read("q", Elem::Stored);
+const K: Binding = read("k", Elem::Stored);
+const V: Binding = read("v", Elem::Stored);
+const O: Binding = write("o", Elem::F32);
+
+// The binding table of each kernel.
+use Elem::{Out, F16, F32, I32, U32};
+const BLOCK_STATE: &[Binding] = &[PARAMS, SLOPES, K, V, write("states", F32)];
+const BLOCK_STATE_TC: &[Binding] = &[PARAMS, SLOPES, K, V, write("states", U32)];
+const STATE_SCAN: &[Binding] = &[PARAMS, SLOPES, write("states", F32), write("carry", F32)];
+const BLOCK_OUTPUT: &[Binding] = &[PARAMS, SLOPES, Q, K, V, read("states", F32), O];
+// The tensor-core output pass also reads the per-block states as f16.
+const BLOCK_OUTPUT_TC: &[Binding] = &[PARAMS, SLOPES, Q, K, V, STATES_U32, O_OUT, HALVES];
+const STATES_U32: Binding = read("states", U32);
+const O_OUT: Binding = write("o", Out);
+const HALVES: Binding = read("halves", F16);
+const RECURRENT: &[Binding] = &[PARAMS, SLOPES, Q, K, V, O, STATE, read("slots", I32)];
+const STATE: Binding = write("state", F32);
+const SOFTMAX_ATTENTION: &[Binding] = &[PARAMS, SLOPES, Q, K, V, O];
+const PACK_OUTPUT: &[Binding] = &[JOB, read("wide", F32), write("packed", U32)];
+const JOB: Binding = uniform("job", "PackJob");
+const STATE_MAP: &[Binding] = &[MAP, SLOPES, read("x", F32), read("y", F32), OUT];
+const MAP: Binding = uniform("map", "StateMap");
+const OUT: Binding = write("out", F32);
+const STATE_TERM: &[Binding] = &[PARAMS, SLOPES, read("x", Elem::Stored), read("a", F32), OUT];
 
 /// A piece of WGSL under `shaders/lib/` that kernels share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,8 +134,8 @@ pub(crate) enum Lib {
     Blocks,
     /// bf16 rounding.
     Halves,
-    /// A word of q, k or v as a pair of elements (the tensor-core kernels).
-    Pairs,
+    /// The tensor-core kernels' matrix types and pairs of elements.
+    TensorCores,
 }
 
 impl Lib {
@@ -118,7 +144,7 @@ impl Lib {
             Lib::Addressing => include_str!("../../shaders/lib/addressing.wgsl"),
             Lib::Blocks => include_str!("../../shaders/lib/blocks.wgsl"),
             Lib::Halves => include_str!("../../shaders/lib/halves.wgsl"),
-            Lib::Pairs => include_str!("../../shaders/lib/pairs.wgsl"),
+            Lib::TensorCores => include_str!("../../shaders/lib/tensor_cores.wgsl"),
         }
     }
 }
@@ -198,118 +224,17 @@ impl Kernel {
 
     /// Its bindings of group 0, in binding order.
     pub(crate) fn bindings(self) -> &'static [Binding] {
-        use Elem::*;
         match self {
-            Kernel::BlockState => {
-                const {
-                    &[
-                        PARAMS,
-                        SLOPES,
-                        read("k", Stored),
-                        read("v", Stored),
-                        write("states", F32),
-                    ]
-                }
-            }
-            Kernel::BlockStateTc => {
-                const {
-                    &[
-                        PARAMS,
-                        SLOPES,
-                        read("k", Stored),
-                        read("v", Stored),
-                        write("states", U32),
-                    ]
-                }
-            }
-            Kernel::StateScan => {
-                const { &[PARAMS, SLOPES, write("states", F32), write("carry", F32)] }
-            }
-            Kernel::BlockOutput => {
-                const {
-                    &[
-                        PARAMS,
-                        SLOPES,
-                        read("q", Stored),
-                        read("k", Stored),
-                        read("v", Stored),
-                        read("states", F32),
-                        write("o", F32),
-                    ]
-                }
-            }
-            Kernel::BlockOutputTc => {
-                const {
-                    &[
-                        PARAMS,
-                        SLOPES,
-                        read("q", Stored),
-                        read("k", Stored),
-                        read("v", Stored),
-                        read("states", U32),
-                        write("o", Out),
-                        // The same scratch as f16 elements (the per-block states).
-                        read("halves", F16),
-                    ]
-                }
-            }
-            Kernel::Recurrent => {
-                const {
-                    &[
-                        PARAMS,
-                        SLOPES,
-                        read("q", Stored),
-                        read("k", Stored),
-                        read("v", Stored),
-                        write("o", F32),
-                        write("state", F32),
-                        read("slots", I32),
-                    ]
-                }
-            }
-            Kernel::SoftmaxAttention => {
-                const {
-                    &[
-                        PARAMS,
-                        SLOPES,
-                        read("q", Stored),
-                        read("k", Stored),
-                        read("v", Stored),
-                        write("o", F32),
-                    ]
-                }
-            }
-            Kernel::PackOutput => {
-                const {
-                    &[
-                        uniform("job", "PackJob"),
-                        read("wide", F32),
-                        write("packed", U32),
-                    ]
-                }
-            }
-            Kernel::StateMap => {
-                const {
-                    &[
-                        uniform("map", "StateMap"),
-                        SLOPES,
-                        read("x", F32),
-                        read("y", F32),
-                        write("out", F32),
-                    ]
-                }
-            }
-            Kernel::StateTerm => {
-                const {
-                    &[
-                        PARAMS,
-                        SLOPES,
-                        read("x", Stored),
-                        read("a", F32),
-                        write("out", F32),
-                    ]
-                }
-            }
+            Kernel::BlockState => BLOCK_STATE,
+            Kernel::BlockStateTc => BLOCK_STATE_TC,
+            Kernel::StateScan => STATE_SCAN,
+            Kernel::BlockOutput => BLOCK_OUTPUT,
+            Kernel::BlockOutputTc => BLOCK_OUTPUT_TC,
+            Kernel::Recurrent => RECURRENT,
+            Kernel::SoftmaxAttention => SOFTMAX_ATTENTION,
+            Kernel::PackOutput => PACK_OUTPUT,
+            Kernel::StateMap => STATE_MAP,
+            Kernel::StateTerm => STATE_TERM,
         }
     }
 
@@ -317,8 +242,8 @@ impl Kernel {
     pub(crate) fn libs(self) -> &'static [Lib] {
         match self {
             Kernel::BlockOutput => &[Lib::Addressing, Lib::Blocks],
-            Kernel::BlockOutputTc => &[Lib::Addressing, Lib::Blocks, Lib::Halves, Lib::Pairs],
-            Kernel::BlockStateTc => &[Lib::Addressing, Lib::Pairs],
+            Kernel::BlockOutputTc => &[Lib::Addressing, Lib::Blocks, Lib::Halves, Lib::TensorCores],
+            Kernel::BlockStateTc => &[Lib::Addressing, Lib::TensorCores],
             Kernel::BlockState
             | Kernel::StateScan
             | Kernel::Recurrent

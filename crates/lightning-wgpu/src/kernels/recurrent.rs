@@ -1,7 +1,7 @@
 //! Recording the token-by-token recurrence: the recurrent forward method
 //! and decoding against a slot cache.
 
-use super::launch::{bind, whole, Io, Launch, Uniforms};
+use super::launch::{whole, Io, Launch, Uniforms};
 use super::{Kernel, KernelSpec, Setup};
 use crate::error::Result;
 use crate::runtime::recorder::Recorder;
@@ -41,21 +41,10 @@ pub(crate) async fn record(
     );
     let e_tiles = launch.dims.e.div_ceil(COLUMNS);
     for (i, s) in launch.segments.iter().enumerate() {
-        kernel.dispatch(
-            rec,
-            "recurrent",
-            &[
-                ("params", uniforms.params(i)),
-                ("slopes", uniforms.slopes()),
-                ("q", bind(io.q, s.q)),
-                ("k", bind(io.k, s.k)),
-                ("v", bind(io.v, s.v)),
-                ("o", bind(io.o, s.o)),
-                ("state", bind(io.state, s.state)),
-                ("slots", whole(&slot_buffer, (map.len() * 4) as u64)),
-            ],
-            (s.bh_count * e_tiles) as u64,
-        );
+        let mut named = uniforms.named(i);
+        named.extend(io.named(s, &["q", "k", "v", "o", "state"]));
+        named.push(("slots", whole(&slot_buffer, (map.len() * 4) as u64)));
+        kernel.dispatch(rec, "recurrent", &named, (s.bh_count * e_tiles) as u64);
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Recording causal softmax attention, the baseline.
 
-use super::launch::{bind, Io, Launch, Uniforms};
+use super::launch::{Io, Launch, Uniforms};
 use super::{Kernel, KernelSpec, Setup};
 use crate::error::Result;
 use crate::runtime::recorder::Recorder;
@@ -17,19 +17,10 @@ pub(crate) async fn record(
     let uniforms = Uniforms::new(rec, launch);
     let e_tiles = launch.dims.e.div_ceil(setup.config.rows as usize);
     for (i, s) in launch.segments.iter().enumerate() {
-        kernel.dispatch(
-            rec,
-            "softmax attention",
-            &[
-                ("params", uniforms.params(i)),
-                ("slopes", uniforms.slopes()),
-                ("q", bind(io.q, s.q)),
-                ("k", bind(io.k, s.k)),
-                ("v", bind(io.v, s.v)),
-                ("o", bind(io.o, s.o)),
-            ],
-            (s.bh_count * s.blocks * e_tiles) as u64,
-        );
+        let mut named = uniforms.named(i);
+        named.extend(io.named(s, &["q", "k", "v", "o"]));
+        let groups = (s.bh_count * s.blocks * e_tiles) as u64;
+        kernel.dispatch(rec, "softmax attention", &named, groups);
     }
     Ok(())
 }

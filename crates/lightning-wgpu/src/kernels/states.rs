@@ -118,18 +118,14 @@ pub(crate) async fn record_term(
     let uniforms = super::launch::Uniforms::new(rec, launch);
     let threads = u64::from(setup.config.threads());
     for (i, s) in launch.segments.iter().enumerate() {
-        kernel.dispatch(
-            rec,
-            "state term",
-            &[
-                ("params", uniforms.params(i)),
-                ("slopes", uniforms.slopes()),
-                ("x", bind(x, s.q)),
-                ("a", bind(a, s.state)),
-                ("out", bind(out, s.o)),
-            ],
-            ((s.bh_count * s.rows * launch.dims.e) as u64).div_ceil(threads),
-        );
+        let mut named = uniforms.named(i);
+        named.extend([
+            ("x", bind(x, s.q)),
+            ("a", bind(a, s.state)),
+            ("out", bind(out, s.o)),
+        ]);
+        let groups = ((s.bh_count * s.rows * launch.dims.e) as u64).div_ceil(threads);
+        kernel.dispatch(rec, "state term", &named, groups);
     }
     Ok(())
 }

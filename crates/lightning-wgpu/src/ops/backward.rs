@@ -240,16 +240,9 @@ impl Context {
         )?;
         let setup = *self.setup();
         let launch = Launch {
-            dims,
-            layout,
-            scale: 1.0,
             slopes: fwd.slopes,
-            starts_from_state: false,
-            slotted: false,
-            storage: setup.storage(x.dtype()),
-            reversed: [false; 4],
             transposed_state: transposed,
-            segments,
+            ..Launch::new(dims, layout, setup.storage(x.dtype()), segments)
         };
         states::record_term(rec, &setup, &launch, x.buffer(), a.buffer(), out).await
     }

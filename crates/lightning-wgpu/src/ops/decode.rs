@@ -98,16 +98,11 @@ impl Context {
         }
         let setup = *self.setup();
         let launch = Launch {
-            dims,
-            layout: Layout::Bhnd,
             scale: opts.scale,
             slopes: opts.slopes,
             starts_from_state: true,
             slotted: true,
-            storage: setup.storage(q.dtype()),
-            reversed: [false; 4],
-            transposed_state: false,
-            segments,
+            ..Launch::new(dims, Layout::Bhnd, setup.storage(q.dtype()), segments)
         };
         let io = Io {
             q: q.buffer(),

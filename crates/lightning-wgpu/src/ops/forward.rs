@@ -262,16 +262,11 @@ impl Context {
             rec.copy(s0.buffer(), 0, &state, 0, state_bytes);
         }
         let launch = Launch {
-            dims,
-            layout: opts.layout,
             scale: opts.scale,
             slopes: opts.slopes,
             starts_from_state: opts.initial_state.is_some(),
-            slotted: false,
-            storage,
             reversed: views.reversed,
-            transposed_state: false,
-            segments,
+            ..Launch::new(dims, opts.layout, storage, segments)
         };
         let io = Io {
             q: q.buffer(),

@@ -82,16 +82,9 @@ impl Context {
         )?;
         let setup = *self.setup();
         let launch = Launch {
-            dims,
-            layout: opts.layout,
             scale,
             slopes: opts.alibi,
-            starts_from_state: false,
-            slotted: false,
-            storage: setup.storage(q.dtype()),
-            reversed: [false; 4],
-            transposed_state: false,
-            segments,
+            ..Launch::new(dims, opts.layout, setup.storage(q.dtype()), segments)
         };
         // Softmax binds no state; q stands in for the unused slot.
         let io = Io {

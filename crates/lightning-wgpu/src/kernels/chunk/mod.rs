@@ -84,45 +84,33 @@ pub(crate) async fn record(
                 },
             )
         };
+        let mut state_pass = uniforms.named(i);
+        state_pass.extend(io.named(s, &["k", "v"]));
+        state_pass.push(("states", states()));
         block_state.dispatch(
             rec,
             "block_state",
-            &[
-                ("params", uniforms.params(i)),
-                ("slopes", uniforms.slopes()),
-                ("k", bind(io.k, s.k)),
-                ("v", bind(io.v, s.v)),
-                ("states", states()),
-            ],
+            &state_pass,
             path.state_groups(s, dims, setup),
         );
-        scan.dispatch(
-            rec,
-            "state_scan",
-            &[
-                ("params", uniforms.params(i)),
-                ("slopes", uniforms.slopes()),
-                ("states", states()),
-                ("carry", bind(io.state, s.state)),
-            ],
-            ((s.bh_count * dims.d * dims.e) as u64)
-                .div_ceil(threads)
-                .min(SCAN_GROUPS),
-        );
-        let mut named = vec![
-            ("params", uniforms.params(i)),
-            ("slopes", uniforms.slopes()),
-            ("q", bind(io.q, s.q)),
-            ("k", bind(io.k, s.k)),
-            ("v", bind(io.v, s.v)),
-            ("states", states()),
-            ("o", bind(io.o, s.o)),
-        ];
+        let mut scan_pass = uniforms.named(i);
+        scan_pass.push(("states", states()));
+        scan_pass.extend(io.named(s, &["carry"]));
+        let scan_groups = ((s.bh_count * dims.d * dims.e) as u64).div_ceil(threads);
+        scan.dispatch(rec, "state_scan", &scan_pass, scan_groups.min(SCAN_GROUPS));
+        let mut output_pass = uniforms.named(i);
+        output_pass.extend(io.named(s, &["q", "k", "v", "o"]));
+        output_pass.push(("states", states()));
         if path.binds_halves() {
-            named.push(("halves", states()));
+            output_pass.push(("halves", states()));
         }
         // Timing labels name the pass, whichever path runs it.
-        output.dispatch(rec, "block_output", &named, (s.bh_count * s.blocks) as u64);
+        output.dispatch(
+            rec,
+            "block_output",
+            &output_pass,
+            (s.bh_count * s.blocks) as u64,
+        );
     }
     Ok(())
 }

@@ -1,3 +1,10 @@
+// What the tensor-core kernels share: their matrix types (16x16, f16
+// operands, f32 accumulators) and the pairs of elements they read.
+
+alias Acc = coop_mat16x16<f32, C>;
+alias MatA = coop_mat16x16<f16, A>;
+alias MatB = coop_mat16x16<f16, B>;
+
 // A word of q, k or v as its two elements (the first in the low half):
 // the tensor-core kernels read f16 two to a word as they read bf16, and
 // every row starts on an even element (d and e are multiples of 16 there,
