@@ -31,9 +31,8 @@ var<workgroup> kv_slice: array<vec4<f32>, DEPTH * WIDE_PITCH>;    // K as [kk][c
 var<workgroup> scores: array<vec4<f32>, BLOCK * QUADS>;           // [row][col / 4], masked, decayed, scaled
 
 @compute @workgroup_size(THREADS)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
-    let at = block_at(inv);
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
+    let at = block_at(grid);
     if !at.inside {
         return;
     }
@@ -49,7 +48,7 @@ fn main(inv: Invocation) {
     let lower = tid < LOWER;
     let si = select(0u, lower_row(tid), lower);
     let sj = select(0u, tid - si * (si + 1u) / 2u, lower);
-    var s: Rows4;
+    var s = Rows4();
     // Each step's slices are loaded into registers during the step before,
     // so their global-memory latency hides behind that step's arithmetic.
     var qn = fetch_qk(Q, at.q0, 0u, at.len, tid);
@@ -88,8 +87,8 @@ fn main(inv: Invocation) {
         let wide = e0 + TILE < params.dim_v;
         // Rows r0.., columns e0 + tx + QUADS j (o) and e0 + TILE + tx + QUADS j (p)
         // for j = 0..3 (see put_wide).
-        var o: Rows4;
-        var p: Rows4;
+        var o = Rows4();
+        var p = Rows4();
         if carried {
             // Q_t S_{t-1} for these columns, then the per-row decay.
             qn = fetch_qk(Q, at.q0, 0u, at.len, tid);

@@ -61,9 +61,8 @@ var<workgroup> exchange: array<f32, BLOCK * EXCHANGE_W>; // a quarter of the f32
 // (which depends on the workgroup and the parameters only) is uniform.
 @diagnostic(off, derivative_uniformity)
 @compute @workgroup_size(LANES)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
-    let at = block_at(inv);
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
+    let at = block_at(grid);
     if !at.inside {
         return;
     }

@@ -17,12 +17,11 @@ var<workgroup> k_tile: array<vec4<f32>, DEPTH * QUADS>; // decayed K as [c][dd /
 var<workgroup> v_tile: array<vec4<f32>, DEPTH * QUADS>; // V as [c][ee / 4]
 
 @compute @workgroup_size(THREADS)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
     let d_tiles = (params.dim_k + TILE - 1u) / TILE;
     let e_tiles = (params.dim_v + TILE - 1u) / TILE;
     let stripes = stripe_count();
-    var g = group_index(inv);
+    var g = group_index(grid);
     if g >= params.bh_count * stripes * d_tiles * e_tiles {
         return;
     }
@@ -39,7 +38,7 @@ fn main(inv: Invocation) {
     // QUADS, so a warp stores each row's columns side by side (see put).
     let ee = e0 + tx;
 
-    var acc: Rows4;
+    var acc = Rows4();
     let first = at.stripe * STRIPE;
     let end = min(first + STRIPE, params.blocks);
     // Offsets of the sequence's first row: rows are stepped by the stride.

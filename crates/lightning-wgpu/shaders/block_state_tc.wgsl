@@ -44,11 +44,10 @@ var<workgroup> exchange: array<f32, 16u * 256u>;
 // scope of the store).
 @diagnostic(off, derivative_uniformity)
 @compute @workgroup_size(LANES)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
     let stripes = stripe_count();
     let halves = (params.dim_v + COLUMNS - 1u) / COLUMNS;
-    var g = group_index(inv);
+    var g = group_index(grid);
     if g >= params.bh_count * stripes * halves {
         return;
     }

@@ -27,10 +27,9 @@ var<workgroup> partial: array<vec4<f32>, THREADS>;
 var<workgroup> slot_shared: i32;
 
 @compute @workgroup_size(THREADS)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
     let e_tiles = (params.dim_v + 4u * COLUMN_QUADS - 1u) / (4u * COLUMN_QUADS);
-    let g = group_index(inv);
+    let g = group_index(grid);
     if g >= params.bh_count * e_tiles {
         return;
     }

@@ -20,10 +20,9 @@ var<workgroup> row_sum: array<f32, BLOCK>;
 var<workgroup> row_rescale: array<f32, BLOCK>;
 
 @compute @workgroup_size(THREADS)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
     let e_tiles = (params.dim_v + TILE - 1u) / TILE;
-    var g = group_index(inv);
+    var g = group_index(grid);
     if g >= params.bh_count * params.blocks * e_tiles {
         return;
     }
@@ -43,13 +42,13 @@ fn main(inv: Invocation) {
         row_max[tid] = NEG;
         row_sum[tid] = 0.0;
     }
-    var o: Rows4;
+    var o = Rows4();
 
     for (var kb = 0u; kb <= t; kb++) {
         let key0 = kb * BLOCK;
         let key_len = block_len(kb);
         // Logits of this key block.
-        var s: Rows4;
+        var s = Rows4();
         for (var k0 = 0u; k0 < params.dim_k; k0 += DEPTH) {
             for (var i = tid; i < BLOCK * DEPTH; i += THREADS) {
                 let r = i / DEPTH;

@@ -11,16 +11,15 @@
 // block on exit.
 
 @compute @workgroup_size(THREADS)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
     // The host caps the grid (see `scan_groups` in src/kernels/chunk), so
     // where there are many (bh) and few stripes (short sequences) an
     // invocation takes several elements in turn rather than the GPU
     // starting a short workgroup for every THREADS of them.
     let size = params.dim_k * params.dim_v;
     let total = params.bh_count * size;
-    let step = inv.groups.x * inv.groups.y * THREADS;
-    for (var idx = group_index(inv) * THREADS + tid; idx < total; idx += step) {
+    let step = grid.groups.x * grid.groups.y * THREADS;
+    for (var idx = group_index(grid) * THREADS + tid; idx < total; idx += step) {
         scan(idx, size);
     }
 }

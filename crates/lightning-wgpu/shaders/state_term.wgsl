@@ -11,9 +11,8 @@
 // One invocation per element of out.
 
 @compute @workgroup_size(THREADS)
-fn main(inv: Invocation) {
-    let tid = inv.tid;
-    let idx = group_index(inv) * THREADS + tid;
+fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
+    let idx = group_index(grid) * THREADS + tid;
     let per_bh = params.rows * params.dim_v;
     if idx >= params.bh_count * per_bh {
         return;

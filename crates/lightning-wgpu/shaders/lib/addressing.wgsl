@@ -37,17 +37,17 @@ fn decay4(slope: f32, k: vec4<u32>) -> vec4<f32> {
     return exp(max(-slope * vec4<f32>(k), vec4<f32>(-1e4)));
 }
 
-// What an invocation of a kernel knows of itself: every kernel's `main`
-// takes one.
-struct Invocation {
+// Where a workgroup is in the grid: every kernel's `main` takes one, and
+// its invocation index apart (a struct holding that index too would make
+// uniformity analysis (Tint's) take the whole struct as non-uniform).
+struct Grid {
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
 }
 
 // Linear workgroup index; the host folds grids wider than its limit into y.
-fn group_index(inv: Invocation) -> u32 {
-    return inv.wid.x + inv.wid.y * inv.groups.x;
+fn group_index(grid: Grid) -> u32 {
+    return grid.wid.x + grid.wid.y * grid.groups.x;
 }
 
 // Rows of block t of this dispatch: BLOCK, or fewer for the last block.
@@ -92,7 +92,9 @@ fn live4(col: u32, step: u32, limit: u32) -> vec4<bool> {
 
 // Four rows of four columns in registers: an invocation's 4x4 tile of a
 // product (named members, so the tile stays in registers even with the
-// runtime bounds checks on).
+// runtime bounds checks on). Declare it with `= Rows4()`: a plain `var t:
+// Rows4;` inside a loop was zeroed only once by one compiler (Tint, for
+// SwiftShader), so sums carried over between iterations.
 struct Rows4 {
     r0: vec4<f32>,
     r1: vec4<f32>,

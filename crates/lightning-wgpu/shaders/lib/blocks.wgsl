@@ -25,8 +25,8 @@ struct BlockAt {
     carried: bool,
 }
 
-fn block_at(inv: Invocation) -> BlockAt {
-    let g = group_index(inv);
+fn block_at(grid: Grid) -> BlockAt {
+    let g = group_index(grid);
     var b: BlockAt;
     b.inside = g < params.bh_count * params.blocks;
     b.local_bh = g / params.blocks;
