@@ -111,6 +111,14 @@ pub enum Error {
         adapter: String,
         reason: String,
     },
+    /// A value the storage type cannot hold (it would round to infinity).
+    #[error("`{arg}` holds a value of magnitude {max_abs}, beyond what {dtype} holds ({limit}): scale it, store it as a wider type, or ask for saturation")]
+    OutOfRange {
+        arg: &'static str,
+        dtype: crate::DType,
+        max_abs: f32,
+        limit: f32,
+    },
     /// A tensor belongs to another context's device.
     #[error("`{0}` was created on a different context")]
     ForeignTensor(&'static str),

@@ -19,6 +19,15 @@ pub enum DType {
 }
 
 impl DType {
+    /// The largest finite magnitude the type holds.
+    pub fn max_finite(self) -> f32 {
+        match self {
+            DType::F32 => f32::MAX,
+            DType::F16 => half::f16::MAX.to_f32(),
+            DType::BF16 => half::bf16::MAX.to_f32(),
+        }
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
@@ -40,6 +49,11 @@ impl std::str::FromStr for DType {
             )),
         }
     }
+}
+
+/// The largest magnitude in `data` (NaN ignored, infinity kept).
+pub(crate) fn max_abs(data: &[f32]) -> f32 {
+    data.iter().fold(0.0f32, |m, x| m.max(x.abs()))
 }
 
 /// `data` rounded to `dtype` (nearest even) and laid out as the GPU stores it.
@@ -92,6 +106,9 @@ pub struct Tensor {
     pub(crate) shape: Vec<usize>,
     pub(crate) dtype: DType,
     pub(crate) owner: u64,
+    /// The largest magnitude of its elements where the host knows it (it
+    /// uploaded them, or a caller vouched for it); `None` where it does not.
+    pub(crate) max_abs: Option<f32>,
 }
 
 impl Tensor {
@@ -132,6 +149,24 @@ impl Tensor {
         self.buffer
     }
 
+    /// The largest magnitude of its elements where known: measured when it
+    /// was uploaded from the host, or set with [`Tensor::assume_max_abs`].
+    /// The tensor-core path takes f16 and bf16 inputs only where this bounds
+    /// every intermediate f16 value of the call (see
+    /// [`Context::chunk_path`]); elsewhere the portable path runs.
+    pub fn max_abs(&self) -> Option<f32> {
+        self.max_abs
+    }
+
+    /// Vouches that no element's magnitude exceeds `bound`, for a tensor the
+    /// host did not upload (written by a GPU program, or an output of this
+    /// crate), so that f16 and bf16 calls can take the tensor cores. A bound
+    /// that is wrong can make the tensor-core path overflow f16: values
+    /// beyond it are the caller's promise broken.
+    pub fn assume_max_abs(&mut self, bound: f32) {
+        self.max_abs = Some(bound.abs());
+    }
+
     /// Gives the tensor a new shape of as many elements, without a copy.
     ///
     /// ```
@@ -163,9 +198,27 @@ impl Context {
     }
 
     /// Uploads `data` as a tensor of `shape` stored as `dtype` (rounded to
-    /// nearest even on the host for f16 and bf16).
+    /// nearest even on the host for f16 and bf16). A finite value that
+    /// `dtype` cannot hold (above 65504 for f16, 3.39e38 for bf16) is an
+    /// [`Error::OutOfRange`]; [`Context::tensor_saturating`] clamps instead.
     pub fn tensor_as(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let t = self.empty_as(shape, dtype, "data")?;
+        self.upload(data, shape, dtype, false)
+    }
+
+    /// [`Context::tensor_as`], clamping finite values beyond `dtype`'s range
+    /// to its largest finite magnitude (infinities and NaN stay what they are).
+    pub fn tensor_saturating(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.upload(data, shape, dtype, true)
+    }
+
+    fn upload(
+        &self,
+        data: &[f32],
+        shape: &[usize],
+        dtype: DType,
+        saturate: bool,
+    ) -> Result<Tensor> {
+        let mut t = self.empty_as(shape, dtype, "data")?;
         if data.len() != t.len() {
             return Err(Error::DataLength {
                 arg: "data",
@@ -174,7 +227,48 @@ impl Context {
                 got: data.len(),
             });
         }
-        self.rt().write(t.buffer(), 0, &encode(data, dtype));
+        if dtype == DType::F32 {
+            t.max_abs = Some(max_abs(data));
+            self.rt().write(t.buffer(), 0, &encode(data, dtype));
+            return Ok(t);
+        }
+        let limit = dtype.max_finite();
+        let finite_max = data
+            .iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0f32, |m, x| m.max(x.abs()));
+        let mut values = std::borrow::Cow::Borrowed(data);
+        if finite_max > limit {
+            // Rounding to nearest even keeps a value a little above the
+            // largest finite one finite: only what rounds to infinity is out.
+            let inf = |x: f32| encode(&[f32::INFINITY.copysign(x)], dtype);
+            if data
+                .iter()
+                .any(|&x| x.is_finite() && encode(&[x], dtype) == inf(x))
+            {
+                if !saturate {
+                    return Err(Error::OutOfRange {
+                        arg: "data",
+                        dtype,
+                        max_abs: finite_max,
+                        limit,
+                    });
+                }
+                values = data
+                    .iter()
+                    .map(|&x| {
+                        if x.is_finite() {
+                            x.clamp(-limit, limit)
+                        } else {
+                            x
+                        }
+                    })
+                    .collect();
+            }
+        }
+        t.max_abs = Some(max_abs(&values));
+        let bytes = encode(&values, dtype);
+        self.rt().write(t.buffer(), 0, &bytes);
         Ok(t)
     }
 
@@ -213,6 +307,7 @@ impl Context {
             shape: shape.to_vec(),
             dtype,
             owner: rt.id(),
+            max_abs: None,
         })
     }
 

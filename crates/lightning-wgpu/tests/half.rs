@@ -181,16 +181,57 @@ fn host_conversions_round_trip_like_the_half_crate() {
     let ctx = common::context(false);
     let x = specials();
     for dtype in [DType::F16, DType::BF16] {
-        let t = ctx.tensor_as(&x, &[x.len()], dtype).unwrap();
+        // Finite values the type cannot hold are refused, not rounded to
+        // infinity (see the next test); the rest round as the half crate does.
+        let limit = dtype.max_finite();
+        let inside: Vec<f32> = x
+            .iter()
+            .copied()
+            .filter(|v| !v.is_finite() || v.abs() <= limit)
+            .collect();
+        let t = ctx.tensor_as(&inside, &[inside.len()], dtype).unwrap();
         let back = ctx.read(&t).unwrap();
-        let want = rounded(&x, dtype);
+        let want = rounded(&inside, dtype);
         for (i, (&g, &w)) in back.iter().zip(&want).enumerate() {
             assert!(
                 g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
                 "{dtype} value {i} ({}): {g} vs {w}",
-                x[i]
+                inside[i]
             );
         }
+    }
+}
+
+#[test]
+fn values_a_half_type_cannot_hold_are_refused_or_saturated() {
+    // Before 0.2.0 they became infinity silently.
+    let ctx = common::context(false);
+    for (dtype, over, under) in [
+        (DType::F16, 65520.0f32, 65519.0f32),
+        (DType::BF16, f32::MAX, 3.3895314e38),
+    ] {
+        let data = [1.0, -over, 0.5];
+        match ctx.tensor_as(&data, &[3], dtype) {
+            Err(lightning_wgpu::Error::OutOfRange {
+                max_abs, dtype: d, ..
+            }) => {
+                assert_eq!(max_abs, over);
+                assert_eq!(d, dtype);
+            }
+            other => panic!("{dtype}: {over} accepted: {other:?}"),
+        }
+        // Just below the rounding boundary is finite, and accepted.
+        let t = ctx.tensor_as(&[under], &[1], dtype).unwrap();
+        assert!(ctx.read(&t).unwrap()[0].is_finite());
+        // Saturation clamps finite values and keeps infinities and NaN.
+        let t = ctx
+            .tensor_saturating(&[1.0, -over, f32::INFINITY, f32::NAN], &[4], dtype)
+            .unwrap();
+        let got = ctx.read(&t).unwrap();
+        assert_eq!(got[1], -dtype.max_finite());
+        assert_eq!(got[2], f32::INFINITY);
+        assert!(got[3].is_nan());
+        assert_eq!(t.max_abs(), Some(f32::INFINITY));
     }
 }
 

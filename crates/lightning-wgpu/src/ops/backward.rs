@@ -117,7 +117,8 @@ impl Context {
         let s0t = match fwd.initial_state {
             Some(s0) => {
                 let [count, heads, _, _] = call.state_shape;
-                let t = self.empty(&[count, heads, e, d], "initial_state transposed")?;
+                let mut t = self.empty(&[count, heads, e, d], "initial_state transposed")?;
+                t.max_abs = s0.max_abs();
                 let x = states::Term {
                     states: s0.buffer(),
                     steps: 0,

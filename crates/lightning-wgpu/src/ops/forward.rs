@@ -4,7 +4,7 @@
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::kernels::chunk::{self, ChunkPath};
+use crate::kernels::chunk::{self, ChunkPath, Magnitudes};
 use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::{recurrent, OutStore};
@@ -103,7 +103,11 @@ pub(crate) struct Views {
 impl Context {
     /// Which path the chunked forward takes on this context for inputs
     /// stored as `dtype` with head sizes `d` and `e`: `"tensor-core"`
-    /// (cooperative matrices) or `"portable"`.
+    /// (cooperative matrices) or `"portable"`. A call takes the tensor cores
+    /// only where, besides, the magnitudes of its inputs are known
+    /// ([`Tensor::max_abs`]) and bound every value it rounds to f16: inputs
+    /// too large or too small for f16, scores, or states that can grow past
+    /// f16's range over a long sequence without decay run portable.
     pub fn chunk_path(&self, dtype: DType, d: usize, e: usize) -> &'static str {
         let setup = self.setup();
         let dims = crate::Dims {
@@ -113,7 +117,48 @@ impl Context {
             d,
             e,
         };
-        chunk::choose(setup, setup.storage(dtype), &dims).name()
+        chunk::choose(setup, setup.storage(dtype), &dims, None).name()
+    }
+
+    /// Which path the chunked forward takes for this call (see
+    /// [`Context::chunk_path`]), after the same checks as the call itself.
+    pub fn forward_path(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<&'static str> {
+        let call = validate::forward(self, q, k, v, opts)?;
+        Ok(self.path_of(&call, q, k, v, opts).name())
+    }
+
+    fn path_of(
+        &self,
+        call: &validate::Call,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+    ) -> &'static dyn ChunkPath {
+        let magnitudes = Magnitudes {
+            q: q.max_abs(),
+            k: k.max_abs(),
+            v: v.max_abs(),
+            initial_state: opts.initial_state.map_or(Some(0.0), Tensor::max_abs),
+            scale: opts.scale,
+            min_slope: opts
+                .slopes
+                .map_or(0.0, |s| s.iter().copied().fold(f32::INFINITY, f32::min)),
+            longest: call.sequences.iter().map(|s| s.len).max().unwrap_or(0),
+        };
+        let setup = self.setup();
+        chunk::choose(
+            setup,
+            setup.storage(q.dtype()),
+            &call.dims,
+            Some(&magnitudes),
+        )
     }
 
     /// Lightning Attention forward:
@@ -224,7 +269,7 @@ impl Context {
         let setup = *self.setup();
         let storage = setup.storage(q.dtype());
         let dims = call.dims;
-        let path: &dyn ChunkPath = chunk::choose(&setup, storage, &dims);
+        let path = self.path_of(&call, q, k, v, opts);
         let store = match opts.method {
             Method::Chunk if !views.wide_output => path.output_store(storage, o.dtype()),
             _ => (o.dtype() == DType::F32).then_some(OutStore::F32),

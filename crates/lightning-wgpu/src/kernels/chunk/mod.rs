@@ -20,6 +20,22 @@ use crate::tensor::DType;
 /// a short workgroup per few hundred elements).
 const SCAN_GROUPS: u64 = 16384;
 
+/// What the host knows of a call's magnitudes (`None`: unknown), for the
+/// path that rounds intermediates to f16.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Magnitudes {
+    pub q: Option<f32>,
+    pub k: Option<f32>,
+    pub v: Option<f32>,
+    /// Of the initial state; 0 without one.
+    pub initial_state: Option<f32>,
+    pub scale: f32,
+    /// The smallest slope of the call's heads (0 without decay).
+    pub min_slope: f32,
+    /// Rows of the longest sequence.
+    pub longest: usize,
+}
+
 /// One way of running the chunked forward's block passes.
 pub(crate) trait ChunkPath: Sync {
     /// Its name, as `info` and the benchmarks print it.
@@ -39,9 +55,17 @@ pub(crate) trait ChunkPath: Sync {
     fn binds_halves(&self) -> bool;
 }
 
-/// The path of a call: the tensor cores where they run it, else portable.
-pub(crate) fn choose(setup: &Setup, storage: Storage, dims: &Dims) -> &'static dyn ChunkPath {
-    if tensor_core::PATH.runs(setup, storage, dims) {
+/// The path of a call: the tensor cores where they run its shapes and, with
+/// `magnitudes` given, where they bound every f16 value it rounds to; else
+/// portable.
+pub(crate) fn choose(
+    setup: &Setup,
+    storage: Storage,
+    dims: &Dims,
+    magnitudes: Option<&Magnitudes>,
+) -> &'static dyn ChunkPath {
+    let in_range = magnitudes.is_none_or(|m| tensor_core::in_range(storage, dims, m));
+    if tensor_core::PATH.runs(setup, storage, dims) && in_range {
         &tensor_core::PATH
     } else {
         &portable::PATH
