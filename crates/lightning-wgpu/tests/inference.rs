@@ -147,6 +147,67 @@ fn recurrent_method_matches_the_reference() {
 }
 
 #[test]
+fn recurrent_method_on_sequences_past_what_one_invocation_may_walk() {
+    // One invocation used to walk every row of a sequence; llvmpipe stops
+    // such a loop after about 65535 / (6 + d / 8) rows and the rest came
+    // back as zeros with no error (rows from 4681 on at d = 64). The plan
+    // now splits rows into dispatches that carry the state.
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    for (dims, layout) in [
+        (
+            Dims {
+                b: 1,
+                h: 1,
+                n: 12_001,
+                d: 64,
+                e: 8,
+            },
+            Layout::Bhnd,
+        ),
+        (
+            Dims {
+                b: 1,
+                h: 2,
+                n: 2_500,
+                d: 1024,
+                e: 4,
+            },
+            Layout::Bnhd,
+        ),
+    ] {
+        let Dims { b, h, n, d, e } = dims;
+        let p = problem(&mut rng, dims);
+        // A slow decay, so the first rows still matter at the last.
+        let slopes: Vec<f32> = vec![1e-3; h];
+        let mut o = common::poisoned(&ctx, &layout.shape(b, h, n, e));
+        let opts = ForwardOptions {
+            slopes: Some(&slopes),
+            layout,
+            method: Method::Recurrent,
+            ..Default::default()
+        };
+        ctx.forward_into(
+            &upload(&ctx, &p.q, layout.shape(b, h, n, d)),
+            &upload(&ctx, &p.k, layout.shape(b, h, n, d)),
+            &upload(&ctx, &p.v, layout.shape(b, h, n, e)),
+            &opts,
+            &mut o,
+            None,
+        )
+        .unwrap();
+        let got = ctx.read(&o).unwrap();
+        let want = reference::forward(dims, layout, &p.q, &p.k, &p.v, &slopes, 1.0, None);
+        let err = reference::relative_error(&got, &want.o);
+        assert!(err <= TOL, "{dims:?} (seed {seed}): {err:e}");
+        // The last rows are no zeros.
+        let last = layout.index(h, n, e, [0, 0, n - 1, 0]);
+        assert!(got[last..last + e].iter().any(|&x| x != 0.0));
+    }
+}
+
+#[test]
 fn prefill_in_chunks_equals_one_call() {
     let ctx = common::context(false);
     let seed = common::seed();
