@@ -13,8 +13,9 @@
 // The state of (b, h) lives at `state_base + (bh - bh_start) * d * e` in
 // sequence mode, or, in slot mode (params.slotted = 1, decoding a batch of
 // requests of different ages), at `state_base + (slots[b] * heads + h) * d * e`;
-// a request whose slot is negative is padding: its output is zero and no
-// state is touched.
+// a request whose slot is -1 is padding: its output is zero and no state is
+// touched; below -1, the request's state is in another window of the cache
+// and this dispatch does nothing for it.
 //
 // Bindings: q, k, v (read), o (f32), state (read and written), slots (the
 // slot of each request in slot mode; not read otherwise).
@@ -47,6 +48,9 @@ fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
         }
         // One read for the workgroup, so the early exit below is uniform.
         let slot = workgroupUniformLoad(&slot_shared);
+        if slot < -1 {
+            return;
+        }
         if slot < 0 {
             // Padding: no state is touched; its output is defined as zero.
             for (var i = 0u; i < params.rows; i++) {

@@ -549,3 +549,108 @@ fn bad_slots_and_offsets_are_refused() {
         "{err:?}"
     );
 }
+
+/// Decode steps against a cache of `slots` slots, on `ctx`, for requests at
+/// `at` (negative: padding), checked per request against the recurrence
+/// and, for a sample of the other slots, left as they were.
+fn decode_against_a_large_cache(
+    ctx: &Context,
+    slots: usize,
+    h: usize,
+    d: usize,
+    e: usize,
+    at: &[i32],
+) {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let size = h * d * e;
+    let start = common::random(&mut rng, slots * size, 1);
+    let mut cache = ctx.tensor(&start, &[slots, h, d, e]).unwrap();
+    let batch = at.len();
+    let q = common::random(&mut rng, batch * h * d, d);
+    let k = common::random(&mut rng, batch * h * d, d);
+    let v = common::random(&mut rng, batch * h * e, 1);
+    let slopes = alibi_slopes(h);
+    let o = ctx
+        .decode_step(
+            &ctx.tensor(&q, &[batch, h, d]).unwrap(),
+            &ctx.tensor(&k, &[batch, h, d]).unwrap(),
+            &ctx.tensor(&v, &[batch, h, e]).unwrap(),
+            &mut cache,
+            at,
+            &DecodeOptions {
+                slopes: Some(&slopes),
+                scale: 0.5,
+            },
+        )
+        .unwrap();
+    let o = ctx.read(&o).unwrap();
+    let after = ctx.read(&cache).unwrap();
+    let one = Dims {
+        b: 1,
+        h,
+        n: 1,
+        d,
+        e,
+    };
+    for (r, &slot) in at.iter().enumerate() {
+        let got = &o[r * h * e..(r + 1) * h * e];
+        if slot < 0 {
+            assert!(got.iter().all(|&x| x == 0.0), "padding request {r}");
+            continue;
+        }
+        let s = slot as usize * size;
+        let want = reference::forward(
+            one,
+            Layout::Bhnd,
+            &q[r * h * d..(r + 1) * h * d],
+            &k[r * h * d..(r + 1) * h * d],
+            &v[r * h * e..(r + 1) * h * e],
+            &slopes,
+            0.5,
+            Some(&start[s..s + size]),
+        );
+        let err = reference::relative_error(got, &want.o);
+        assert!(
+            err <= TOL,
+            "request {r} at slot {slot} (seed {seed}): {err:e}"
+        );
+        let err = reference::relative_error(&after[s..s + size], &want.final_state);
+        assert!(err <= TOL, "slot {slot}'s state (seed {seed}): {err:e}");
+    }
+    for slot in (0..slots).step_by(slots / 7 + 1) {
+        if !at.contains(&(slot as i32)) {
+            let s = slot * size;
+            assert_eq!(
+                &after[s..s + size],
+                &start[s..s + size],
+                "slot {slot} was touched"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_decode_cache_larger_than_one_binding_is_windowed() {
+    // 2100 slots of 4 x 64 x 64 f32: 137.6 MB, over lavapipe's 128 MiB
+    // binding (such a cache was refused before 0.2.0; 1024 slots at h = 32,
+    // d = e = 128 are 2 GiB, over the H200's binding).
+    let ctx = common::context(false);
+    let binding = ctx.limits().max_storage_buffer_binding_size;
+    assert!(
+        2100 * 4 * 64 * 64 * 4 > binding,
+        "the cache must exceed one binding here"
+    );
+    decode_against_a_large_cache(&ctx, 2100, 4, 64, 64, &[0, 1050, -1, 2099, 700, 1049]);
+}
+
+#[test]
+fn decode_windows_hold_whole_slots_at_any_alignment() {
+    // Small bindings: many windows, slots of 3 x 5 x 7 f32 (420 bytes,
+    // not a multiple of the 256-byte offset alignment).
+    let ctx = common::context_with(lightning_wgpu::ContextOptions {
+        max_binding_bytes: Some(4096),
+        ..Default::default()
+    });
+    decode_against_a_large_cache(&ctx, 97, 3, 5, 7, &[96, -1, 0, 9, 10, 41, 88]);
+}
