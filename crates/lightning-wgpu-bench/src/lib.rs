@@ -131,6 +131,25 @@ pub struct Inputs {
     tokens: usize,
 }
 
+/// Whether a tensor of `shape` stored as `dtype` fits the device, checked
+/// before the host allocates its data.
+pub fn fits(ctx: &Context, arg: &'static str, shape: &[usize], dtype: DType) -> Result<()> {
+    let limit = ctx.limits().max_buffer_size;
+    let bytes = shape
+        .iter()
+        .try_fold(dtype.size(), |acc, &x| acc.checked_mul(x))
+        .and_then(|b| u64::try_from(b).ok());
+    match bytes {
+        Some(b) if b <= limit => Ok(()),
+        _ => Err(Error::TooLarge {
+            arg,
+            bytes: bytes.unwrap_or(u64::MAX),
+            limit,
+            which: "max_buffer_size",
+        }),
+    }
+}
+
 /// Cheap deterministic values in [-s, s).
 fn pattern(len: usize, seed: u32, s: f32) -> Vec<f32> {
     let mut x = seed.wrapping_mul(2654435761).max(1);
@@ -160,6 +179,9 @@ impl Inputs {
         dtype: DType,
     ) -> Result<Inputs> {
         let s = 1.0 / (d as f32).sqrt();
+        // Sizes are checked before the host allocates anything for them.
+        fits(ctx, "q", &[tokens, h, d], dtype)?;
+        fits(ctx, "v", &[tokens, h, e], dtype)?;
         let q = ctx.tensor_as(&pattern(tokens * h * d, 1, s), &[1, h, tokens, d], dtype)?;
         let k = ctx.tensor_as(&pattern(tokens * h * d, 2, s), &[1, h, tokens, d], dtype)?;
         let v = ctx.tensor_as(&pattern(tokens * h * e, 3, 1.0), &[1, h, tokens, e], dtype)?;
@@ -414,6 +436,8 @@ pub async fn measure_decode(
         scale: 1.0 / (d as f32).sqrt(),
     };
     ctx.reset_peak_memory();
+    fits(ctx, "q", &[batch, h, d], DType::F32)?;
+    fits(ctx, "cache", &[batch, h, d, e], DType::F32)?;
     let s = 1.0 / (d as f32).sqrt();
     let q = ctx.tensor(&pattern(batch * h * d, 4, s), &[batch, h, d])?;
     let k = ctx.tensor(&pattern(batch * h * d, 5, s), &[batch, h, d])?;

@@ -9,6 +9,7 @@ use lightning_wgpu::{BackwardOptions, Context, ContextOptions, ForwardOptions};
 
 use crate::forward::{initial_state, Loaded, Problem};
 use crate::npy;
+use crate::output::Outputs;
 
 /// Arguments of `backward`.
 #[derive(clap::Args, Debug)]
@@ -38,6 +39,20 @@ pub struct Args {
 /// Runs `backward`: read and check the inputs, run on the GPU, write the gradients.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let problem = &args.problem;
+    let mut inputs = problem.inputs();
+    inputs.push(("do", args.d_o.as_path()));
+    if let Some(p) = &args.d_final_state {
+        inputs.push(("d-final-state", p));
+    }
+    let mut outputs = vec![
+        ("dq", args.dq.as_path()),
+        ("dk", args.dk.as_path()),
+        ("dv", args.dv.as_path()),
+    ];
+    if let Some(p) = &args.d_initial_state {
+        outputs.push(("d-initial-state", p));
+    }
+    let outputs = Outputs::new(&outputs, &inputs)?;
     let Loaded {
         layout,
         q,
@@ -88,15 +103,17 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         d_final_state: dsn_t.as_ref(),
     };
     let g = ctx.backward(&q_t, &k_t, &v_t, &do_t, &opts)?;
-    for (path, t) in [(&args.dq, &g.dq), (&args.dk, &g.dk), (&args.dv, &g.dv)] {
-        npy::write(path, t.shape(), &ctx.read(t)?)?;
+    for (option, t) in [("dq", &g.dq), ("dk", &g.dk), ("dv", &g.dv)] {
+        npy::write(outputs.temporary(option), t.shape(), &ctx.read(t)?)?;
     }
-    if let Some(path) = &args.d_initial_state {
+    if args.d_initial_state.is_some() {
+        let t = &g.d_initial_state;
         npy::write(
-            path,
-            g.d_initial_state.shape(),
-            &ctx.read(&g.d_initial_state)?,
+            outputs.temporary("d-initial-state"),
+            t.shape(),
+            &ctx.read(t)?,
         )?;
     }
+    outputs.commit()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -51,14 +51,14 @@ pub struct Args {
     pub warmup: Option<usize>,
     /// Keep warming up until the untimed runs took this long, ms (default:
     /// 1000 on a GPU, whose clock takes a while to come up; 0 on a CPU adapter).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub warmup_ms: Option<f64>,
     /// Timed runs; the median is reported (default: 7 on a GPU, 3 on a CPU adapter).
     #[arg(long)]
     pub reps: Option<usize>,
     /// Skip a provider's longer lengths once one case is predicted to take
     /// longer than this (milliseconds, all runs of the case together).
-    #[arg(long, default_value_t = MAX_MS)]
+    #[arg(long, default_value_t = MAX_MS, allow_hyphen_values = true)]
     pub max_ms: f64,
     /// Also time forward + backward of the lightning provider (wall clock:
     /// the backward moves its small states through the host).
@@ -306,8 +306,66 @@ fn sweep(args: &Args, ctx: &Context) -> Result<(Sweep, Option<usize>)> {
     Ok((sweep, args.b))
 }
 
+/// Most runs of one case, untimed or timed.
+const MAX_RUNS: usize = 10_000;
+/// Longest warm-up, ms (an hour).
+const MAX_WARMUP_MS: f64 = 3.6e6;
+
+/// Refuses counts and durations no run could honour, before anything runs.
+fn check_args(args: &Args) -> Result<()> {
+    for (option, value) in [("reps", args.reps), ("warmup", args.warmup)] {
+        if let Some(x) = value {
+            if x > MAX_RUNS || (option == "reps" && x == 0) {
+                bail!(
+                    "--{option} {x}: must be from {} to {MAX_RUNS}",
+                    usize::from(option == "reps")
+                );
+            }
+        }
+    }
+    if let Some(ms) = args.warmup_ms {
+        if !(ms.is_finite() && (0.0..=MAX_WARMUP_MS).contains(&ms)) {
+            bail!("--warmup-ms {ms}: must be a duration from 0 to {MAX_WARMUP_MS} ms");
+        }
+    }
+    if !(args.max_ms.is_finite() && args.max_ms >= 0.0) {
+        bail!("--max-ms {}: must be a finite duration >= 0", args.max_ms);
+    }
+    let below_2_32 = |x: usize| u32::try_from(x).is_ok();
+    for (option, x) in [
+        ("tokens", args.tokens),
+        ("b", args.b),
+        ("h", args.h),
+        ("d", args.d),
+        ("e", args.e),
+    ] {
+        if let Some(x) = x {
+            if !below_2_32(x) {
+                bail!("--{option} {x}: must be below 2^32");
+            }
+        }
+    }
+    if let Some(n) = args.lengths.iter().find(|&&n| !below_2_32(n)) {
+        bail!("--lengths {n}: must be below 2^32");
+    }
+    if let (Some(b), Some(&n)) = (args.b, args.lengths.iter().max()) {
+        if b.checked_mul(n).is_none_or(|t| !below_2_32(t)) {
+            bail!("--b {b} with --lengths {n}: b * n must be below 2^32");
+        }
+    }
+    if let Some(b) = args
+        .decode_batches
+        .iter()
+        .find(|&&b| b == 0 || !below_2_32(b))
+    {
+        bail!("--decode-batches {b}: must be from 1 to 2^32 - 1");
+    }
+    Ok(())
+}
+
 /// Runs the sweep and prints the table; writes JSON and SVG when asked.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
+    check_args(args)?;
     let dtypes: Vec<DType> = args
         .dtype
         .iter()

@@ -85,11 +85,20 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let qk_shape = layout.shape(b, h, n, d);
     let v_shape = layout.shape(b, h, n, e);
     let (qk_len, v_len) = (elements(qk_shape)?, elements(v_shape)?);
+    lightning_wgpu::problem_dims(layout, &qk_shape, &qk_shape, &v_shape)
+        .context("--b, --h, --n, --d and --e")?;
+
+    // Open the device first: its limits bound what the host may allocate.
+    let ctx = Context::with_options(options)?;
+    let dtype = DType::from(args.dtype);
+    for (option, shape) in [("--b --h --n --d", qk_shape), ("--b --h --n --e", v_shape)] {
+        lightning_wgpu_bench::fits(&ctx, "demo inputs", &shape, dtype)
+            .with_context(|| format!("{option}: the inputs do not fit this adapter"))?;
+    }
 
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let mut rng = Rng::new(seed);
     // The reference sees exactly what the GPU stores: the rounded inputs.
-    let dtype = DType::from(args.dtype);
     let round = |x: Vec<f32>| -> Vec<f32> {
         match dtype {
             DType::F16 => x
@@ -108,7 +117,6 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let v = round(rng.vec(v_len, e));
     let slopes = alibi_slopes(h);
 
-    let ctx = Context::with_options(options)?;
     let info = ctx.adapter_info();
     println!(
         "adapter: {} ({:?}, {:?}), blocks of {} rows",

@@ -17,6 +17,7 @@ use lightning_wgpu::{
 };
 
 use crate::npy::{self, Array};
+use crate::output::Outputs;
 
 /// Memory layout of q, k, v and the output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -99,7 +100,7 @@ pub struct Problem {
     #[arg(long, conflicts_with = "slopes")]
     pub alibi: bool,
     /// Multiplies q (1 in the official kernel, 1/sqrt(d) in FLA's).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub scale: f32,
     /// State before the first position: (b, h, d, e), or (N, h, d, e) with --cu-seqlens.
     #[arg(long, value_name = "S0.npy")]
@@ -118,8 +119,9 @@ pub struct Args {
     /// from 0 to n, strictly increasing; b must then be 1.
     #[arg(long, value_name = "CU.npy")]
     pub cu_seqlens: Option<PathBuf>,
-    /// Storage type of q, k, v and o on the GPU (inputs are converted to it;
-    /// outputs are written as float32 whatever it is).
+    /// Storage type of q, k and v on the GPU (inputs are converted to it; a
+    /// value it cannot hold is an error). The output is computed and written
+    /// as float32 whatever it is.
     #[arg(long, value_enum, default_value_t)]
     pub dtype: DTypeArg,
     /// Algorithm.
@@ -201,18 +203,34 @@ pub struct Loaded {
 }
 
 impl Problem {
+    /// The input files, by option, for checking outputs against them.
+    pub fn inputs(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut out = vec![
+            ("q", self.q.as_path()),
+            ("k", self.k.as_path()),
+            ("v", self.v.as_path()),
+        ];
+        if let Some(p) = &self.slopes {
+            out.push(("slopes", p));
+        }
+        if let Some(p) = &self.initial_state {
+            out.push(("initial-state", p));
+        }
+        out
+    }
+
     /// Reads q, k, v and the slopes and checks their shapes, before the GPU
     /// is opened.
     pub fn load(&self) -> Result<Loaded> {
+        if !self.scale.is_finite() {
+            bail!("--scale {} must be finite", self.scale);
+        }
         let layout = Layout::from(self.layout);
         let q = npy::read(&self.q, "q")?;
         let k = npy::read(&self.k, "k")?;
         let v = npy::read(&self.v, "v")?;
         let dims = dims(self, layout, &q, &k, &v)?;
         let slopes = slopes(self, dims.h)?;
-        if !self.scale.is_finite() {
-            bail!("--scale {} must be finite", self.scale);
-        }
         Ok(Loaded {
             layout,
             q,
@@ -228,6 +246,15 @@ impl Problem {
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let dtype = DType::from(args.dtype);
     let problem = &args.problem;
+    let mut inputs = problem.inputs();
+    if let Some(p) = &args.cu_seqlens {
+        inputs.push(("cu-seqlens", p));
+    }
+    let mut outputs = vec![("out", args.out.as_path())];
+    if let Some(p) = &args.final_state {
+        outputs.push(("final-state", p));
+    }
+    let outputs = Outputs::new(&outputs, &inputs)?;
     let Loaded {
         layout,
         q,
@@ -248,9 +275,9 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     )?;
 
     let ctx = Context::with_options(options)?;
-    let q_t = ctx.tensor_as(&q.data, &q.shape, dtype)?;
-    let k_t = ctx.tensor_as(&k.data, &k.shape, dtype)?;
-    let v_t = ctx.tensor_as(&v.data, &v.shape, dtype)?;
+    let q_t = upload(&ctx, &problem.q, "q", &q, dtype)?;
+    let k_t = upload(&ctx, &problem.k, "k", &k, dtype)?;
+    let v_t = upload(&ctx, &problem.v, "v", &v, dtype)?;
     let s0_t = s0.map(|s| ctx.tensor(&s.data, &s.shape)).transpose()?;
     let opts = ForwardOptions {
         slopes: slopes.as_deref(),
@@ -261,16 +288,44 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         method: args.method.into(),
         cu_seqlens: cu_seqlens.as_deref(),
     };
-    let out = ctx.forward(&q_t, &k_t, &v_t, &opts)?;
+    // The output in f32 whatever the inputs' storage: never rounded to halves.
+    let mut o = ctx.empty(&v.shape, DType::F32)?;
+    let state_shape = s0_shape(&dims, cu_seqlens.as_deref());
+    let mut state = match &args.final_state {
+        Some(_) => Some(ctx.empty(&state_shape, DType::F32)?),
+        None => None,
+    };
+    ctx.forward_into(&q_t, &k_t, &v_t, &opts, &mut o, state.as_mut())?;
 
-    let o = ctx.read(&out.o)?;
-    npy::write(&args.out, out.o.shape(), &o)?;
-    if let Some(path) = &args.final_state {
-        let state = out
-            .final_state
-            .context("the library returned no final state although one was asked for")?;
-        let data = ctx.read(&state)?;
-        npy::write(path, state.shape(), &data)?;
+    npy::write(outputs.temporary("out"), o.shape(), &ctx.read(&o)?)?;
+    if let Some(state) = &state {
+        npy::write(
+            outputs.temporary("final-state"),
+            state.shape(),
+            &ctx.read(state)?,
+        )?;
     }
+    outputs.commit()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The shape of the states: one per batch entry, or per packed sequence.
+fn s0_shape(dims: &Dims, cu_seqlens: Option<&[usize]>) -> [usize; 4] {
+    let mut shape = dims.state_shape();
+    if let Some(cu) = cu_seqlens {
+        shape[0] = cu.len().saturating_sub(1);
+    }
+    shape
+}
+
+/// Uploads `array` (read from `path` for option `arg`) stored as `dtype`.
+pub fn upload(
+    ctx: &Context,
+    path: &std::path::Path,
+    arg: &str,
+    array: &Array,
+    dtype: DType,
+) -> Result<lightning_wgpu::Tensor> {
+    ctx.tensor_as(&array.data, &array.shape, dtype)
+        .with_context(|| format!("`{arg}` ({})", path.display()))
 }

@@ -62,11 +62,62 @@ fn stored(dtype: &DType) -> Option<Stored> {
     }
 }
 
+/// The shape a `.npy` header promises, read before npyz sees the file:
+/// npyz multiplies the dimensions unchecked, so a shape whose element count
+/// overflows would reach it as a small (wrapped) one. `None` where the
+/// header is not one we can read (npyz then reports what is wrong).
+fn promised_shape(path: &Path) -> Option<Vec<u64>> {
+    use std::io::Read;
+    let mut f = File::open(path).ok()?;
+    let mut head = [0u8; 12];
+    f.read_exact(&mut head).ok()?;
+    if &head[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    let (len, start) = match head[6] {
+        1 => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
+            12,
+        ),
+    };
+    let mut text = vec![0u8; start + len.min(1 << 16)];
+    let mut f = File::open(path).ok()?;
+    f.read_exact(&mut text).ok()?;
+    let text = String::from_utf8_lossy(&text[start..]).into_owned();
+    let after = &text[text.find("'shape'")? + 7..];
+    let tuple = &after[after.find('(')? + 1..after.find(')')?];
+    tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
+        .collect()
+}
+
+/// Refuses a header whose element count does not fit this machine.
+fn check_count(path: &Path, arg: &str) -> Result<()> {
+    if let Some(shape) = promised_shape(path) {
+        let count = shape
+            .iter()
+            .try_fold(1u64, |acc, &x| acc.checked_mul(x))
+            .filter(|&c| usize::try_from(c).is_ok());
+        if count.is_none() {
+            bail!(
+                "`{arg}` file {} has shape {shape:?}: too many elements",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Reads `path` as a float32 array. `arg` names the option the file came
 /// from (`q`, `slopes`, ...) in error messages.
 pub fn read(path: &Path, arg: &str) -> Result<Array> {
     let shown = path.display();
     let file = File::open(path).with_context(|| format!("cannot open `{arg}` file {shown}"))?;
+    check_count(path, arg)?;
     let npy = NpyFile::new(BufReader::new(file))
         .with_context(|| format!("`{arg}` file {shown} is not a valid .npy file"))?;
 
@@ -92,7 +143,16 @@ pub fn read(path: &Path, arg: &str) -> Result<Array> {
         );
     }
 
-    let len = npy.len();
+    // The element count, checked before anything is allocated for it: a
+    // header can promise more than the file (or the machine) holds.
+    let itemsize = if kind == Stored::F32 { 4 } else { 2 };
+    let Some(len) = shape.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) else {
+        bail!("`{arg}` file {shown} has shape {shape:?}: too many elements");
+    };
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if (len as u64).saturating_mul(itemsize) > file_bytes {
+        bail!("`{arg}` file {shown} is truncated: its header promises {len} values of shape {shape:?}");
+    }
     let data = match kind {
         Stored::F32 => npy.into_vec::<f32>(),
         Stored::F16 => npy
@@ -115,6 +175,7 @@ pub fn read(path: &Path, arg: &str) -> Result<Array> {
 pub fn read_offsets(path: &Path, arg: &str) -> Result<Vec<usize>> {
     let shown = path.display();
     let file = File::open(path).with_context(|| format!("cannot open `{arg}` file {shown}"))?;
+    check_count(path, arg)?;
     let npy = NpyFile::new(BufReader::new(file))
         .with_context(|| format!("`{arg}` file {shown} is not a valid .npy file"))?;
     let dtype = npy.dtype();
@@ -123,6 +184,11 @@ pub fn read_offsets(path: &Path, arg: &str) -> Result<Vec<usize>> {
             "`{arg}` file {shown} must be 1-dimensional (N + 1 offsets), got shape {:?}",
             npy.shape()
         );
+    }
+    let len = npy.shape()[0];
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if len.saturating_mul(4) > file_bytes {
+        bail!("`{arg}` file {shown} is truncated: its header promises {len} offsets");
     }
     let values: Vec<i64> = match &dtype {
         DType::Plain(ts) if ts.type_char() == TypeChar::Int && ts.size_field() == 4 => npy

@@ -823,3 +823,190 @@ fn backward_matches_reference() {
     ]);
     assert_fails(&out, &["do.npy", "shaped like v"]);
 }
+
+#[test]
+fn outputs_never_overwrite_each_other_or_an_input() {
+    // Before 0.2.0 these exited 0 and lost data.
+    let case = small_case(Layout::Bhnd);
+    let (o, q) = (case.arg("o.npy"), case.arg("q.npy"));
+    let out = case.forward(&["--final-state", &o]);
+    assert_fails(&out, &["--out", "--final-state", "o.npy"]);
+    // --out on an input, named through another spelling of its path.
+    let q_again = format!("{}/./q.npy", case.dir.path().display());
+    let args = [
+        "forward",
+        "--q",
+        &q,
+        "--k",
+        &case.arg("k.npy"),
+        "--v",
+        &case.arg("v.npy"),
+        "--out",
+        &q_again,
+    ];
+    assert_fails(&run(&args), &["--out", "--q"]);
+    assert_eq!(read_npy(&case.path("q.npy")).1, case.q, "q.npy was touched");
+    let d_o = case.arg("v.npy");
+    let dq = case.arg("dq.npy");
+    let args = [
+        "backward",
+        "--q",
+        &q,
+        "--k",
+        &case.arg("k.npy"),
+        "--v",
+        &case.arg("v.npy"),
+        "--do",
+        &d_o,
+        "--dq",
+        &dq,
+        "--dk",
+        &dq,
+        "--dv",
+        &case.arg("dv.npy"),
+    ];
+    assert_fails(&run(&args), &["--dq", "--dk"]);
+}
+
+#[test]
+fn a_failed_write_leaves_nothing_behind() {
+    // The final state cannot be written: o.npy must not appear either
+    // (before 0.2.0 it stayed behind), and no partial file.
+    let case = small_case(Layout::Bhnd);
+    let out = case.forward(&["--final-state", "/proc/no-such-dir/sn.npy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let left: Vec<String> = std::fs::read_dir(case.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !matches!(n.as_str(), "q.npy" | "k.npy" | "v.npy"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn absurd_sizes_and_durations_fail_in_one_line() {
+    // Each ended in an abort, a capacity-overflow panic or a hang before
+    // 0.2.0. Now: exit 1 (or 2 for what the parser refuses), one line that
+    // names the option.
+    let cases: [(&[&str], &str); 14] = [
+        (&["bench", "--reps", "1099511627776"], "--reps"),
+        (&["bench", "--reps", "18446744073709551615"], "--reps"),
+        (&["bench", "--reps", "18446744073709551616"], "--reps"),
+        (&["bench", "--warmup", "1099511627776"], "--warmup"),
+        (&["bench", "--tokens", "1099511627776"], "--tokens"),
+        (&["bench", "--b", "8589934592"], "--b"),
+        (
+            &["bench", "--decode", "--decode-batches", "1099511627776"],
+            "--decode-batches",
+        ),
+        (
+            &["bench", "--decode", "--decode-batches", "0"],
+            "--decode-batches",
+        ),
+        (&["bench", "--warmup-ms", "inf"], "--warmup-ms"),
+        (&["bench", "--warmup-ms", "-1"], "--warmup-ms"),
+        (&["bench", "--warmup-ms", "nan"], "--warmup-ms"),
+        (&["bench", "--max-ms", "-inf"], "--max-ms"),
+        (
+            &[
+                "demo", "--n", "1000000", "--h", "1000", "--d", "1000", "--e", "1",
+            ],
+            "--n",
+        ),
+        (&["demo", "--n", "0"], "--b, --h, --n"),
+    ];
+    for (args, option) in cases {
+        let out = run(args);
+        let stderr = text(&out.stderr);
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(1) | Some(2)),
+            "{args:?}: exit {code:?}, {stderr:?}"
+        );
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr:?}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(option),
+            "{args:?}: {stderr:?}"
+        );
+    }
+    // A scale read as a number, then refused with its reason.
+    let case = small_case(Layout::Bhnd);
+    for scale in ["-inf", "nan", "inf"] {
+        assert_fails(&case.forward(&["--scale", scale]), &["--scale", "finite"]);
+    }
+}
+
+#[test]
+fn switches_with_unknown_values_are_refused() {
+    // `LIGHTNING_COOP=banana` and `=OFF` both read as "on" before 0.2.0.
+    let out = bin()
+        .arg("info")
+        .env("LIGHTNING_COOP", "banana")
+        .output()
+        .unwrap();
+    assert_fails(&out, &["LIGHTNING_COOP", "banana"]);
+    let out = bin()
+        .arg("info")
+        .env("LIGHTNING_CHECKED", "maybe")
+        .output()
+        .unwrap();
+    assert_fails(&out, &["LIGHTNING_CHECKED", "maybe"]);
+    let out = bin()
+        .arg("info")
+        .env("LIGHTNING_COOP", "OFF")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(text(&out.stdout).contains("cooperative matrices no"));
+}
+
+#[test]
+fn npy_shapes_beyond_the_file_are_refused() {
+    // (2^32, 2^32, 1, 1) float32: the element count overflows; once it
+    // passed as an empty array.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.npy");
+    let header =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 1, 1), }";
+    let mut bytes = vec![0x93];
+    bytes.extend_from_slice(b"NUMPY\x01\x00");
+    let mut h = header.to_string();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(&path, &bytes).unwrap();
+    let case = small_case(Layout::Bhnd);
+    let huge = path.display().to_string();
+    let args = [
+        "forward",
+        "--q",
+        &huge,
+        "--k",
+        &case.arg("k.npy"),
+        "--v",
+        &case.arg("v.npy"),
+        "--out",
+        &case.arg("o.npy"),
+    ];
+    assert_fails(&run(&args), &["`q`", "too many elements"]);
+    // A shape that fits in memory but not in the file: truncated, before
+    // anything is allocated for it.
+    let h2 = header.replace("(4294967296, 4294967296, 1, 1)", "(1, 1, 1, 100000000)");
+    let mut bytes = vec![0x93];
+    bytes.extend_from_slice(b"NUMPY\x01\x00");
+    let mut h = h2;
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_fails(&run(&args), &["`q`", "truncated"]);
+}

@@ -218,7 +218,7 @@ impl Context {
         dtype: DType,
         saturate: bool,
     ) -> Result<Tensor> {
-        let mut t = self.empty_as(shape, dtype, "data")?;
+        let mut t = self.new_tensor(shape, dtype, "data")?;
         if data.len() != t.len() {
             return Err(Error::DataLength {
                 arg: "data",
@@ -272,13 +272,20 @@ impl Context {
         Ok(t)
     }
 
+    /// A tensor of `shape` stored as `dtype` whose contents are unspecified
+    /// until something writes them: an output to give
+    /// [`Context::forward_into`], or a buffer for other GPU work.
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.new_tensor(shape, dtype, "tensor")
+    }
+
     /// An f32 tensor of `shape` with unspecified contents.
-    pub(crate) fn empty(&self, shape: &[usize], arg: &'static str) -> Result<Tensor> {
-        self.empty_as(shape, DType::F32, arg)
+    pub(crate) fn new_f32(&self, shape: &[usize], arg: &'static str) -> Result<Tensor> {
+        self.new_tensor(shape, DType::F32, arg)
     }
 
     /// A tensor of `shape` stored as `dtype`, with unspecified contents.
-    pub(crate) fn empty_as(
+    pub(crate) fn new_tensor(
         &self,
         shape: &[usize],
         dtype: DType,

@@ -117,7 +117,7 @@ impl Context {
         let s0t = match fwd.initial_state {
             Some(s0) => {
                 let [count, heads, _, _] = call.state_shape;
-                let mut t = self.empty(&[count, heads, e, d], "initial_state transposed")?;
+                let mut t = self.new_f32(&[count, heads, e, d], "initial_state transposed")?;
                 t.max_abs = s0.max_abs();
                 let x = states::Term {
                     states: s0.buffer(),
@@ -129,7 +129,7 @@ impl Context {
             }
             None => None,
         };
-        let dq = self.empty_as(q.shape(), dtype, "dq")?;
+        let dq = self.new_tensor(q.shape(), dtype, "dq")?;
         let with_s0t = ForwardOptions {
             initial_state: s0t.as_ref(),
             ..plain
@@ -144,12 +144,12 @@ impl Context {
             reversed: [true; 4],
             wide_output: opts.d_final_state.is_some(),
         };
-        let dk = self.empty_as(k.shape(), dtype, "dk")?;
+        let dk = self.new_tensor(k.shape(), dtype, "dk")?;
         let dk_wide = self
             .record_forward(rec, v, d_o, q, &plain, &dk, None, views)
             .await?;
-        let dv = self.empty_as(v.shape(), dtype, "dv")?;
-        let s_prime = self.empty(&call.state_shape, "state of the dv pass")?;
+        let dv = self.new_tensor(v.shape(), dtype, "dv")?;
+        let s_prime = self.new_f32(&call.state_shape, "state of the dv pass")?;
         let dv_wide = self
             .record_forward(rec, k, q, d_o, &plain, &dv, Some(&s_prime), views)
             .await?;
@@ -166,7 +166,7 @@ impl Context {
         }
 
         // dS0 = lambda scale S' + lambda^n dS_n, per sequence (n its length).
-        let d_initial_state = self.empty(&call.state_shape, "d_initial_state")?;
+        let d_initial_state = self.new_f32(&call.state_shape, "d_initial_state")?;
         let x = states::Term {
             states: s_prime.buffer(),
             steps: 1,

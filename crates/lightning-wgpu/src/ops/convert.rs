@@ -18,7 +18,7 @@ impl Context {
     /// Async form of [`Context::convert`].
     pub async fn convert_async(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
         validate::tensor(self, "tensor", t, DType::F32)?;
-        let out = self.empty_as(t.shape(), dtype, "converted")?;
+        let out = self.new_tensor(t.shape(), dtype, "converted")?;
         let mut rec = Recorder::new(self.rt(), "convert");
         match dtype {
             DType::F32 => rec.copy(t.buffer(), 0, out.buffer(), 0, t.size_bytes()),

@@ -73,7 +73,7 @@ impl Context {
             first_state: 0,
         }];
         let mut rec = Recorder::new(self.rt(), "decode");
-        let o = self.empty_as(&[dims.b, dims.h, dims.e], v.dtype(), "o")?;
+        let o = self.new_tensor(&[dims.b, dims.h, dims.e], v.dtype(), "o")?;
         let output = Output::new(&mut rec, &o)?;
         let limits = super::limits(self, q.dtype(), output.element_bytes(), 4);
         let segments = plan::plan(Layout::Bhnd, &dims, &limits, &whole, Needs::recurrent(1))?;

@@ -200,9 +200,9 @@ impl Context {
         opts: &ForwardOptions<'_>,
     ) -> Result<ForwardOutput> {
         let call = validate::forward(self, q, k, v, opts)?;
-        let mut o = self.empty_as(v.shape(), v.dtype(), "o")?;
+        let mut o = self.new_tensor(v.shape(), v.dtype(), "o")?;
         let mut state = if opts.output_final_state {
-            Some(self.empty(&call.state_shape, "final_state")?)
+            Some(self.new_f32(&call.state_shape, "final_state")?)
         } else {
             None
         };

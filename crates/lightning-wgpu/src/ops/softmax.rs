@@ -70,7 +70,7 @@ impl Context {
         let scale = opts.scale.unwrap_or(1.0 / (dims.d as f32).sqrt());
         validate::scale(scale)?;
         let mut rec = Recorder::new(self.rt(), "softmax attention");
-        let o = self.empty_as(v.shape(), v.dtype(), "o")?;
+        let o = self.new_tensor(v.shape(), v.dtype(), "o")?;
         let output = Output::new(&mut rec, &o)?;
         let limits = super::limits(self, q.dtype(), output.element_bytes(), 4);
         let segments = plan::plan(
