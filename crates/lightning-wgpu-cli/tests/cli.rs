@@ -961,52 +961,35 @@ fn switches_with_unknown_values_are_refused() {
     assert!(text(&out.stdout).contains("cooperative matrices no"));
 }
 
+/// A float32 `.npy` file whose header promises `shape` (a Python tuple's
+/// text), followed by 16 bytes of data.
+fn write_npy_header(path: &Path, shape: &str) {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = vec![0x93];
+    bytes.extend_from_slice(b"NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(path, &bytes).unwrap();
+}
+
 #[test]
 fn npy_shapes_beyond_the_file_are_refused() {
     // (2^32, 2^32, 1, 1) float32: the element count overflows; once it
     // passed as an empty array.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("huge.npy");
-    let header =
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 1, 1), }";
-    let mut bytes = vec![0x93];
-    bytes.extend_from_slice(b"NUMPY\x01\x00");
-    let mut h = header.to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(h.as_bytes());
-    bytes.extend_from_slice(&[0; 16]);
-    std::fs::write(&path, &bytes).unwrap();
     let case = small_case(Layout::Bhnd);
+    let path = case.path("huge.npy");
+    write_npy_header(&path, "(4294967296, 4294967296, 1, 1)");
     let huge = path.display().to_string();
-    let args = [
-        "forward",
-        "--q",
-        &huge,
-        "--k",
-        &case.arg("k.npy"),
-        "--v",
-        &case.arg("v.npy"),
-        "--out",
-        &case.arg("o.npy"),
-    ];
+    let (k, v, o) = (case.arg("k.npy"), case.arg("v.npy"), case.arg("o.npy"));
+    let args = ["forward", "--q", &huge, "--k", &k, "--v", &v, "--out", &o];
     assert_fails(&run(&args), &["`q`", "too many elements"]);
     // A shape that fits in memory but not in the file: truncated, before
     // anything is allocated for it.
-    let h2 = header.replace("(4294967296, 4294967296, 1, 1)", "(1, 1, 1, 100000000)");
-    let mut bytes = vec![0x93];
-    bytes.extend_from_slice(b"NUMPY\x01\x00");
-    let mut h = h2;
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(h.as_bytes());
-    bytes.extend_from_slice(&[0; 16]);
-    std::fs::write(&path, &bytes).unwrap();
+    write_npy_header(&path, "(1, 1, 1, 100000000)");
     assert_fails(&run(&args), &["`q`", "truncated"]);
 }
