@@ -2,8 +2,9 @@
 //!
 //! - `setup`: installs the system packages the tests need (Mesa's software
 //!   Vulkan and OpenGL drivers), only those missing, so it is safe to rerun.
-//! - `test`:  setup, then formatting, clippy with warnings denied, every test,
-//!   and `web-test`.
+//! - `test`:  setup, then formatting, clippy with warnings denied, every test
+//!   (the forward, backward and property suites once more with shader
+//!   bounds checks on), and `web-test`.
 //! - `run`:   setup, then the main job: `cargo run --release` on the default adapter.
 //! - `web-test`: builds the browser demo (`web/`) and runs it in headless
 //!   Chromium; fails unless the page reports PASS. Saves docs/web-demo.png.
@@ -111,7 +112,25 @@ fn test(extra: &[String]) -> Result<(), String> {
         ],
         &[],
     )?;
-    cargo(&["test", "--workspace"], extra)
+    cargo(&["test", "--workspace"], extra)?;
+    // The forward, backward and property suites once more with wgpu's
+    // shader bounds checks on, as browsers always run them.
+    let mut checked = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    checked
+        .args([
+            "test",
+            "-p",
+            "lightning-wgpu",
+            "--test",
+            "forward",
+            "--test",
+            "backward",
+            "--test",
+            "properties",
+        ])
+        .env("LIGHTNING_CHECKED", "1")
+        .env("NODEVICE_SELECT", "1");
+    run(&mut checked)
 }
 
 fn cargo(args: &[&str], extra: &[String]) -> Result<(), String> {

@@ -32,10 +32,12 @@ pub fn random(rng: &mut StdRng, len: usize, width: usize) -> Vec<f32> {
         .collect()
 }
 
-/// A context on the default adapter with shader bounds checks on or off.
+/// A context on the default adapter with shader bounds checks on, or as
+/// `LIGHTNING_CHECKED` says (off by default): CI runs the forward and
+/// backward suites once more with it set.
 pub fn context(checked: bool) -> Context {
     context_with(ContextOptions {
-        checked: Some(checked),
+        checked: checked.then_some(true),
         ..Default::default()
     })
 }
