@@ -67,3 +67,108 @@ fn required_tensor_cores_are_a_typed_error_where_missing() {
         Ok(_) => panic!("tensor cores required on an adapter without them"),
     }
 }
+
+/// Runs a bf16 forward of `q`, `k`, `v` (b = 1) on `ctx`, returning o.
+fn bf16_forward(
+    ctx: &Context,
+    dims: lightning_wgpu::Dims,
+    x: [&[f32]; 3],
+    slopes: &[f32],
+) -> (Vec<f32>, &'static str) {
+    let lightning_wgpu::Dims { b, h, n, d, e } = dims;
+    let up = |x: &[f32], w: usize| ctx.tensor_as(x, &[b, h, n, w], DType::BF16).unwrap();
+    let (q, k, v) = (up(x[0], d), up(x[1], d), up(x[2], e));
+    let opts = lightning_wgpu::ForwardOptions {
+        slopes: Some(slopes),
+        ..Default::default()
+    };
+    let path = ctx.forward_path(&q, &k, &v, &opts).unwrap();
+    let out = ctx.forward(&q, &k, &v, &opts).unwrap();
+    (ctx.read(&out.o).unwrap(), path)
+}
+
+#[test]
+fn bf16_values_beyond_f16s_range_are_right_on_the_default_path() {
+    // On the tensor cores bf16 is read as f16: values past 65504, and states
+    // that grow past it over a long sequence without decay, came back as inf
+    // or NaN on the default path. Such calls now run portable; typical ones
+    // keep the tensor cores (where the adapter has them).
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let auto = common::context(false);
+    let dims = lightning_wgpu::Dims {
+        b: 1,
+        h: 2,
+        n: 300,
+        d: 64,
+        e: 64,
+    };
+    let len = |w: usize| dims.h * dims.n * w;
+    let slopes = lightning_wgpu::alibi_slopes(2);
+    let big: Vec<f32> = common::random(&mut rng, len(64), 1)
+        .iter()
+        .map(|x| x * 1e30)
+        .collect();
+    let small: Vec<f32> = common::random(&mut rng, len(64), 1)
+        .iter()
+        .map(|x| x * 1e-12)
+        .collect();
+    let v = common::random(&mut rng, len(64), 1);
+    let normal = common::random(&mut rng, len(64), 64);
+    // A long sequence without decay, keys and values positive: the state
+    // passes 65504 after about 70000 rows.
+    let long = lightning_wgpu::Dims {
+        b: 1,
+        h: 1,
+        n: 70_000,
+        d: 16,
+        e: 16,
+    };
+    let ones: Vec<f32> = (0..long.n * 16)
+        .map(|i| 0.5 + (i % 7) as f32 / 14.0)
+        .collect();
+    let cases: [(&str, lightning_wgpu::Dims, [&[f32]; 3], &[f32], bool); 4] = [
+        ("q up to 1e30", dims, [&big, &small, &v], &slopes, false),
+        (
+            "v up to 1e30",
+            dims,
+            [&small, &normal, &big],
+            &slopes,
+            false,
+        ),
+        (
+            "no decay over 70000 rows",
+            long,
+            [&ones, &ones, &ones],
+            &[0.0],
+            false,
+        ),
+        ("typical", dims, [&normal, &normal, &v], &slopes, true),
+    ];
+    for (name, dims, x, slopes, fast) in cases {
+        let rounded: Vec<Vec<f32>> = x.iter().map(|x| common::rounded(x, DType::BF16)).collect();
+        let (o, path) = bf16_forward(&auto, dims, x, slopes);
+        let expected = if fast && adapter_has_coop() {
+            "tensor-core"
+        } else {
+            "portable"
+        };
+        assert_eq!(path, expected, "{name}");
+        let want = lightning_wgpu::reference::forward(
+            dims,
+            lightning_wgpu::Layout::Bhnd,
+            &rounded[0],
+            &rounded[1],
+            &rounded[2],
+            slopes,
+            1.0,
+            None,
+        );
+        assert!(o.iter().all(|x| x.is_finite()), "{name}: not finite");
+        let err = lightning_wgpu::reference::relative_error(&o, &want.o);
+        assert!(
+            err <= common::tolerance(DType::BF16),
+            "{name} (seed {seed}): {err:e}"
+        );
+    }
+}
