@@ -11,14 +11,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if w >= job.words {
         return;
     }
-    let a = wide[2u * w];
+    let a = wide[job.wide_base + 2u * w];
     var b = 0.0;
     if 2u * w + 1u < job.elements {
-        b = wide[2u * w + 1u];
+        b = wide[job.wide_base + 2u * w + 1u];
     }
     if job.bf16 != 0u {
-        packed[w] = bf16_pair(a, b);
+        packed[job.packed_base + w] = bf16_pair(a, b);
     } else {
-        packed[w] = pack2x16float(vec2<f32>(a, b));
+        packed[job.packed_base + w] = pack2x16float(vec2<f32>(a, b));
     }
 }

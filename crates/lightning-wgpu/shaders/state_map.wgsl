@@ -12,8 +12,8 @@ fn decay(slope: f32, k: u32) -> f32 {
 // underflows to 0 rather than overflowing.
 //
 // Bindings: map, slopes, x and y (read), out (written), each a window of
-// whole states starting `map.base` elements before state `map.first`. One
-// invocation per element of out.
+// whole states with state `map.first` at its own base. One invocation per
+// element of out.
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -25,16 +25,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let state = i / size;
     let within = i % size;
     let slope = slopes[(map.first + state) % map.heads];
-    let at = map.base + i;
-    var source = at;
+    var source = map.x_base + i;
     if map.transpose != 0u {
         let r = within / map.cols;
         let c = within % map.cols;
-        source = map.base + state * size + c * map.rows + r;
+        source = map.x_base + state * size + c * map.rows + r;
     }
     var value = x[source] * (decay(slope, map.x_steps) * map.x_scale);
     if map.y_scale != 0.0 {
-        value += y[at] * (decay(slope, map.y_steps) * map.y_scale);
+        value += y[map.y_base + i] * (decay(slope, map.y_steps) * map.y_scale);
     }
-    out[at] = value;
+    out[map.out_base + i] = value;
 }

@@ -172,7 +172,128 @@ impl Context {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         let (device, queue) = device::open(&adapter, features).await?;
-        let checked = checked_wanted || info.backend == wgpu::Backend::BrowserWebGpu;
+        Self::assemble(
+            &adapter,
+            device,
+            queue,
+            &options,
+            checked_wanted,
+            packed,
+            config,
+            tensor_cores,
+            false,
+        )
+    }
+
+    /// Adopts a device the caller opened (an engine's, a framework's such as
+    /// burn's wgpu backend), with the default options: see
+    /// [`Context::from_wgpu_with`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> lightning_wgpu::Result<()> {
+    /// use lightning_wgpu::{wgpu, Context};
+    /// let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    /// let adapter = instance.request_adapter(&Default::default()).await.expect("an adapter");
+    /// let (device, queue) = adapter.request_device(&Default::default()).await.expect("a device");
+    /// let ctx = Context::from_wgpu(&adapter, device.clone(), queue.clone())?;
+    /// // ctx's kernels and the caller's share `device` and `queue`.
+    /// # Ok(()) }
+    /// ```
+    pub fn from_wgpu(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<Self> {
+        Self::from_wgpu_with(adapter, device, queue, ContextOptions::default())
+    }
+
+    /// Adopts a device the caller opened on `adapter`, reading what it can
+    /// do from the device itself: the features it was created with (f16
+    /// natively only with SHADER_F16, the tensor cores only with
+    /// EXPERIMENTAL_COOPERATIVE_MATRIX) and its limits (the block size, the
+    /// largest binding). The caller keeps its device's error handler and
+    /// lost callback: this context installs none, and reports its own GPU
+    /// errors through error scopes. `options.adapter` and `options.backends`
+    /// do not apply.
+    pub fn from_wgpu_with(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: ContextOptions,
+    ) -> Result<Self> {
+        let packed = match options.packed_f16 {
+            Some(p) => p,
+            None => switches::switch(PACKED_F16_ENV)?.unwrap_or(false),
+        };
+        let coop_wanted = match options.cooperative_matrix {
+            Some(c) => Some(c),
+            None => switches::switch(COOP_ENV)?,
+        };
+        let checked_wanted = match options.checked {
+            Some(c) => c,
+            None => switches::switch(CHECKED_ENV)?.unwrap_or(false),
+        };
+        let rows = match options.block_rows {
+            Some(r) => Some(r),
+            None => switches::number(BLOCK_ENV, "must be 32 or 64")?,
+        };
+        let depth = switches::number(DEPTH_ENV, "must be 8, 16 or 32")?;
+        let config = BlockConfig::for_limits(&device.limits(), rows, depth)?;
+        let has = device
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        let tensor_cores = match coop_wanted {
+            Some(false) => false,
+            wanted => {
+                let support = if has {
+                    tensor_core::adapter_support(adapter, packed)
+                } else {
+                    Err("was given a device created without EXPERIMENTAL_COOPERATIVE_MATRIX".into())
+                };
+                match support {
+                    Ok(()) if config.rows == tensor_core::BLOCK_ROWS => true,
+                    Err(reason) if wanted == Some(true) => {
+                        return Err(Error::MissingFeature {
+                            option: "cooperative_matrix",
+                            feature: "cooperative matrices (16x16x16, f16 -> f32)",
+                            adapter: adapter.get_info().name,
+                            reason,
+                        })
+                    }
+                    _ => false,
+                }
+            }
+        };
+        Self::assemble(
+            adapter,
+            device,
+            queue,
+            &options,
+            checked_wanted,
+            packed,
+            config,
+            tensor_cores,
+            true,
+        )
+    }
+
+    /// The context of an open device.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &ContextOptions,
+        checked: bool,
+        packed: bool,
+        config: BlockConfig,
+        tensor_cores: bool,
+        adopted: bool,
+    ) -> Result<Self> {
+        let info = adapter.get_info();
+        let features = device.features();
+        let limits = device.limits();
+        let checked = checked || info.backend == wgpu::Backend::BrowserWebGpu;
         let mut max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -188,6 +309,7 @@ impl Context {
             limits,
             checked,
             max_binding,
+            adopted,
         });
         Ok(Context {
             inner: Arc::new(Inner {
@@ -262,6 +384,13 @@ impl Context {
     /// put once a workload is warm.
     pub fn buffers_created(&self) -> u64 {
         self.rt().pool().created()
+    }
+
+    /// How many times this context has read a buffer back to the host
+    /// (each [`Context::read`], and timing's results). Work that stays on
+    /// the GPU leaves it where it was.
+    pub fn readbacks(&self) -> u64 {
+        self.rt().readbacks()
     }
 
     /// Frees the pooled buffers not in use.

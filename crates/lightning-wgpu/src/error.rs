@@ -119,6 +119,12 @@ pub enum Error {
         max_abs: f32,
         limit: f32,
     },
+    /// A caller's buffer lacks a usage the operation needs.
+    #[error("`{arg}`'s buffer has no {missing} usage, which this needs: create it with wgpu::BufferUsages::{missing}")]
+    BufferUsage {
+        arg: &'static str,
+        missing: &'static str,
+    },
     /// A tensor belongs to another context's device.
     #[error("`{0}` was created on a different context")]
     ForeignTensor(&'static str),

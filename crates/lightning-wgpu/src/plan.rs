@@ -73,9 +73,22 @@ pub(crate) struct Limits {
     pub block_state_bytes: u64,
     /// Views of q, k, v and o read (written) in reversed time.
     pub reversed: [bool; 4],
+    /// Where each tensor starts in its buffer, in its elements.
+    pub at: Starts,
     pub max_binding: u64,
     pub offset_align: u64,
     pub max_groups: u64,
+}
+
+/// The element offset at which each tensor of a call starts in its buffer
+/// (0 but for views of a caller's buffers).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Starts {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub state: u64,
 }
 
 /// The largest grid a pass of this segment dispatches.
@@ -95,8 +108,10 @@ fn window(
     align: u64,
     elem: u64,
     reversed: bool,
+    at: u64,
 ) -> Window {
     let (sb, sh, sn) = layout.strides(dims.h, dims.n, width);
+    let at = at as usize;
     let (bh_start, bh_count) = bh;
     let (n0, len) = rows;
     // A reversed view reads logical row i at physical row n - 1 - i: the
@@ -110,7 +125,7 @@ fn window(
     let mut lo = usize::MAX;
     let mut hi = 0usize;
     for g in bh_start..bh_start + bh_count {
-        let origin = (g / dims.h) * sb + (g % dims.h) * sh + first * sn;
+        let origin = at + (g / dims.h) * sb + (g % dims.h) * sh + first * sn;
         lo = lo.min(origin);
         hi = hi.max(origin + (len - 1) * sn + width);
     }
@@ -118,7 +133,7 @@ fn window(
     // halves, on an even one: the first of a word) and covers whole words.
     let start = (lo as u64 * elem) / align * align;
     let start_elements = (start / elem) as i128;
-    let origin = ((bh_start / dims.h) * sb + origin_row * sn) as i128;
+    let origin = (at + (bh_start / dims.h) * sb + origin_row * sn) as i128;
     Window {
         offset: start,
         size: (hi as u64 * elem - start).next_multiple_of(4),
@@ -137,11 +152,11 @@ fn segment(
     let blocks = rows.1.div_ceil(lim.block_rows);
     let state_size = dims.d * dims.e;
     let per_block_words = ((bh.1 * blocks * state_size) as u64 * lim.block_state_bytes).div_ceil(4);
-    let state_lo = (seq.first_state + bh.0) * state_size;
+    let state_lo = lim.at.state as usize + (seq.first_state + bh.0) * state_size;
     let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
     let [rq, rk, rv, ro] = lim.reversed;
     // A tensor's window: its width, bytes per element, and time direction.
-    let win = |width: usize, bytes: u64, reversed: bool| {
+    let win = |width: usize, bytes: u64, reversed: bool, at: u64| {
         window(
             layout,
             dims,
@@ -151,6 +166,7 @@ fn segment(
             lim.offset_align,
             bytes,
             reversed,
+            at,
         )
     };
     Segment {
@@ -161,10 +177,10 @@ fn segment(
         n0: rows.0,
         rows: rows.1,
         blocks,
-        q: win(dims.d, lim.input_bytes, rq),
-        k: win(dims.d, lim.input_bytes, rk),
-        v: win(dims.e, lim.input_bytes, rv),
-        o: win(dims.e, lim.output_bytes, ro),
+        q: win(dims.d, lim.input_bytes, rq, lim.at.q),
+        k: win(dims.d, lim.input_bytes, rk, lim.at.k),
+        v: win(dims.e, lim.input_bytes, rv, lim.at.v),
+        o: win(dims.e, lim.output_bytes, ro, lim.at.o),
         state: Window {
             offset: state_start,
             size: ((state_lo + bh.1 * state_size) as u64) * 4 - state_start,
@@ -326,6 +342,7 @@ mod tests {
             output_bytes: 4,
             block_state_bytes: 4,
             reversed: [false; 4],
+            at: Starts::default(),
             max_binding,
             offset_align: 256,
             max_groups: 65535,
@@ -528,6 +545,7 @@ mod reversed_tests {
                 output_bytes: 4,
                 block_state_bytes: 4,
                 reversed: [true; 4],
+                at: Starts::default(),
                 max_binding: 16 << 10,
                 offset_align: 256,
                 max_groups: 65535,

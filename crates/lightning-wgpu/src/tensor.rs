@@ -96,13 +96,24 @@ impl std::fmt::Display for DType {
     }
 }
 
+/// Where a tensor's elements live.
+pub(crate) enum Memory {
+    /// A buffer of the context's pool, given back when the tensor drops.
+    Pooled(PooledBuffer),
+    /// A caller's buffer, viewed without a copy.
+    Borrowed(wgpu::Buffer),
+}
+
 /// A dense, row-major tensor living on one [`Context`](crate::Context)'s device.
 ///
-/// Make one with [`Context::tensor`](crate::Context::tensor) and read it back with
-/// [`Context::read`](crate::Context::read). Dropping it returns its buffer to
-/// the context's pool.
+/// Make one with [`Context::tensor`](crate::Context::tensor) (or view a
+/// buffer of your own with [`Tensor::from_buffer`]) and read it back with
+/// [`Context::read`](crate::Context::read). Dropping a tensor the context
+/// made returns its buffer to the context's pool.
 pub struct Tensor {
-    pub(crate) buffer: PooledBuffer,
+    pub(crate) memory: Memory,
+    /// Where its first element is in the buffer, in bytes.
+    pub(crate) offset: u64,
     pub(crate) shape: Vec<usize>,
     pub(crate) dtype: DType,
     pub(crate) owner: u64,
@@ -138,15 +149,114 @@ impl Tensor {
     }
 
     /// The underlying wgpu buffer, for interop with other wgpu code. It may be
-    /// larger than [`Tensor::size_bytes`].
+    /// larger than [`Tensor::size_bytes`]; the tensor starts at
+    /// [`Tensor::offset`] in it.
     pub fn buffer(&self) -> &wgpu::Buffer {
-        self.buffer.buffer()
+        match &self.memory {
+            Memory::Pooled(b) => b.buffer(),
+            Memory::Borrowed(b) => b,
+        }
+    }
+
+    /// Where the tensor's first element is in [`Tensor::buffer`], in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Where the tensor's first element is, in elements.
+    pub(crate) fn first_element(&self) -> u64 {
+        self.offset / self.dtype.size() as u64
     }
 
     /// The pooled buffer, to keep out of the pool until work using it is
-    /// submitted.
-    pub(crate) fn into_buffer(self) -> PooledBuffer {
-        self.buffer
+    /// submitted (a borrowed one is the caller's to keep).
+    pub(crate) fn into_buffer(self) -> Option<PooledBuffer> {
+        match self.memory {
+            Memory::Pooled(b) => Some(b),
+            Memory::Borrowed(_) => None,
+        }
+    }
+
+    /// A view of `shape` elements stored as `dtype` in `buffer` from byte
+    /// `offset` on, without a copy: a caller's buffer given to the kernels
+    /// (read as inputs, written as outputs through
+    /// [`Context::forward_into`]). The buffer must have been made on `ctx`'s
+    /// device with STORAGE usage (COPY_SRC to be read back or copied from,
+    /// COPY_DST to be written by an upload or a copy), hold the whole view,
+    /// and the offset be a multiple of 4. Its contents are the caller's:
+    /// nothing is pooled, and its magnitudes are unknown until vouched for
+    /// ([`Tensor::assume_max_abs`]).
+    ///
+    /// ```no_run
+    /// use lightning_wgpu::{wgpu, Context, DType, Tensor};
+    /// let ctx = Context::new()?;
+    /// let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("mine"),
+    ///     size: 4096 + 2 * 8 * 64 * 4,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    ///     mapped_at_creation: false,
+    /// });
+    /// let q = Tensor::from_buffer(&ctx, &buffer, 4096, &[1, 2, 8, 64], DType::F32)?;
+    /// assert_eq!(q.offset(), 4096);
+    /// # Ok::<(), lightning_wgpu::Error>(())
+    /// ```
+    pub fn from_buffer(
+        ctx: &Context,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let bytes = elements
+            .and_then(|e| e.checked_mul(dtype.size()))
+            .and_then(|b| u64::try_from(b).ok());
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::BufferUsage {
+                arg: "buffer",
+                missing: "STORAGE",
+            });
+        }
+        if !offset.is_multiple_of(4) {
+            return Err(Error::InvalidValue {
+                arg: "offset",
+                value: offset.to_string(),
+                reason: "must be a multiple of 4 bytes",
+            });
+        }
+        match bytes.and_then(|b| b.checked_add(offset)) {
+            Some(end) if end <= buffer.size() => {}
+            _ => {
+                return Err(Error::TooLarge {
+                    arg: "view",
+                    bytes: bytes.unwrap_or(u64::MAX).saturating_add(offset),
+                    limit: buffer.size(),
+                    which: "the buffer's size",
+                })
+            }
+        }
+        Ok(Tensor {
+            memory: Memory::Borrowed(buffer.clone()),
+            offset,
+            shape: shape.to_vec(),
+            dtype,
+            owner: ctx.rt().id(),
+            max_abs: None,
+        })
+    }
+
+    /// Fails with [`Error::BufferUsage`] unless the buffer has `usage`.
+    pub(crate) fn needs(
+        &self,
+        arg: &'static str,
+        usage: wgpu::BufferUsages,
+        name: &'static str,
+    ) -> Result<()> {
+        if self.buffer().usage().contains(usage) {
+            Ok(())
+        } else {
+            Err(Error::BufferUsage { arg, missing: name })
+        }
     }
 
     /// The largest magnitude of its elements where known: measured when it
@@ -310,7 +420,8 @@ impl Context {
             }
         };
         Ok(Tensor {
-            buffer: rt.buffer(arg, bytes, TENSOR_USAGE),
+            memory: Memory::Pooled(rt.buffer(arg, bytes, TENSOR_USAGE)),
+            offset: 0,
             shape: shape.to_vec(),
             dtype,
             owner: rt.id(),
@@ -339,7 +450,11 @@ impl Context {
         // Copies move whole 32-bit words; a half tensor of odd length has a
         // padding half at the end of its buffer.
         let bytes = t.size_bytes().next_multiple_of(4);
-        let raw = self.rt().read_bytes(t.buffer(), 0, bytes, "tensor").await?;
+        t.needs("tensor", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+        let raw = self
+            .rt()
+            .read_bytes(t.buffer(), t.offset, bytes, "tensor")
+            .await?;
         Ok(decode(&raw, t.dtype(), t.len()))
     }
 }

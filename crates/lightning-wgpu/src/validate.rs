@@ -324,6 +324,62 @@ pub(crate) fn backward(
     Ok(call)
 }
 
+/// Checks the gradients a caller gives a backward call: dq, dk, dv shaped
+/// like q, k, v and stored like q (or in f32), dS0 shaped like the states.
+pub(crate) fn gradients(
+    ctx: &Context,
+    call: &Call,
+    layout: Layout,
+    q: &Tensor,
+    g: &crate::ops::backward::Gradients,
+) -> Result<()> {
+    let Dims { b, h, n, d, e } = call.dims;
+    for (arg, t, width) in [("dq", &g.dq, d), ("dk", &g.dk, d), ("dv", &g.dv, e)] {
+        ctx.owns(arg, t)?;
+        if t.dtype() != q.dtype() && t.dtype() != DType::F32 {
+            return Err(Error::DType {
+                arg,
+                got: t.dtype(),
+                expected: q.dtype(),
+            });
+        }
+        let names = dim_names(layout, if width == d { "d" } else { "e" });
+        shape(
+            arg,
+            t,
+            &layout.shape(b, h, n, width),
+            names,
+            "the input it is the gradient of",
+        )?;
+    }
+    state(
+        ctx,
+        "d_initial_state",
+        &g.d_initial_state,
+        &call.state_shape,
+    )
+}
+
+/// Checks the output a caller gives a decode step: `(batch, h, e)`, stored
+/// like v or in f32.
+pub(crate) fn decode_output(ctx: &Context, dims: &Dims, v: &Tensor, o: &Tensor) -> Result<()> {
+    ctx.owns("o", o)?;
+    if o.dtype() != v.dtype() && o.dtype() != DType::F32 {
+        return Err(Error::DType {
+            arg: "o",
+            got: o.dtype(),
+            expected: v.dtype(),
+        });
+    }
+    shape(
+        "o",
+        o,
+        &[dims.b, dims.h, dims.e],
+        ["batch", "heads", "e", ""],
+        "v",
+    )
+}
+
 /// Checks slot indices against a cache of `cache_slots`: in range or
 /// negative (padding), and no slot named twice (their updates would race).
 fn slots(slots: &[i32], cache_slots: usize) -> Result<()> {

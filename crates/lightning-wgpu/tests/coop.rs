@@ -128,7 +128,13 @@ fn bf16_values_beyond_f16s_range_are_right_on_the_default_path() {
         .map(|i| 0.5 + (i % 7) as f32 / 14.0)
         .collect();
     // (name, sizes, q k v, slopes, whether the tensor cores may run it)
-    type Case<'a> = (&'a str, lightning_wgpu::Dims, [&'a [f32]; 3], &'a [f32], bool);
+    type Case<'a> = (
+        &'a str,
+        lightning_wgpu::Dims,
+        [&'a [f32]; 3],
+        &'a [f32],
+        bool,
+    );
     let cases: [Case; 4] = [
         ("q up to 1e30", dims, [&big, &small, &v], &slopes, false),
         (

@@ -285,6 +285,19 @@ impl KernelSpec {
     }
 }
 
+/// The names of the `reads` whose buffer one of `writes` also is: what a
+/// dispatch must declare read_write ([`KernelSpec::sharing`]).
+pub(crate) fn shared_reads<'a>(
+    reads: &[(&'static str, &'a wgpu::Buffer)],
+    writes: &[&'a wgpu::Buffer],
+) -> Vec<&'static str> {
+    reads
+        .iter()
+        .filter(|(_, b)| writes.contains(b))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 /// A compiled kernel, bound by name.
 pub(crate) struct Compiled {
     pub kernel: Kernel,

@@ -54,6 +54,15 @@ impl<'a> Output<'a> {
         self.wide.as_ref().unwrap_or(self.target.buffer())
     }
 
+    /// Where the passes' output starts in [`Output::buffer`], in elements.
+    pub(crate) fn first_element(&self) -> u64 {
+        if self.wide.is_some() {
+            0
+        } else {
+            self.target.first_element()
+        }
+    }
+
     /// Bytes per element the passes write.
     pub(crate) fn element_bytes(&self) -> u64 {
         if self.wide.is_some() {
@@ -67,7 +76,7 @@ impl<'a> Output<'a> {
     /// stored in halves.
     pub(crate) async fn finish(self, rec: &mut Recorder<'_>) -> Result<()> {
         match &self.wide {
-            Some(wide) => pack(rec, wide, self.target).await,
+            Some(wide) => pack(rec, (wide, 0), self.target).await,
             None => Ok(()),
         }
     }
@@ -78,19 +87,21 @@ fn spec() -> KernelSpec {
     KernelSpec::new(Kernel::PackOutput, Storage::F32, BlockConfig::default())
 }
 
-/// Records packing the f32 elements of `wide` into `target`'s f16 or bf16
-/// words, in windows that fit one binding on both sides.
+/// Records packing the f32 elements of `wide` (a buffer and the element at
+/// which they start) into `target`'s f16 or bf16 words, in windows that fit
+/// one binding on both sides.
 pub(crate) async fn pack(
     rec: &mut Recorder<'_>,
-    wide: &wgpu::Buffer,
+    (wide, wide_first): (&wgpu::Buffer, u64),
     target: &Tensor,
 ) -> Result<()> {
     let rt: &Runtime = rec.runtime();
     let kernel = spec().compile(rt).await?;
     let elements = target.len() as u64;
-    // Windows start on aligned offsets: a multiple of 128 elements (512 B
-    // of f32, 256 B of halves).
-    let per_window = (rt.max_binding() / 4 / 128 * 128).max(128);
+    // Windows of a multiple of 128 elements, each bound from the aligned
+    // offset at or below its start on both sides, the rest in its `base`.
+    let align = rt.limits().min_storage_buffer_offset_alignment as u64;
+    let per_window = ((rt.max_binding().saturating_sub(align)) / 4 / 128 * 128).max(128);
     let windows: Vec<(u64, u64)> = (0..elements)
         .step_by(per_window as usize)
         .map(|e0| (e0, per_window.min(elements - e0)))
@@ -99,11 +110,17 @@ pub(crate) async fn pack(
     let stride = size.next_multiple_of(rt.limits().min_uniform_buffer_offset_alignment as u64);
     let bf16 = u32::from(target.dtype() == DType::BF16);
     let mut bytes = vec![0u8; (stride * windows.len() as u64) as usize];
-    for (i, &(_, n)) in windows.iter().enumerate() {
+    // Each window's bindings, aligned down, and where its elements start in them.
+    let from_at = |e0: u64| (wide_first + e0) * 4;
+    let to_at = |e0: u64| target.offset() + e0 * 2;
+    let down = |byte: u64| byte / align * align;
+    for (i, &(e0, n)) in windows.iter().enumerate() {
         let job = PackJob {
             words: n.div_ceil(2) as u32,
             elements: n as u32,
             bf16,
+            wide_base: ((from_at(e0) - down(from_at(e0))) / 4) as u32,
+            packed_base: ((to_at(e0) - down(to_at(e0))) / 4) as u32,
             ..Default::default()
         };
         let at = i * stride as usize;
@@ -117,13 +134,13 @@ pub(crate) async fn pack(
             size: std::num::NonZeroU64::new(size),
         });
         let from = Window {
-            offset: e0 * 4,
-            size: n * 4,
+            offset: down(from_at(e0)),
+            size: from_at(e0) + n * 4 - down(from_at(e0)),
             base: 0,
         };
         let to = Window {
-            offset: e0 * 2,
-            size: n.div_ceil(2) * 4,
+            offset: down(to_at(e0)),
+            size: to_at(e0) + n.div_ceil(2) * 4 - down(to_at(e0)),
             base: 0,
         };
         kernel.dispatch(

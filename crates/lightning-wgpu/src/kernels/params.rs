@@ -79,7 +79,13 @@ uniform_block! {
         elements: u32 => "u32",
         /// 1: bf16, 0: f16.
         bf16: u32 => "u32",
+        /// Where the window's f32 elements start in their binding.
+        wide_base: u32 => "u32",
+        /// Where its words start in theirs.
+        packed_base: u32 => "u32",
         pad0: u32 => "",
+        pad1: u32 => "",
+        pad2: u32 => "",
     }
 }
 
@@ -88,13 +94,15 @@ uniform_block! {
     /// `i` of head `i % heads`): `out = x_factor X + y_factor Y`, with X
     /// read transposed when `transpose` is 1 and each factor
     /// `exp(-slope * steps) * scale` of its head (steps 0 and scale 1 for
-    /// none; `y_scale` 0 leaves Y out). `base`: the element offset of state
-    /// `first` in the bound windows.
+    /// none; `y_scale` 0 leaves Y out). The bases: the element offset of
+    /// state `first` in each bound window.
     StateMap {
         heads: u32 => "u32",
         first: u32 => "u32",
         count: u32 => "u32",
-        base: u32 => "u32",
+        x_base: u32 => "u32",
+        y_base: u32 => "u32",
+        out_base: u32 => "u32",
         rows: u32 => "u32",
         cols: u32 => "u32",
         transpose: u32 => "u32",
@@ -104,5 +112,6 @@ uniform_block! {
         y_scale: f32 => "f32",
         pad0: u32 => "",
         pad1: u32 => "",
+        pad2: u32 => "",
     }
 }

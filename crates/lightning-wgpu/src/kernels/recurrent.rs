@@ -44,7 +44,9 @@ pub(crate) async fn record(
     io: &Io<'_>,
     slots: Option<&SlotMaps>,
 ) -> Result<()> {
+    let shared = super::shared_reads(&[("q", io.q), ("k", io.k), ("v", io.v)], &[io.o, io.state]);
     let kernel = KernelSpec::new(Kernel::Recurrent, launch.storage, setup.config)
+        .sharing(&shared)
         .compile(rec.runtime())
         .await?;
     let uniforms = Uniforms::new(rec, launch);

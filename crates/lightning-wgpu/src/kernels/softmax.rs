@@ -11,7 +11,9 @@ pub(crate) async fn record(
     launch: &Launch<'_>,
     io: &Io<'_>,
 ) -> Result<()> {
+    let shared = super::shared_reads(&[("q", io.q), ("k", io.k), ("v", io.v)], &[io.o]);
     let kernel = KernelSpec::new(Kernel::SoftmaxAttention, launch.storage, setup.config)
+        .sharing(&shared)
         .compile(rec.runtime())
         .await?;
     let uniforms = Uniforms::new(rec, launch);

@@ -185,6 +185,11 @@ pub(crate) struct KernelSpec {
     pub config: BlockConfig,
     /// How its `Out` bindings hold their elements.
     pub out: OutStore,
+    /// Bindings (bit i: binding i) the table reads but this call declares
+    /// read_write, because their buffer is also written in the same dispatch
+    /// (a caller's buffer holding an input and an output): WebGPU refuses
+    /// one buffer bound read-only and writable in one dispatch.
+    pub shared: u32,
 }
 
 impl KernelSpec {
@@ -195,18 +200,30 @@ impl KernelSpec {
             storage,
             config,
             out: OutStore::F32,
+            shared: 0,
         }
+    }
+
+    /// This spec with the read bindings `names` declared read_write.
+    pub(crate) fn sharing(mut self, names: &[&str]) -> Self {
+        for (i, b) in self.kernel.bindings().iter().enumerate() {
+            if matches!(b.slot, Slot::Read(_)) && names.contains(&b.name) {
+                self.shared |= 1 << i;
+            }
+        }
+        self
     }
 
     /// The pipeline cache's key: every field, readably.
     pub(crate) fn key(&self) -> String {
         format!(
-            "{}/{}/{}/b{}/d{}",
+            "{}/{}/{}/b{}/d{}/s{:x}",
             self.kernel.name(),
             self.storage.name(),
             self.out.name(),
             self.config.rows,
-            self.config.depth
+            self.config.depth,
+            self.shared
         )
     }
 
@@ -265,7 +282,12 @@ impl KernelSpec {
         for (i, b) in bindings.iter().enumerate() {
             let decl = match b.slot {
                 Slot::Uniform(block) => format!("var<uniform> {}: {block};", b.name),
-                Slot::Read(e) => format!("var<storage, read> {}: array<{}>;", b.name, elem(e)),
+                Slot::Read(e) if self.shared & (1 << i) == 0 => {
+                    format!("var<storage, read> {}: array<{}>;", b.name, elem(e))
+                }
+                Slot::Read(e) => {
+                    format!("var<storage, read_write> {}: array<{}>;", b.name, elem(e))
+                }
                 Slot::ReadWrite(e) => {
                     format!("var<storage, read_write> {}: array<{}>;", b.name, elem(e))
                 }

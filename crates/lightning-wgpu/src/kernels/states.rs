@@ -8,10 +8,11 @@ use crate::error::{Error, Result};
 use crate::plan::Window;
 use crate::runtime::recorder::Recorder;
 
-/// A term `exp(-slope steps) scale X` of a map.
+/// A term `exp(-slope steps) scale X` of a map: X's buffer and the
+/// element at which its states start.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Term<'a> {
-    pub states: &'a wgpu::Buffer,
+    pub states: (&'a wgpu::Buffer, u64),
     pub steps: u32,
     pub scale: f32,
 }
@@ -29,7 +30,7 @@ pub(crate) async fn record(
     x: Term<'_>,
     transpose: bool,
     y: Option<Term<'_>>,
-    out: &wgpu::Buffer,
+    (out, out_first): (&wgpu::Buffer, u64),
 ) -> Result<()> {
     let rt = rec.runtime();
     let size = (rows * cols) as u64;
@@ -44,7 +45,10 @@ pub(crate) async fn record(
             which: "max_storage_buffer_binding_size",
         });
     }
+    let y_buffer = y.map_or(x.states.0, |t| t.states.0);
+    let shared = super::shared_reads(&[("x", x.states.0), ("y", y_buffer)], &[out]);
     let kernel = KernelSpec::new(Kernel::StateMap, Storage::F32, BlockConfig::default())
+        .sharing(&shared)
         .compile(rt)
         .await?;
     let slope_buffer = rec.upload(
@@ -52,21 +56,32 @@ pub(crate) async fn record(
         bytemuck::cast_slice(slopes),
         wgpu::BufferUsages::STORAGE,
     );
-    let y_states = y.map_or(x.states, |t| t.states);
+    // A window of whole states `[first, first + n)` of a buffer whose states
+    // start at element `at`, bound from the aligned offset below them.
+    let window = |at: u64, first: u64, n: u64| {
+        let lo = (at + first * size) * 4;
+        let start = lo / align * align;
+        let w = Window {
+            offset: start,
+            size: lo + n * size * 4 - start,
+            base: 0,
+        };
+        (w, ((lo - start) / 4) as u32)
+    };
     let mut first = states.start as u64;
     while first < states.end as u64 {
         let n = per.min(states.end as u64 - first);
-        let start = first * size * 4 / align * align;
-        let window = Window {
-            offset: start,
-            size: (first + n) * size * 4 - start,
-            base: 0,
-        };
+        let (xw, x_base) = window(x.states.1, first, n);
+        let y_at = y.map_or(x.states, |t| t.states);
+        let (yw, y_base) = window(y_at.1, first, n);
+        let (ow, out_base) = window(out_first, first, n);
         let map = StateMap {
             heads: slopes.len() as u32,
             first: first as u32,
             count: n as u32,
-            base: (first * size - start / 4) as u32,
+            x_base,
+            y_base,
+            out_base,
             rows: rows as u32,
             cols: cols as u32,
             transpose: u32::from(transpose),
@@ -90,9 +105,9 @@ pub(crate) async fn record(
                     whole(&uniform, std::mem::size_of::<StateMap>() as u64),
                 ),
                 ("slopes", whole(&slope_buffer, (slopes.len() * 4) as u64)),
-                ("x", bind(x.states, window)),
-                ("y", bind(y_states, window)),
-                ("out", bind(out, window)),
+                ("x", bind(x.states.0, xw)),
+                ("y", bind(y_at.0, yw)),
+                ("out", bind(out, ow)),
             ],
             (n * size).div_ceil(256),
         );
@@ -112,7 +127,9 @@ pub(crate) async fn record_term(
     a: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<()> {
+    let shared = super::shared_reads(&[("x", x), ("a", a)], &[out]);
     let kernel = KernelSpec::new(Kernel::StateTerm, launch.storage, setup.config)
+        .sharing(&shared)
         .compile(rec.runtime())
         .await?;
     let uniforms = super::launch::Uniforms::new(rec, launch);

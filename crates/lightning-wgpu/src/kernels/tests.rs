@@ -75,6 +75,13 @@ fn specs() -> Vec<KernelSpec> {
                     } else {
                         out.push(KernelSpec::new(kernel, storage, config));
                     }
+                    // Every read binding declared read_write, as where a
+                    // caller's buffer holds an input and an output.
+                    let reads: Vec<&str> = kernel.bindings().iter().map(|b| b.name).collect();
+                    let shared = KernelSpec::new(kernel, storage, config).sharing(&reads);
+                    if !kernel.tensor_cores() && shared.shared != 0 {
+                        out.push(shared);
+                    }
                 }
             }
         }

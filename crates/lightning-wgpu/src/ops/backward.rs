@@ -80,12 +80,85 @@ impl Context {
         opts: &BackwardOptions<'_>,
     ) -> Result<Gradients> {
         let call = validate::backward(self, q, k, v, d_o, opts)?;
+        let g = Gradients {
+            dq: self.new_tensor(q.shape(), q.dtype(), "dq")?,
+            dk: self.new_tensor(k.shape(), q.dtype(), "dk")?,
+            dv: self.new_tensor(v.shape(), q.dtype(), "dv")?,
+            d_initial_state: self.new_f32(&call.state_shape, "d_initial_state")?,
+        };
         let mut rec = Recorder::new(self.rt(), "backward");
-        let g = self
-            .record_backward(&mut rec, q, k, v, d_o, opts, &call)
+        self.record_backward(&mut rec, q, k, v, d_o, opts, &g)
             .await?;
         rec.submit().await?;
         Ok(g)
+    }
+
+    /// [`Context::backward`] into gradients the caller owns: `dq`, `dk`,
+    /// `dv` shaped like q, k, v (stored like them, or in f32), and
+    /// `d_initial_state` shaped like the states (f32).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn backward_into(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions,
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        pollster::block_on(self.backward_into_async(q, k, v, d_o, opts, grads))
+    }
+
+    /// Async form of [`Context::backward_into`].
+    pub async fn backward_into_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions<'_>,
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        let mut rec = Recorder::new(self.rt(), "backward");
+        self.record_backward(&mut rec, q, k, v, d_o, opts, grads)
+            .await?;
+        rec.submit().await
+    }
+
+    /// Records [`Context::backward_into`] into the caller's `encoder`, which
+    /// the caller submits (with its own work, in one submission). Blocks
+    /// only while the pipelines are first compiled.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions,
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        pollster::block_on(self.encode_backward_async(encoder, q, k, v, d_o, opts, grads))
+    }
+
+    /// Async form of [`Context::encode_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_backward_async(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions<'_>,
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        let mut rec = Recorder::into_encoder(self.rt(), "backward", encoder);
+        self.record_backward(&mut rec, q, k, v, d_o, opts, grads)
+            .await?;
+        rec.finish().await
     }
 
     /// Records the whole backward into `rec`.
@@ -98,12 +171,13 @@ impl Context {
         v: &Tensor,
         d_o: &Tensor,
         opts: &BackwardOptions<'_>,
-        call: &Call,
-    ) -> Result<Gradients> {
+        g: &Gradients,
+    ) -> Result<()> {
+        let call = &validate::backward(self, q, k, v, d_o, opts)?;
+        validate::gradients(self, call, opts.forward.layout, q, g)?;
         let fwd = &opts.forward;
         let Dims { h, d, e, .. } = call.dims;
         let states = call.state_shape[0] * h;
-        let dtype = q.dtype();
         let slopes: Vec<f32> = fwd.slopes.map_or(vec![0.0; h], <[f32]>::to_vec);
         let plain = ForwardOptions {
             slopes: fwd.slopes,
@@ -120,21 +194,31 @@ impl Context {
                 let mut t = self.new_f32(&[count, heads, e, d], "initial_state transposed")?;
                 t.max_abs = s0.max_abs();
                 let x = states::Term {
-                    states: s0.buffer(),
+                    states: (s0.buffer(), s0.first_element()),
                     steps: 0,
                     scale: 1.0,
                 };
-                states::record(rec, &slopes, 0..states, (e, d), x, true, None, t.buffer()).await?;
+                states::record(
+                    rec,
+                    &slopes,
+                    0..states,
+                    (e, d),
+                    x,
+                    true,
+                    None,
+                    (t.buffer(), 0),
+                )
+                .await?;
                 Some(t)
             }
             None => None,
         };
-        let dq = self.new_tensor(q.shape(), dtype, "dq")?;
+        let dq = &g.dq;
         let with_s0t = ForwardOptions {
             initial_state: s0t.as_ref(),
             ..plain
         };
-        self.record_forward(rec, d_o, v, k, &with_s0t, &dq, None, Views::default())
+        self.record_forward(rec, d_o, v, k, &with_s0t, dq, None, Views::default())
             .await?;
 
         // dk and dv: backward in time, through reversed views of q, k, v, dO
@@ -144,31 +228,30 @@ impl Context {
             reversed: [true; 4],
             wide_output: opts.d_final_state.is_some(),
         };
-        let dk = self.new_tensor(k.shape(), dtype, "dk")?;
+        let (dk, dv) = (&g.dk, &g.dv);
         let dk_wide = self
-            .record_forward(rec, v, d_o, q, &plain, &dk, None, views)
+            .record_forward(rec, v, d_o, q, &plain, dk, None, views)
             .await?;
-        let dv = self.new_tensor(v.shape(), dtype, "dv")?;
         let s_prime = self.new_f32(&call.state_shape, "state of the dv pass")?;
         let dv_wide = self
-            .record_forward(rec, k, q, d_o, &plain, &dv, Some(&s_prime), views)
+            .record_forward(rec, k, q, d_o, &plain, dv, Some(&s_prime), views)
             .await?;
         if let (Some(dsn), Some(dk_wide), Some(dv_wide)) = (opts.d_final_state, dk_wide, dv_wide) {
             self.record_state_term(rec, call, fwd, v, dsn, true, (e, d), &dk_wide)
                 .await?;
             self.record_state_term(rec, call, fwd, k, dsn, false, (d, e), &dv_wide)
                 .await?;
-            for (wide, t) in [(&dk_wide, &dk), (&dv_wide, &dv)] {
+            for ((wide, first), t) in [(&dk_wide, dk), (&dv_wide, dv)] {
                 if t.dtype() != DType::F32 {
-                    pack::pack(rec, wide, t).await?;
+                    pack::pack(rec, (wide, *first), t).await?;
                 }
             }
         }
 
         // dS0 = lambda scale S' + lambda^n dS_n, per sequence (n its length).
-        let d_initial_state = self.new_f32(&call.state_shape, "d_initial_state")?;
+        let d_initial_state = &g.d_initial_state;
         let x = states::Term {
-            states: s_prime.buffer(),
+            states: (s_prime.buffer(), 0),
             steps: 1,
             scale: fwd.scale,
         };
@@ -182,33 +265,23 @@ impl Context {
         };
         for (range, n) in runs {
             let y = opts.d_final_state.map(|t| states::Term {
-                states: t.buffer(),
+                states: (t.buffer(), t.first_element()),
                 steps: n as u32,
                 scale: 1.0,
             });
-            states::record(
-                rec,
-                &slopes,
-                range,
-                (d, e),
-                x,
-                false,
-                y,
-                d_initial_state.buffer(),
-            )
-            .await?;
+            let out = (d_initial_state.buffer(), d_initial_state.first_element());
+            states::record(rec, &slopes, range, (d, e), x, false, y, out).await?;
         }
         // The temporaries (S0^T, S') are read by work not yet submitted:
         // they stay out of the pool until it is.
-        for t in s0t.into_iter().chain([s_prime]) {
-            rec.keep(t.into_buffer());
+        for buffer in s0t
+            .into_iter()
+            .chain([s_prime])
+            .filter_map(Tensor::into_buffer)
+        {
+            rec.keep(buffer);
         }
-        Ok(Gradients {
-            dq,
-            dk,
-            dv,
-            d_initial_state,
-        })
+        Ok(())
     }
 
     /// Records `out_i += lambda^(n-1-i) x_i A`, A the final-state gradient
@@ -223,7 +296,7 @@ impl Context {
         a: &Tensor,
         transposed: bool,
         (width_in, width_out): (usize, usize),
-        out: &wgpu::Buffer,
+        (out, out_first): &(wgpu::Buffer, u64),
     ) -> Result<()> {
         let dims = Dims {
             d: width_in,
@@ -231,7 +304,13 @@ impl Context {
             ..call.dims
         };
         let layout: Layout = fwd.layout;
-        let limits = super::limits(self, x.dtype(), 4, 4);
+        let mut limits = super::limits(self, x.dtype(), 4, 4);
+        limits.at = crate::plan::Starts {
+            q: x.first_element(),
+            o: *out_first,
+            state: a.first_element(),
+            ..Default::default()
+        };
         let segments = plan::plan(
             layout,
             &dims,

@@ -21,8 +21,13 @@ impl Context {
         let out = self.new_tensor(t.shape(), dtype, "converted")?;
         let mut rec = Recorder::new(self.rt(), "convert");
         match dtype {
-            DType::F32 => rec.copy(t.buffer(), 0, out.buffer(), 0, t.size_bytes()),
-            DType::F16 | DType::BF16 => pack::pack(&mut rec, t.buffer(), &out).await?,
+            DType::F32 => {
+                t.needs("tensor", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+                rec.copy(t.buffer(), t.offset(), out.buffer(), 0, t.size_bytes())
+            }
+            DType::F16 | DType::BF16 => {
+                pack::pack(&mut rec, (t.buffer(), t.first_element()), &out).await?
+            }
         }
         rec.submit().await?;
         Ok(out)

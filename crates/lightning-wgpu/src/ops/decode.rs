@@ -7,7 +7,7 @@ use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::recurrent::{self, SlotMaps};
 use crate::layout::Layout;
-use crate::plan::{self, Needs, Segment, Sequence, Window};
+use crate::plan::{self, Needs, Segment, Sequence, Starts, Window};
 use crate::runtime::recorder::Recorder;
 use crate::tensor::Tensor;
 use crate::validate;
@@ -67,15 +67,117 @@ impl Context {
         opts: &DecodeOptions<'_>,
     ) -> Result<Tensor> {
         let dims = validate::decode(self, q, k, v, cache, slots, opts)?;
+        let mut o = self.new_tensor(&[dims.b, dims.h, dims.e], v.dtype(), "o")?;
+        self.decode_step_into_async(q, k, v, cache, slots, opts, &mut o)
+            .await?;
+        Ok(o)
+    }
+
+    /// [`Context::decode_step`] into an output the caller owns, `(batch,
+    /// h, e)`, stored like v or in f32.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_step_into(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        slots: &[i32],
+        opts: &DecodeOptions,
+        o: &mut Tensor,
+    ) -> Result<()> {
+        pollster::block_on(self.decode_step_into_async(q, k, v, cache, slots, opts, o))
+    }
+
+    /// Async form of [`Context::decode_step_into`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn decode_step_into_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        slots: &[i32],
+        opts: &DecodeOptions<'_>,
+        o: &mut Tensor,
+    ) -> Result<()> {
+        let mut rec = Recorder::new(self.rt(), "decode");
+        self.record_decode(&mut rec, q, k, v, cache, slots, opts, o)
+            .await?;
+        rec.submit().await
+    }
+
+    /// Records [`Context::decode_step_into`] into the caller's `encoder`,
+    /// which the caller submits. Blocks only while the pipeline is first
+    /// compiled.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_decode_step(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        slots: &[i32],
+        opts: &DecodeOptions,
+        o: &mut Tensor,
+    ) -> Result<()> {
+        pollster::block_on(self.encode_decode_step_async(encoder, q, k, v, cache, slots, opts, o))
+    }
+
+    /// Async form of [`Context::encode_decode_step`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_decode_step_async(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        slots: &[i32],
+        opts: &DecodeOptions<'_>,
+        o: &mut Tensor,
+    ) -> Result<()> {
+        let mut rec = Recorder::into_encoder(self.rt(), "decode", encoder);
+        self.record_decode(&mut rec, q, k, v, cache, slots, opts, o)
+            .await?;
+        rec.finish().await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_decode(
+        &self,
+        rec: &mut Recorder<'_>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &Tensor,
+        slots: &[i32],
+        opts: &DecodeOptions<'_>,
+        o: &Tensor,
+    ) -> Result<()> {
+        let dims = validate::decode(self, q, k, v, cache, slots, opts)?;
+        validate::decode_output(self, &dims, v, o)?;
         let whole = [Sequence {
             start: 0,
             len: 1,
             first_state: 0,
         }];
-        let mut rec = Recorder::new(self.rt(), "decode");
-        let o = self.new_tensor(&[dims.b, dims.h, dims.e], v.dtype(), "o")?;
-        let output = Output::new(&mut rec, &o)?;
-        let limits = super::limits(self, q.dtype(), output.element_bytes(), 4);
+        let output = if o.dtype() == crate::DType::F32 {
+            Output::direct(o)
+        } else {
+            Output::new(rec, o)?
+        };
+        let mut limits = super::limits(self, q.dtype(), output.element_bytes(), 4);
+        limits.at = Starts {
+            q: q.first_element(),
+            k: k.first_element(),
+            v: v.first_element(),
+            o: output.first_element(),
+            state: 0,
+        };
         let segments = plan::plan(Layout::Bhnd, &dims, &limits, &whole, Needs::recurrent(1))?;
         // Slots can point anywhere in the cache: it is bound a window of
         // whole slots at a time, each window dispatched for every request
@@ -110,10 +212,8 @@ impl Context {
             o: output.buffer(),
             state: cache.buffer(),
         };
-        recurrent::record(&mut rec, &setup, &launch, &io, Some(&maps)).await?;
-        output.finish(&mut rec).await?;
-        rec.submit().await?;
-        Ok(o)
+        recurrent::record(rec, &setup, &launch, &io, Some(&maps)).await?;
+        output.finish(rec).await
     }
 }
 
@@ -158,20 +258,22 @@ fn cache_windows(ctx: &Context, cache: &Tensor, size: usize) -> Result<Vec<Cache
             which: "max_storage_buffer_binding_size",
         });
     }
+    let at = cache.offset();
     Ok((0..slots)
         .step_by(per)
         .map(|first| {
             let end = (first + per).min(slots);
-            let start = first as u64 * slot_bytes / align * align;
+            let lo = at + first as u64 * slot_bytes;
+            let start = lo / align * align;
             CacheWindow {
                 first,
                 end,
                 window: Window {
                     offset: start,
-                    size: end as u64 * slot_bytes - start,
+                    size: at + end as u64 * slot_bytes - start,
                     base: 0,
                 },
-                base: ((first as u64 * slot_bytes - start) / 4) as u32,
+                base: ((lo - start) / 4) as u32,
             }
         })
         .collect())

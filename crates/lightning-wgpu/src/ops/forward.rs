@@ -9,7 +9,7 @@ use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::{recurrent, OutStore};
 use crate::layout::Layout;
-use crate::plan::{self, Needs};
+use crate::plan::{self, Needs, Starts};
 use crate::runtime::io::TENSOR_USAGE;
 use crate::runtime::recorder::Recorder;
 use crate::tensor::{DType, Tensor};
@@ -248,6 +248,54 @@ impl Context {
         rec.submit().await
     }
 
+    /// Records [`Context::forward_into`] into the caller's `encoder`, which
+    /// the caller submits (with its own work, in one submission): the
+    /// tensors may be views of the caller's buffers
+    /// ([`Tensor::from_buffer`]). Blocks only while the pipelines are first
+    /// compiled.
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: &lightning_wgpu::Context, q: &lightning_wgpu::Tensor, o: &lightning_wgpu::Tensor) -> lightning_wgpu::Result<()> {
+    /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    /// // ... the caller's own passes ...
+    /// ctx.encode_forward(&mut encoder, q, q, q, &Default::default(), o, None)?;
+    /// // ... more of the caller's passes, reading o ...
+    /// ctx.queue().submit([encoder.finish()]);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+        o: &Tensor,
+        final_state: Option<&Tensor>,
+    ) -> Result<()> {
+        pollster::block_on(self.encode_forward_async(encoder, q, k, v, opts, o, final_state))
+    }
+
+    /// Async form of [`Context::encode_forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_forward_async(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &Tensor,
+        final_state: Option<&Tensor>,
+    ) -> Result<()> {
+        let mut rec = Recorder::into_encoder(self.rt(), "forward", encoder);
+        self.record_forward(&mut rec, q, k, v, opts, o, final_state, Views::default())
+            .await?;
+        rec.finish().await
+    }
+
     /// Records a forward pass into `rec`: validation, the initial state's
     /// copy, the passes and the packing of a half-precision output.
     /// Returns the f32 buffer o was written to when `views.wide_output`
@@ -263,7 +311,7 @@ impl Context {
         o: &Tensor,
         final_state: Option<&Tensor>,
         views: Views,
-    ) -> Result<Option<wgpu::Buffer>> {
+    ) -> Result<Option<(wgpu::Buffer, u64)>> {
         let call = validate::forward(self, q, k, v, opts)?;
         validate::forward_outputs(self, &call, opts.layout, v, o, final_state)?;
         let setup = *self.setup();
@@ -284,6 +332,13 @@ impl Context {
         };
         let mut limits = super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes);
         limits.reversed = views.reversed;
+        limits.at = Starts {
+            q: q.first_element(),
+            k: k.first_element(),
+            v: v.first_element(),
+            o: output.first_element(),
+            state: final_state.map_or(0, Tensor::first_element),
+        };
         // In reversed time a packed batch's sequences are mirrored too: the
         // one at rows [a, b) is read as rows [n - b, n - a), its states
         // where they were.
@@ -296,15 +351,19 @@ impl Context {
         let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
 
         let state_bytes = (call.state_shape.iter().product::<usize>() * 4) as u64;
-        let state = match final_state {
-            Some(t) => t.buffer().clone(),
+        let (state, state_offset) = match final_state {
+            Some(t) => (t.buffer().clone(), t.offset()),
             None => {
                 let scratch = self.rt().buffer("state", state_bytes, TENSOR_USAGE);
-                rec.keep(scratch)
+                (rec.keep(scratch), 0)
             }
         };
         if let Some(s0) = opts.initial_state {
-            rec.copy(s0.buffer(), 0, &state, 0, state_bytes);
+            s0.needs("initial_state", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+            if let Some(t) = final_state {
+                t.needs("final_state", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
+            }
+            rec.copy(s0.buffer(), s0.offset(), &state, state_offset, state_bytes);
         }
         let launch = Launch {
             scale: opts.scale,
@@ -335,7 +394,7 @@ impl Context {
             Method::Recurrent => recurrent::record(rec, &setup, &launch, &io, None).await?,
         }
         if views.wide_output {
-            return Ok(Some(output.buffer().clone()));
+            return Ok(Some((output.buffer().clone(), output.first_element())));
         }
         output.finish(rec).await?;
         Ok(None)

@@ -8,7 +8,7 @@ use crate::kernels::pack::Output;
 use crate::kernels::softmax;
 use crate::layout::Layout;
 use crate::ops::forward::ForwardOptions;
-use crate::plan::{self, Needs};
+use crate::plan::{self, Needs, Starts};
 use crate::runtime::recorder::Recorder;
 use crate::tensor::Tensor;
 use crate::validate;
@@ -72,7 +72,14 @@ impl Context {
         let mut rec = Recorder::new(self.rt(), "softmax attention");
         let o = self.new_tensor(v.shape(), v.dtype(), "o")?;
         let output = Output::new(&mut rec, &o)?;
-        let limits = super::limits(self, q.dtype(), output.element_bytes(), 4);
+        let mut limits = super::limits(self, q.dtype(), output.element_bytes(), 4);
+        limits.at = Starts {
+            q: q.first_element(),
+            k: k.first_element(),
+            v: v.first_element(),
+            o: output.first_element(),
+            state: 0,
+        };
         let segments = plan::plan(
             opts.layout,
             &dims,

@@ -40,6 +40,7 @@ impl Runtime {
         }
         let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
         let staging = self.buffer("readback", bytes, usage);
+        self.count_readback();
         let mut encoder = self.device().create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, offset, staging.buffer(), 0, bytes);
         self.queue().submit([encoder.finish()]);

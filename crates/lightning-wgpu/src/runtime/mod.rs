@@ -33,6 +33,8 @@ pub(crate) struct Runtime {
     pipelines: pipelines::PipelineCache,
     lost: Arc<Mutex<Option<String>>>,
     timer: timing::TimerSlot,
+    /// Buffers mapped to read back to the host so far.
+    readbacks: AtomicU64,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -46,20 +48,25 @@ pub(crate) struct Opened {
     pub limits: wgpu::Limits,
     pub checked: bool,
     pub max_binding: u64,
+    /// The caller opened the device and keeps its error handler and
+    /// lost-device callback; ours are installed only on devices we open.
+    pub adopted: bool,
 }
 
 impl Runtime {
     pub(crate) fn new(o: Opened) -> Runtime {
-        // Errors in our own work are caught by error scopes; anything else
-        // must not abort the host program (wgpu's default handler panics).
-        o.device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
-            eprintln!("lightning-wgpu: uncaptured GPU error: {e}");
-        }));
         let lost = Arc::new(Mutex::new(None));
-        let flag = lost.clone();
-        o.device.set_device_lost_callback(move |reason, message| {
-            *lock(&flag) = Some(format!("{reason:?}: {message}"));
-        });
+        if !o.adopted {
+            // Errors in our own work are caught by error scopes; anything
+            // else must not abort the host program (wgpu's default panics).
+            o.device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+                eprintln!("lightning-wgpu: uncaptured GPU error: {e}");
+            }));
+            let flag = lost.clone();
+            o.device.set_device_lost_callback(move |reason, message| {
+                *lock(&flag) = Some(format!("{reason:?}: {message}"));
+            });
+        }
         Runtime {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             info: o.info,
@@ -73,7 +80,18 @@ impl Runtime {
             pipelines: Default::default(),
             lost,
             timer: Mutex::new(None),
+            readbacks: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a readback (see [`Runtime::readbacks`]).
+    pub(crate) fn count_readback(&self) {
+        self.readbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many buffers were mapped to read back to the host so far.
+    pub(crate) fn readbacks(&self) -> u64 {
+        self.readbacks.load(Ordering::Relaxed)
     }
 
     pub(crate) fn id(&self) -> u64 {

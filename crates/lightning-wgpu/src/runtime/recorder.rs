@@ -1,19 +1,31 @@
-//! Recording one call's GPU work into one encoder, submitted once.
+//! Recording one call's GPU work into one encoder: our own, submitted once,
+//! or a caller's, which the caller submits.
 //!
 //! Buffers the host writes for a call (uniforms, slopes, slot maps) come
 //! from the pool and are written through the queue, which runs every write
 //! before the next submission; the recorder keeps them until its work is
 //! submitted, so no later call can take one from the pool and overwrite it
-//! before this call's commands have run.
+//! before this call's commands have run. Recording into a caller's encoder,
+//! whose submission is the caller's, each such buffer is a new one written
+//! at creation instead, and never goes back to the pool. Buffers only the
+//! GPU writes (scratch) are pooled either way: work runs in submission
+//! order, so a later call that takes one from the pool runs before or after
+//! this call's use of it, never during.
 
 use super::pool::PooledBuffer;
 use super::Runtime;
 use crate::error::{Error, Result};
 
+/// The encoder a recorder records into.
+enum Target<'a> {
+    Own(wgpu::CommandEncoder),
+    Caller(&'a mut wgpu::CommandEncoder),
+}
+
 pub(crate) struct Recorder<'a> {
     rt: &'a Runtime,
     op: &'static str,
-    encoder: Option<wgpu::CommandEncoder>,
+    encoder: Option<Target<'a>>,
     /// While timing is on, each kernel runs in a compute pass of its own
     /// with its own timestamps; otherwise one pass holds a run of dispatches.
     split: bool,
@@ -26,17 +38,31 @@ pub(crate) struct Recorder<'a> {
 
 impl<'a> Recorder<'a> {
     pub(crate) fn new(rt: &'a Runtime, op: &'static str) -> Self {
+        let encoder = rt
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+        Self::with(rt, op, Target::Own(encoder))
+    }
+
+    /// A recorder into the caller's `encoder` (see [`Recorder::finish`]).
+    pub(crate) fn into_encoder(
+        rt: &'a Runtime,
+        op: &'static str,
+        encoder: &'a mut wgpu::CommandEncoder,
+    ) -> Self {
+        Self::with(rt, op, Target::Caller(encoder))
+    }
+
+    fn with(rt: &'a Runtime, op: &'static str, target: Target<'a>) -> Self {
         let device = rt.device();
         let scopes = [
             device.push_error_scope(wgpu::ErrorFilter::Validation),
             device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
         ];
-        let encoder =
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
         Recorder {
             rt,
             op,
-            encoder: Some(encoder),
+            encoder: Some(target),
             split: rt.is_timing(),
             pass: None,
             keep: Vec::new(),
@@ -55,15 +81,36 @@ impl<'a> Recorder<'a> {
         handle
     }
 
-    /// A pooled buffer holding `bytes`, kept until submission.
+    /// A buffer holding `bytes`: pooled and kept until submission, or,
+    /// recording into a caller's encoder, a new one written at creation.
     pub(crate) fn upload(
         &mut self,
         label: &'static str,
         bytes: &[u8],
         usage: wgpu::BufferUsages,
     ) -> wgpu::Buffer {
+        if matches!(self.encoder, Some(Target::Caller(_))) {
+            use wgpu::util::DeviceExt;
+            let mut contents = bytes.to_vec();
+            contents.resize(bytes.len().next_multiple_of(4).max(4), 0);
+            return self
+                .rt
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: &contents,
+                    usage,
+                });
+        }
         let buffer = self.rt.buffer_with(label, bytes, usage);
         self.keep(buffer)
+    }
+
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        match self.encoder.as_mut().expect("recording until submitted") {
+            Target::Own(e) => e,
+            Target::Caller(e) => e,
+        }
     }
 
     /// A dispatch of `groups` workgroups of `pipeline` with `entries` bound
@@ -102,17 +149,18 @@ impl<'a> Recorder<'a> {
         if self.split {
             self.pass = None;
         }
-        let rt = self.rt;
-        let encoder = self.encoder.as_mut().expect("recording until submitted");
-        self.pass.get_or_insert_with(|| {
-            let stamps = rt.next_stamps(label);
-            encoder
+        if self.pass.is_none() {
+            let stamps = self.rt.next_stamps(label);
+            let pass = self
+                .encoder()
                 .begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(label),
                     timestamp_writes: stamps.as_ref().map(|s| s.writes()),
                 })
-                .forget_lifetime()
-        })
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        self.pass.as_mut().expect("a pass was just begun")
     }
 
     /// Copies `bytes` bytes between buffers, ordered after the dispatches
@@ -129,21 +177,36 @@ impl<'a> Recorder<'a> {
             return;
         }
         self.pass = None;
-        if let Some(encoder) = &mut self.encoder {
-            encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+        if src == dst {
+            // A copy within one buffer (two tensors of a caller's buffer)
+            // is refused by WebGPU: go through a scratch.
+            let scratch = self.rt.buffer(
+                "copy",
+                bytes,
+                wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            );
+            let scratch = self.keep(scratch);
+            let encoder = self.encoder();
+            encoder.copy_buffer_to_buffer(src, src_offset, &scratch, 0, bytes);
+            encoder.copy_buffer_to_buffer(&scratch, 0, dst, dst_offset, bytes);
+            return;
         }
+        self.encoder()
+            .copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
     }
 
     /// Submits everything recorded, under error scopes, so that a GPU-side
     /// failure comes back as an [`Error`] rather than a panic.
     pub(crate) async fn submit(mut self) -> Result<()> {
         self.pass = None;
-        let (Some(encoder), Some([validation, memory])) = (self.encoder.take(), self.scopes.take())
+        let (Some(target), Some([validation, memory])) = (self.encoder.take(), self.scopes.take())
         else {
             unreachable!("a recorder is submitted once");
         };
         let rt = self.rt;
-        rt.queue().submit([encoder.finish()]);
+        if let Target::Own(encoder) = target {
+            rt.queue().submit([encoder.finish()]);
+        }
         let oom = memory.pop().await;
         let invalid = validation.pop().await;
         drop(std::mem::take(&mut self.keep));
@@ -155,6 +218,14 @@ impl<'a> Recorder<'a> {
             });
         }
         Ok(())
+    }
+}
+
+impl Recorder<'_> {
+    /// Ends recording into the caller's encoder (its submission is the
+    /// caller's), with this call's GPU errors so far.
+    pub(crate) async fn finish(self) -> Result<()> {
+        self.submit().await
     }
 }
 

@@ -85,7 +85,8 @@ pub(crate) async fn record(
     let [state_spec, scan_spec, output_spec] = path.kernels(setup, launch.storage, out);
     let block_state: Compiled = state_spec.compile(rt).await?;
     let scan = scan_spec.compile(rt).await?;
-    let output = output_spec.compile(rt).await?;
+    let shared = super::shared_reads(&[("q", io.q), ("k", io.k), ("v", io.v)], &[io.o]);
+    let output = output_spec.sharing(&shared).compile(rt).await?;
     let uniforms = Uniforms::new(rec, launch);
     let scratch_bytes = launch
         .segments
