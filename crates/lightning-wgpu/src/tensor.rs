@@ -315,6 +315,62 @@ impl Context {
         self.upload(data, shape, dtype, false)
     }
 
+    /// Uploads f16 or bf16 elements given as their bits (what NumPy's
+    /// `view(np.uint16)` or a JavaScript `Uint16Array` holds), unchanged.
+    pub fn tensor_from_bits(&self, bits: &[u16], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if dtype == DType::F32 {
+            return Err(Error::InvalidValue {
+                arg: "dtype",
+                value: dtype.to_string(),
+                reason: "bits are for f16 and bf16; upload f32 with Context::tensor",
+            });
+        }
+        let mut t = self.new_tensor(shape, dtype, "bits")?;
+        if bits.len() != t.len() {
+            return Err(Error::DataLength {
+                arg: "bits",
+                shape: shape.to_vec(),
+                expected: t.len(),
+                got: bits.len(),
+            });
+        }
+        let widen = |b: u16| match dtype {
+            DType::F16 => half::f16::from_bits(b).to_f32(),
+            _ => half::bf16::from_bits(b).to_f32(),
+        };
+        t.max_abs = Some(bits.iter().fold(0.0f32, |m, &b| m.max(widen(b).abs())));
+        self.rt().write(t.buffer(), 0, bytemuck::cast_slice(bits));
+        Ok(t)
+    }
+
+    /// Reads an f16 or bf16 tensor back as the bits of its elements.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_bits(&self, t: &Tensor) -> Result<Vec<u16>> {
+        pollster::block_on(self.read_bits_async(t))
+    }
+
+    /// Async form of [`Context::read_bits`].
+    pub async fn read_bits_async(&self, t: &Tensor) -> Result<Vec<u16>> {
+        self.owns("tensor", t)?;
+        if t.dtype() == DType::F32 {
+            return Err(Error::InvalidValue {
+                arg: "tensor",
+                value: t.dtype().to_string(),
+                reason: "bits are for f16 and bf16 tensors; read f32 with Context::read",
+            });
+        }
+        t.needs("tensor", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+        let bytes = t.size_bytes().next_multiple_of(4);
+        let raw = self
+            .rt()
+            .read_bytes(t.buffer(), t.offset, bytes, "tensor")
+            .await?;
+        Ok(raw[..t.len() * 2]
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect())
+    }
+
     /// [`Context::tensor_as`], clamping finite values beyond `dtype`'s range
     /// to its largest finite magnitude (infinities and NaN stay what they are).
     pub fn tensor_saturating(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {

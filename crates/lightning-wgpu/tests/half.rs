@@ -271,3 +271,32 @@ fn gpu_packing_rounds_like_the_half_crate() {
         }
     }
 }
+
+#[test]
+fn half_tensors_move_as_their_bits() {
+    let ctx = common::context(false);
+    let x = [1.0f32, -2.5, 65504.0, 6.1e-5, 0.0, -0.0, 3.0e-8];
+    for dtype in [DType::F16, DType::BF16] {
+        let bits: Vec<u16> = x
+            .iter()
+            .map(|&v| match dtype {
+                DType::F16 => half::f16::from_f32(v).to_bits(),
+                _ => half::bf16::from_f32(v).to_bits(),
+            })
+            .collect();
+        let t = ctx.tensor_from_bits(&bits, &[x.len()], dtype).unwrap();
+        assert_eq!(ctx.read_bits(&t).unwrap(), bits, "{dtype}");
+        assert_eq!(ctx.read(&t).unwrap(), rounded(&x, dtype), "{dtype}");
+        assert_eq!(t.max_abs(), Some(rounded(&[65504.0], dtype)[0]));
+        let err = ctx
+            .tensor_from_bits(&bits[1..], &[x.len()], dtype)
+            .unwrap_err();
+        assert!(
+            matches!(err, lightning_wgpu::Error::DataLength { .. }),
+            "{err:?}"
+        );
+    }
+    let f32s = ctx.tensor(&x, &[x.len()]).unwrap();
+    assert!(ctx.read_bits(&f32s).is_err());
+    assert!(ctx.tensor_from_bits(&[0, 1], &[2], DType::F32).is_err());
+}
