@@ -34,6 +34,11 @@
 //! # Ok::<(), lightning_wgpu::Error>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "burn")]
+#[cfg_attr(docsrs, doc(cfg(feature = "burn")))]
+pub mod burn;
 mod context;
 mod error;
 mod kernels;
