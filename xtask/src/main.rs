@@ -3,17 +3,33 @@
 //! - `setup`: installs the system packages the tests need (Mesa's software
 //!   Vulkan and OpenGL drivers), only those missing, so it is safe to rerun.
 //! - `test`:  setup, then formatting, clippy with warnings denied, every test
-//!   (the forward, backward and property suites once more with shader
-//!   bounds checks on), and `web-test`.
+//!   (the burn op's included; the forward, backward and property suites once
+//!   more with shader bounds checks on), a short training run of the burn
+//!   example, `python-test` and `web-test`.
 //! - `run`:   setup, then the main job: `cargo run --release` on the default adapter.
+//! - `python-test`: builds the Python wheel with pip, installs it in a venv
+//!   (target/python-venv) and runs the pytest suite.
 //! - `web-test`: builds the browser demo (`web/`) and runs it in headless
 //!   Chromium; fails unless the page reports PASS. Saves docs/web-demo.png.
 //! - `web-serve [--port N]`: builds the browser demo and serves it on
 //!   127.0.0.1 until Ctrl-C.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod python;
 mod web;
+
+/// The repository root (xtask/ is one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// The burn op is built and tested with the rest (feature of the library).
+const FEATURES: &str = "lightning-wgpu/burn";
 
 /// Debian packages: lavapipe (Vulkan) and llvmpipe through EGL (wgpu's GL back end).
 const GPU_PACKAGES: &[&str] = &[
@@ -30,12 +46,14 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("test") => setup()
             .and_then(|()| test(&args[1..]))
+            .and_then(|()| python::test(&[]))
             .and_then(|()| web::test(&[])),
         Some("run") => setup().and_then(|()| cargo(&["run", "--release", "--"], &args[1..])),
+        Some("python-test") => python::test(&args[1..]),
         Some("web-test") => web::test(&args[1..]),
         Some("web-serve") => web::serve(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <setup | test | run | web-test | web-serve> [extra args]".into(),
+            "usage: cargo xtask <setup | test | run | python-test | web-test | web-serve> [extra args]".into(),
         ),
     };
     match result {
@@ -106,13 +124,15 @@ fn test(extra: &[String]) -> Result<(), String> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--features",
+            FEATURES,
             "--",
             "-D",
             "warnings",
         ],
         &[],
     )?;
-    cargo(&["test", "--workspace"], extra)?;
+    cargo(&["test", "--workspace", "--features", FEATURES], extra)?;
     // The forward, backward and property suites once more with wgpu's
     // shader bounds checks on, as browsers always run them.
     let mut checked = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -127,10 +147,36 @@ fn test(extra: &[String]) -> Result<(), String> {
             "backward",
             "--test",
             "properties",
+            "--features",
+            FEATURES,
         ])
         .env("LIGHTNING_CHECKED", "1")
         .env("NODEVICE_SELECT", "1");
-    run(&mut checked)
+    run(&mut checked)?;
+    // The burn example trains a few steps on the default adapter and must
+    // see its loss fall, then generates with the decode kernel.
+    cargo(
+        &[
+            "run",
+            "-p",
+            "lightning-wgpu",
+            "--features",
+            "burn",
+            "--example",
+            "train_lm",
+            "--",
+            "--steps",
+            "12",
+            "--batch",
+            "4",
+            "--context",
+            "64",
+            "--generate",
+            "40",
+            "--check",
+        ],
+        &[],
+    )
 }
 
 fn cargo(args: &[&str], extra: &[String]) -> Result<(), String> {

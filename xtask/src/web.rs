@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{apt_install, run};
+use crate::{apt_install, root, run};
 
 const TARGET: &str = "wasm32-unknown-unknown";
 /// Debian's Rust with its standard library sources, and a linker for wasm32.
@@ -51,14 +51,6 @@ const RESULT: &str = "LIGHTNING-RESULT ";
 /// How long the page may take, from Chromium's start to its result line;
 /// `LIGHTNING_WEB_TIMEOUT` (seconds) overrides.
 const DEFAULT_TIMEOUT_S: u64 = 240;
-
-fn root() -> PathBuf {
-    // xtask/ is one level below the repository root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent directory")
-        .to_path_buf()
-}
 
 fn web_dir() -> PathBuf {
     root().join("web")
