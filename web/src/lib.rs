@@ -1,43 +1,74 @@
-//! The browser demo of lightning-wgpu: what `static/main.js` calls.
+//! The wasm half of the npm package `lightning-wgpu`: an engine on the
+//! browser's WebGPU adapter and tensors resident on it. `js/index.js` wraps
+//! it into the documented API (typed arrays in and out, option objects);
+//! this layer takes tensors and plain arguments only.
 //!
-//! The page opens the browser's WebGPU adapter through wgpu's `webgpu`
-//! backend, checks the forward pass against the f64 CPU reference (computed
-//! here, in wasm), and times the providers of the benchmark registry
-//! ([`lightning_wgpu_bench`]) over sequence lengths. Everything returned to
-//! JavaScript is a plain object; every failure is a JS `Error` whose message
-//! is the library's [`lightning_wgpu::Error`] text.
+//! Every failure rejects (or throws) a JS `Error` whose message is the
+//! library's [`lightning_wgpu::Error`] text.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::{Array, Object, Promise, Reflect};
 use lightning_wgpu::{
-    alibi_slopes, reference, Context, Dims, ForwardOptions, Layout, Method, SoftmaxOptions,
+    Context, DType, DecodeOptions, ForwardOptions, Layout, Method, SoftmaxOptions, Tensor as Inner,
 };
-use lightning_wgpu_bench::{self as bench, Inputs, Provider, Repeat, Sweep};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
-
-/// Largest relative error `||gpu - ref|| / ||ref||` the page accepts.
-pub const TOLERANCE: f64 = 1e-4;
 
 /// Runs when the module is instantiated: panics go to the console.
 #[wasm_bindgen(start)]
 pub fn start() {
     std::panic::set_hook(Box::new(|info| {
-        web_sys::console::error_1(&format!("lightning-web panicked: {info}").into());
+        web_sys::console::error_1(&format!("lightning-wgpu panicked: {info}").into());
     }));
 }
 
-/// [`TOLERANCE`], for the page.
-#[wasm_bindgen]
-pub fn tolerance() -> f64 {
-    TOLERANCE
-}
-
-/// A library error as a JS `Error` carrying its text.
 fn js(e: lightning_wgpu::Error) -> JsValue {
     JsError::new(&e.to_string()).into()
+}
+
+fn bad(message: String) -> JsValue {
+    JsError::new(&message).into()
+}
+
+fn dtype(name: &str) -> Result<DType, JsValue> {
+    match name {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(bad(format!(
+            "dtype `{other}`: expected \"f32\", \"f16\" or \"bf16\""
+        ))),
+    }
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "unknown",
+    }
+}
+
+fn layout(name: &str) -> Result<Layout, JsValue> {
+    name.parse()
+        .map_err(|_| bad(format!("layout `{name}`: expected \"bhnd\" or \"bnhd\"")))
+}
+
+fn method(name: &str) -> Result<Method, JsValue> {
+    match name {
+        "chunk" => Ok(Method::Chunk),
+        "recurrent" => Ok(Method::Recurrent),
+        other => Err(bad(format!(
+            "method `{other}`: expected \"chunk\" or \"recurrent\""
+        ))),
+    }
+}
+
+fn shape(dims: &[u32]) -> Vec<usize> {
+    dims.iter().map(|&x| x as usize).collect()
 }
 
 /// A plain JS object built field by field.
@@ -54,258 +85,347 @@ impl Obj {
         self
     }
 
-    fn num(self, key: &str, value: impl Into<f64>) -> Obj {
-        self.set(key, JsValue::from_f64(value.into()))
-    }
-
     fn build(self) -> JsValue {
         self.0.into()
     }
 }
 
-/// Deterministic pseudo-random values in `[-s, s)` (xorshift32).
-fn random(len: usize, seed: u32, s: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            ((x as f64 / u32::MAX as f64) * 2.0 - 1.0) as f32 * s
-        })
-        .collect()
-}
-
-fn now_ms() -> f64 {
-    js_sys::Date::now()
-}
-
-/// The open adapter and the benchmark inputs of the last sweep.
+/// A tensor resident on the engine's GPU.
 #[wasm_bindgen]
-pub struct Demo {
+pub struct GpuTensor {
     ctx: Context,
-    /// `(tokens, h, d, e)` and the uploaded inputs of that size.
-    inputs: Rc<RefCell<Option<((usize, usize, usize, usize), Inputs)>>>,
+    t: Rc<RefCell<Inner>>,
 }
 
-/// Opens the browser's default WebGPU adapter. Rejects with the library's
-/// error text when there is none or it refuses a device.
+impl GpuTensor {
+    fn wrap(ctx: &Context, t: Inner) -> GpuTensor {
+        GpuTensor {
+            ctx: ctx.clone(),
+            t: Rc::new(RefCell::new(t)),
+        }
+    }
+}
+
 #[wasm_bindgen]
-pub async fn open() -> Result<Demo, JsValue> {
+impl GpuTensor {
+    #[wasm_bindgen(getter)]
+    pub fn shape(&self) -> Vec<u32> {
+        self.t.borrow().shape().iter().map(|&x| x as u32).collect()
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn dtype(&self) -> String {
+        dtype_name(self.t.borrow().dtype()).into()
+    }
+
+    /// Resolves to the values as a `Float32Array` (half types widened).
+    pub fn read(&self) -> Promise {
+        let (ctx, t) = (self.ctx.clone(), self.t.clone());
+        future_to_promise(async move {
+            let data = ctx.read_async(&t.borrow()).await.map_err(js)?;
+            Ok(js_sys::Float32Array::from(&data[..]).into())
+        })
+    }
+
+    /// Resolves to the 16-bit words of an f16 or bf16 tensor (`Uint16Array`).
+    #[wasm_bindgen(js_name = readBits)]
+    pub fn read_bits(&self) -> Promise {
+        let (ctx, t) = (self.ctx.clone(), self.t.clone());
+        future_to_promise(async move {
+            let data = ctx.read_bits_async(&t.borrow()).await.map_err(js)?;
+            Ok(js_sys::Uint16Array::from(&data[..]).into())
+        })
+    }
+}
+
+/// The arguments of one forward call, owned by its future.
+struct Call {
+    q: Rc<RefCell<Inner>>,
+    k: Rc<RefCell<Inner>>,
+    v: Rc<RefCell<Inner>>,
+    s0: Option<Rc<RefCell<Inner>>>,
+    slopes: Option<Vec<f32>>,
+    scale: f32,
+    output_final_state: bool,
+    cu_seqlens: Option<Vec<u32>>,
+}
+
+/// One device on the browser's WebGPU adapter.
+#[wasm_bindgen]
+pub struct Engine {
+    ctx: Context,
+}
+
+/// Opens the browser's WebGPU adapter (`powerPreference`-free: the one the
+/// page is given). Rejects when there is none.
+#[wasm_bindgen]
+pub async fn open() -> Result<Engine, JsValue> {
     let ctx = Context::new_async().await.map_err(js)?;
-    Ok(Demo {
-        ctx,
-        inputs: Rc::new(RefCell::new(None)),
-    })
+    Ok(Engine { ctx })
 }
 
 #[wasm_bindgen]
-impl Demo {
-    /// What the adapter is and the limits the kernels are sized from.
-    pub fn adapter(&self) -> JsValue {
+impl Engine {
+    /// What the adapter is and what the kernels use of it.
+    #[wasm_bindgen(js_name = adapterInfo)]
+    pub fn adapter_info(&self) -> JsValue {
         let ctx = &self.ctx;
         let info = ctx.adapter_info();
         let limits = ctx.limits();
-        let features = ctx.features();
-        let names = Array::new();
+        let features = Array::new();
         for (flag, name) in [
             (wgpu::Features::SHADER_F16, "shader-f16"),
             (wgpu::Features::SUBGROUP, "subgroups"),
             (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
         ] {
-            if features.contains(flag) {
-                names.push(&JsValue::from_str(name));
+            if ctx.features().contains(flag) {
+                features.push(&JsValue::from_str(name));
             }
         }
-        let limits = Obj::new()
-            .num(
-                "maxComputeInvocationsPerWorkgroup",
-                limits.max_compute_invocations_per_workgroup,
-            )
-            .num(
-                "maxComputeWorkgroupStorageSize",
-                limits.max_compute_workgroup_storage_size,
-            )
-            .num(
+        Obj::new()
+            .set("name", info.name.as_str())
+            .set("vendor", info.vendor.to_string())
+            .set("driver", info.driver.as_str())
+            .set("driverInfo", info.driver_info.as_str())
+            .set("backend", format!("{:?}", info.backend))
+            .set("deviceType", format!("{:?}", info.device_type))
+            .set("blockRows", ctx.block_rows())
+            .set("features", features)
+            .set(
                 "maxStorageBufferBindingSize",
                 limits.max_storage_buffer_binding_size as f64,
             )
-            .num("maxBufferSize", limits.max_buffer_size as f64)
-            .num(
-                "maxComputeWorkgroupsPerDimension",
-                limits.max_compute_workgroups_per_dimension,
-            )
-            .build();
-        Obj::new()
-            .set("name", info.name.as_str())
-            .set("backend", format!("{:?}", info.backend))
-            .set("webgpu", info.backend == wgpu::Backend::BrowserWebGpu)
-            .set("deviceType", format!("{:?}", info.device_type))
-            .num("blockRows", ctx.block_rows())
-            .set("checked", ctx.checked())
-            .set(
-                "timer",
-                if ctx.can_time() {
-                    "gpu-timestamps"
-                } else {
-                    "wall-clock"
-                },
-            )
-            .set("features", names)
-            .set("limits", limits)
+            .set("maxBufferSize", limits.max_buffer_size as f64)
             .build()
     }
 
-    /// Runs Lightning Attention (chunked and recurrent) and softmax attention
-    /// on random `(b, h, n, d)` / `(b, h, n, e)` inputs and compares each with
-    /// the f64 reference. Decay: ALiBi slopes, or none. Resolves to an array of
-    /// `{ provider, relErr, pass, gpuMs, refMs }`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn check(
+    /// Uploads f32 `data` of `shape`, stored as `dtype` (rounded; values
+    /// beyond a half type's range are an error).
+    #[wasm_bindgen(js_name = tensorF32)]
+    pub fn tensor_f32(
         &self,
-        b: usize,
-        h: usize,
-        n: usize,
-        d: usize,
-        e: usize,
-        decay: bool,
-        seed: u32,
-    ) -> Promise {
-        let ctx = self.ctx.clone();
-        let dims = Dims { b, h, n, d, e };
-        future_to_promise(async move { check(&ctx, dims, decay, seed).await.map_err(js) })
+        data: &[f32],
+        dims: &[u32],
+        dtype: &str,
+    ) -> Result<GpuTensor, JsValue> {
+        let t = self
+            .ctx
+            .tensor_as(data, &shape(dims), self::dtype(dtype)?)
+            .map_err(js)?;
+        Ok(GpuTensor::wrap(&self.ctx, t))
     }
 
-    /// Times one case of a sweep with [`bench::measure`]: `provider` (a
-    /// [`Provider`] name) at length `n`, batch `tokens / n`. Resolves to
-    /// `{ provider, n, b, ms, samples, timer, peakMemMb, gflops }`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn measure(
+    /// Uploads the 16-bit words of f16 or bf16 data.
+    #[wasm_bindgen(js_name = tensorBits)]
+    pub fn tensor_bits(
         &self,
-        provider: String,
-        tokens: usize,
-        h: usize,
-        d: usize,
-        e: usize,
-        n: usize,
-        warmup: usize,
-        reps: usize,
+        bits: &[u16],
+        dims: &[u32],
+        dtype: &str,
+    ) -> Result<GpuTensor, JsValue> {
+        let t = self
+            .ctx
+            .tensor_from_bits(bits, &shape(dims), self::dtype(dtype)?)
+            .map_err(js)?;
+        Ok(GpuTensor::wrap(&self.ctx, t))
+    }
+
+    /// The forward pass from a zero state; resolves to `[o, finalState |
+    /// undefined]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        slopes: Option<Vec<f32>>,
+        scale: f32,
+        layout_name: &str,
+        output_final_state: bool,
+        cu_seqlens: Option<Vec<u32>>,
+        method_name: &str,
+    ) -> Promise {
+        let call = Call {
+            q: q.t.clone(),
+            k: k.t.clone(),
+            v: v.t.clone(),
+            s0: None,
+            slopes,
+            scale,
+            output_final_state,
+            cu_seqlens,
+        };
+        self.run(call, layout_name, method_name)
+    }
+
+    /// [`Engine::forward`] from an initial state (f32 `(b, h, d, e)`).
+    #[wasm_bindgen(js_name = forwardFrom)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_from(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        initial_state: &GpuTensor,
+        slopes: Option<Vec<f32>>,
+        scale: f32,
+        layout_name: &str,
+        output_final_state: bool,
+        cu_seqlens: Option<Vec<u32>>,
+        method_name: &str,
+    ) -> Promise {
+        let call = Call {
+            q: q.t.clone(),
+            k: k.t.clone(),
+            v: v.t.clone(),
+            s0: Some(initial_state.t.clone()),
+            slopes,
+            scale,
+            output_final_state,
+            cu_seqlens,
+        };
+        self.run(call, layout_name, method_name)
+    }
+
+    /// One decoding step against `cache` (f32 `(slots, h, d, e)`, updated in
+    /// place); resolves to o `(batch, h, e)`.
+    #[wasm_bindgen(js_name = decodeStep)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_step(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        cache: &GpuTensor,
+        slots: Vec<i32>,
+        slopes: Option<Vec<f32>>,
+        scale: f32,
     ) -> Promise {
         let ctx = self.ctx.clone();
-        let cache = self.inputs.clone();
+        let (q, k, v, cache) = (q.t.clone(), k.t.clone(), v.t.clone(), cache.t.clone());
         future_to_promise(async move {
-            let Some(provider) = Provider::parse(&provider) else {
-                return Err(JsError::new(&format!("unknown provider `{provider}`")).into());
+            let opts = DecodeOptions {
+                slopes: slopes.as_deref(),
+                scale,
             };
-            let key = (tokens, h, d, e);
-            let held = cache.borrow_mut().take();
-            let mut inputs = match held {
-                Some((k, inputs)) if k == key => inputs,
-                other => {
-                    drop(other);
-                    Inputs::new(&ctx, tokens, h, d, e).map_err(js)?
-                }
+            let mut cache = cache
+                .try_borrow_mut()
+                .map_err(|_| bad("`cache` is also an input of this step".into()))?;
+            let o = ctx
+                .decode_step_async(
+                    &q.borrow(),
+                    &k.borrow(),
+                    &v.borrow(),
+                    &mut cache,
+                    &slots,
+                    &opts,
+                )
+                .await
+                .map_err(js)?;
+            Ok(GpuTensor::wrap(&ctx, o).into())
+        })
+    }
+
+    /// Causal softmax attention (the quadratic baseline) in `(b, h, n, d)`.
+    #[wasm_bindgen(js_name = softmaxAttention)]
+    pub fn softmax_attention(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        scale: f32,
+    ) -> Promise {
+        let ctx = self.ctx.clone();
+        let (q, k, v) = (q.t.clone(), k.t.clone(), v.t.clone());
+        future_to_promise(async move {
+            let opts = SoftmaxOptions {
+                scale: Some(scale),
+                alibi: None,
+                layout: Layout::Bhnd,
             };
-            let sweep = Sweep {
-                tokens,
-                h,
-                d,
-                e,
-                lengths: vec![n],
-            };
-            let dims = sweep.dims(n);
-            let repeat = Repeat {
-                warmup,
-                warmup_ms: 0.0,
-                reps,
-            };
-            let result = bench::measure(&ctx, provider, &dims, &mut inputs, repeat).await;
-            *cache.borrow_mut() = Some((key, inputs));
-            let m = result.map_err(js)?;
-            let flops = provider.forward_flops(&dims, ctx.block_rows() as usize);
-            let samples: Array = m.samples_ms.iter().map(|&s| JsValue::from_f64(s)).collect();
-            Ok(Obj::new()
-                .set("provider", provider.name())
-                .num("n", dims.n as f64)
-                .num("b", dims.b as f64)
-                .num("ms", m.fwd_ms)
-                .set("samples", samples)
-                .set("timer", m.timer)
-                .num("peakMemMb", m.peak_mem_mb)
-                .num("gflops", flops / (m.fwd_ms * 1e6))
-                .build())
+            let o = ctx
+                .softmax_attention_async(&q.borrow(), &k.borrow(), &v.borrow(), &opts)
+                .await
+                .map_err(js)?;
+            Ok(GpuTensor::wrap(&ctx, o).into())
+        })
+    }
+
+    /// Copies all of `src` into `dst` from element `at`, on the GPU.
+    #[wasm_bindgen(js_name = copyInto)]
+    pub fn copy_into(&self, src: &GpuTensor, dst: &GpuTensor, at: u32) -> Result<(), JsValue> {
+        let (src, dst) = (src.t.borrow(), dst.t.borrow());
+        if src.dtype() != dst.dtype() {
+            return Err(bad(format!(
+                "copy of a {} tensor into a {} one",
+                dtype_name(src.dtype()),
+                dtype_name(dst.dtype())
+            )));
+        }
+        let at = at as usize;
+        if at.checked_add(src.len()).is_none_or(|end| end > dst.len()) {
+            return Err(bad(format!(
+                "{} elements from element {at} do not fit a tensor of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        let size = src.dtype().size() as u64;
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(
+            src.buffer(),
+            src.offset(),
+            dst.buffer(),
+            dst.offset() + at as u64 * size,
+            src.size_bytes(),
+        );
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Resolves when the GPU has finished everything submitted so far (for
+    /// timing with the wall clock).
+    pub fn synchronize(&self) -> Promise {
+        let queue = self.ctx.queue().clone();
+        Promise::new(&mut |resolve, _reject| {
+            queue.on_submitted_work_done(move || {
+                let _ = resolve.call0(&JsValue::UNDEFINED);
+            });
         })
     }
 }
 
-async fn check(
-    ctx: &Context,
-    dims: Dims,
-    decay: bool,
-    seed: u32,
-) -> lightning_wgpu::Result<JsValue> {
-    let Dims { b, h, n, d, e } = dims;
-    let s = 1.0 / (d.max(1) as f32).sqrt();
-    let q = random(b * h * n * d, seed, s);
-    let k = random(b * h * n * d, seed.wrapping_add(1), s);
-    let v = random(b * h * n * e, seed.wrapping_add(2), 1.0);
-    let slopes = if decay { alibi_slopes(h) } else { vec![0.0; h] };
-    let decay_slopes = decay.then_some(&slopes[..]);
-    let qt = ctx.tensor(&q, &[b, h, n, d])?;
-    let kt = ctx.tensor(&k, &[b, h, n, d])?;
-    let vt = ctx.tensor(&v, &[b, h, n, e])?;
-
-    let start = now_ms();
-    let linear = reference::forward(dims, Layout::Bhnd, &q, &k, &v, &slopes, 1.0, None).o;
-    let linear_ms = now_ms() - start;
-    let scale = 1.0 / (d.max(1) as f32).sqrt();
-    let start = now_ms();
-    let softmax = reference::softmax_attention(dims, Layout::Bhnd, &q, &k, &v, &slopes, scale);
-    let softmax_ms = now_ms() - start;
-
-    let rows = Array::new();
-    for provider in [Provider::Lightning, Provider::Recurrent, Provider::Softmax] {
-        let start = now_ms();
-        let got = match provider {
-            Provider::Lightning | Provider::Recurrent => {
-                let opts = ForwardOptions {
-                    slopes: decay_slopes,
-                    method: if provider == Provider::Lightning {
-                        Method::Chunk
-                    } else {
-                        Method::Recurrent
-                    },
-                    ..Default::default()
-                };
-                let out = ctx.forward_async(&qt, &kt, &vt, &opts).await?;
-                ctx.read_async(&out.o).await?
-            }
-            Provider::Softmax => {
-                let opts = SoftmaxOptions {
-                    scale: Some(scale),
-                    alibi: decay_slopes,
-                    layout: Layout::Bhnd,
-                };
-                let o = ctx.softmax_attention_async(&qt, &kt, &vt, &opts).await?;
-                ctx.read_async(&o).await?
-            }
-        };
-        let gpu_ms = now_ms() - start;
-        let (want, ref_ms) = if provider == Provider::Softmax {
-            (&softmax, softmax_ms)
-        } else {
-            (&linear, linear_ms)
-        };
-        let rel = reference::relative_error(&got, want);
-        rows.push(
-            &Obj::new()
-                .set("provider", provider.name())
-                .num("relErr", rel)
-                .set("pass", rel <= TOLERANCE)
-                .num("gpuMs", gpu_ms)
-                .num("refMs", ref_ms)
-                .build(),
-        );
+impl Engine {
+    fn run(&self, call: Call, layout_name: &str, method_name: &str) -> Promise {
+        let ctx = self.ctx.clone();
+        let parsed = layout(layout_name).and_then(|l| Ok((l, method(method_name)?)));
+        future_to_promise(async move {
+            let (layout, method) = parsed?;
+            let cu: Option<Vec<usize>> = call
+                .cu_seqlens
+                .map(|c| c.iter().map(|&x| x as usize).collect());
+            let s0 = call.s0.as_ref().map(|s| s.borrow());
+            let (q, k, v) = (call.q.borrow(), call.k.borrow(), call.v.borrow());
+            let opts = ForwardOptions {
+                slopes: call.slopes.as_deref(),
+                scale: call.scale,
+                layout,
+                initial_state: s0.as_deref(),
+                output_final_state: call.output_final_state,
+                method,
+                cu_seqlens: cu.as_deref(),
+            };
+            let out = ctx.forward_async(&q, &k, &v, &opts).await.map_err(js)?;
+            let pair = Array::new();
+            pair.push(&GpuTensor::wrap(&ctx, out.o).into());
+            match out.final_state {
+                Some(s) => pair.push(&GpuTensor::wrap(&ctx, s).into()),
+                None => pair.push(&JsValue::UNDEFINED),
+            };
+            Ok(pair.into())
+        })
     }
-    Ok(rows.into())
 }

@@ -1,13 +1,20 @@
-//! The browser demo (`web/`): build it for wasm32, serve it, and test it in
+//! The npm package and the browser demo (`web/`): build the package for
+//! wasm32 and pack it, lay out the demo on it, serve them, and test them in
 //! headless Chromium.
 //!
-//! - `web-serve [--port N]`: builds, then serves the page on 127.0.0.1 until
+//! - `web-serve [--port N]`: builds, then serves the demo on 127.0.0.1 until
 //!   Ctrl-C (a person opens the printed URL in a browser with WebGPU).
-//! - `web-test`: builds, serves on a free port, opens the page in headless
-//!   Chromium (Debian's, on its SwiftShader WebGPU), waits for the page's
-//!   `LIGHTNING-RESULT PASS|FAIL ...` console line and fails unless it says
-//!   PASS. The same Chromium run saves a screenshot of the finished page as
-//!   `docs/web-demo.png`.
+//! - `web-test`: builds; installs the tarball with npm into a fresh copy of
+//!   `web/sample` and opens that page in headless Chromium (Debian's, on its
+//!   SwiftShader WebGPU); then opens the demo. Each page ends with a
+//!   `LIGHTNING-RESULT PASS|FAIL ...` console line; the test fails unless
+//!   both say PASS. The demo's run saves a screenshot of the finished page
+//!   as `docs/web-demo.png`.
+//!
+//! Chromium is driven by hand (a flag-started headless run, a console line,
+//! a local server) rather than with playwright: nothing beyond Debian's
+//! Chromium is needed, and the server also holds the page's load event
+//! until its result is in, which is what makes the screenshot show it.
 //!
 //! The wasm build uses a rustup toolchain's `wasm32-unknown-unknown` target
 //! when one is installed. Otherwise (rustup cannot fetch targets here) it uses
@@ -44,7 +51,9 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--enable-logging=stderr",
     "--v=0",
     "--hide-scrollbars",
-    "--window-size=1200,900",
+    "--disable-crash-reporter",
+    "--disable-breakpad",
+    "--window-size=1280,1400",
 ];
 /// The line the page logs when a run ends.
 const RESULT: &str = "LIGHTNING-RESULT ";
@@ -56,7 +65,7 @@ fn web_dir() -> PathBuf {
     root().join("web")
 }
 
-/// `cargo xtask web-test`.
+/// `cargo xtask web-test`: the package in a fresh sample page, then the demo.
 pub fn test(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("web-test takes no arguments, got `{a}`"));
@@ -70,27 +79,37 @@ pub fn test(args: &[String]) -> Result<(), String> {
         .args(["fmt", "--manifest-path"])
         .arg(&manifest)
         .arg("--check"))?;
-    let site = build()?;
+    let built = build()?;
     let chromium = chromium()?;
-    let server = Server::start(&site, 0)?;
-    let url = format!("http://127.0.0.1:{}/index.html?hold=1", server.port);
     let timeout = std::env::var("LIGHTNING_WEB_TIMEOUT")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(DEFAULT_TIMEOUT_S);
-    let shot = web_dir().join("target").join("web-demo.png");
-    let _ = std::fs::remove_file(&shot);
-    eprintln!("xtask: opening {url} in headless Chromium (timeout {timeout} s)");
-    let outcome = browse(
-        &chromium,
-        &url,
-        &shot,
-        Duration::from_secs(timeout),
-        &server,
-    );
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(DEFAULT_TIMEOUT_S));
+
+    // 1. A fresh page that installs the tarball, as a web developer would.
+    let sample = sample_site(&built.tarball)?;
+    let server = Server::start(&sample, 0)?;
+    let url = format!("http://127.0.0.1:{}/index.html", server.port);
+    eprintln!("xtask: opening the sample page {url} in headless Chromium");
+    let outcome = browse(&chromium, &url, None, timeout, &server);
     server.release();
     let verdict = outcome?;
-    eprintln!("xtask: {verdict}");
+    eprintln!("xtask: sample page: {verdict}");
+    if !verdict.starts_with("LIGHTNING-RESULT PASS") {
+        return Err(format!("the sample page failed: {verdict}"));
+    }
+
+    // 2. The demo, with a screenshot of the finished page.
+    let server = Server::start(&built.site, 0)?;
+    let url = format!("http://127.0.0.1:{}/index.html?hold=1", server.port);
+    let shot = web_dir().join("target").join("web-demo.png");
+    let _ = std::fs::remove_file(&shot);
+    eprintln!("xtask: opening the demo {url} in headless Chromium");
+    let outcome = browse(&chromium, &url, Some(&shot), timeout, &server);
+    server.release();
+    let verdict = outcome?;
+    eprintln!("xtask: demo: {verdict}");
     if !verdict.starts_with("LIGHTNING-RESULT PASS") {
         if shot.exists() {
             eprintln!("xtask: screenshot of the failed run: {}", shot.display());
@@ -100,8 +119,9 @@ pub fn test(args: &[String]) -> Result<(), String> {
     let docs = root().join("docs").join("web-demo.png");
     std::fs::copy(&shot, &docs).map_err(|e| format!("copying the screenshot to {docs:?}: {e}"))?;
     eprintln!(
-        "xtask: web-test passed in {:.0} s; screenshot in {}",
+        "xtask: web-test passed in {:.0} s; package {}; screenshot in {}",
         started.elapsed().as_secs_f64(),
+        built.tarball.display(),
         docs.display()
     );
     Ok(())
@@ -117,7 +137,7 @@ pub fn serve(args: &[String]) -> Result<(), String> {
         ),
         _ => return Err("usage: cargo xtask web-serve [--port N]".into()),
     };
-    let site = build()?;
+    let site = build()?.site;
     let server = match port {
         Some(p) => Server::start(&site, p)?,
         // 8000 when free, else any free port.
@@ -190,9 +210,30 @@ fn toolchain() -> Result<Toolchain, String> {
     Ok(Toolchain::Debian { linker })
 }
 
-/// Builds the wasm module, runs wasm-bindgen and lays out the site in
-/// `web/pkg` (generated: the static files and the bindings). Returns it.
-fn build() -> Result<PathBuf, String> {
+/// What [`build`] made.
+struct Built {
+    /// The npm tarball (`npm pack` of `web/pkg`).
+    tarball: PathBuf,
+    /// The demo: its pages, the package under `lightning-wgpu/`, and
+    /// onnxruntime-web under `ort/` when it could be fetched.
+    site: PathBuf,
+}
+
+/// onnxruntime-web for the demo's side-by-side (the version of the anchor
+/// in shared/GPU.md), fetched from npm once into `web/target/ort`.
+const ORT_WEB: &str = "onnxruntime-web@1.27.0";
+/// The files of its WebGPU build.
+const ORT_FILES: &[&str] = &[
+    "ort.webgpu.min.mjs",
+    "ort-wasm-simd-threaded.asyncify.mjs",
+    "ort-wasm-simd-threaded.asyncify.wasm",
+    "ort-wasm-simd-threaded.jsep.mjs",
+    "ort-wasm-simd-threaded.jsep.wasm",
+];
+
+/// Builds the wasm module, runs wasm-bindgen, lays out the npm package in
+/// `web/pkg` (the bindings and `web/js`), packs it, and lays out the demo.
+fn build() -> Result<Built, String> {
     let web = web_dir();
     let target_dir = web.join("target");
     let mut cmd = match toolchain()? {
@@ -218,26 +259,137 @@ fn build() -> Result<PathBuf, String> {
     let wasm = target_dir
         .join(TARGET)
         .join("release")
-        .join("lightning_web.wasm");
+        .join("lightning_wgpu_web.wasm");
 
     let bindgen = wasm_bindgen(&web)?;
-    let site = web.join("pkg");
-    if site.exists() {
-        std::fs::remove_dir_all(&site).map_err(|e| format!("removing {site:?}: {e}"))?;
-    }
+    let pkg = web.join("pkg");
+    fresh_dir(&pkg)?;
     run(Command::new(&bindgen)
-        .args(["--target", "web", "--no-typescript", "--out-dir"])
-        .arg(&site)
+        .args(["--target", "web", "--out-dir"])
+        .arg(&pkg)
         .arg(&wasm))?;
-    let statics = web.join("static");
-    let entries = std::fs::read_dir(&statics).map_err(|e| format!("reading {statics:?}: {e}"))?;
+    copy_files(&web.join("js"), &pkg)?;
+    for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        copy(&root().join(license), &pkg.join(license))?;
+    }
+    let npm = npm()?;
+    let packed = target_dir.join("npm");
+    fresh_dir(&packed)?;
+    run(Command::new(&npm)
+        .args(["pack", "--silent", "--pack-destination"])
+        .arg(&packed)
+        .current_dir(&pkg))?;
+    let tarball = only_file(&packed, ".tgz")?;
+
+    let site = target_dir.join("site");
+    fresh_dir(&site)?;
+    copy_files(&web.join("demo"), &site)?;
+    copy_files(&pkg, &site.join("lightning-wgpu"))?;
+    match ort_web(&npm, &target_dir) {
+        Ok(dist) => {
+            for f in ORT_FILES {
+                copy(&dist.join(f), &site.join("ort").join(f))?;
+            }
+        }
+        // The page says ORT is not there; the rest of the demo runs.
+        Err(e) => eprintln!("xtask: no {ORT_WEB} for the demo's side-by-side: {e}"),
+    }
+    Ok(Built { tarball, site })
+}
+
+/// A fresh copy of `web/sample` with the tarball installed by npm, offline
+/// (the package has no dependencies: nothing else is fetched).
+fn sample_site(tarball: &Path) -> Result<PathBuf, String> {
+    let dir = web_dir().join("target").join("sample");
+    fresh_dir(&dir)?;
+    copy_files(&web_dir().join("sample"), &dir)?;
+    run(Command::new(npm()?)
+        .args([
+            "install",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+        ])
+        .arg(tarball)
+        .current_dir(&dir))?;
+    Ok(dir)
+}
+
+/// `dist/` of onnxruntime-web, installed with npm into `web/target/ort` once.
+fn ort_web(npm: &str, target_dir: &Path) -> Result<PathBuf, String> {
+    let prefix = target_dir.join("ort");
+    let dist = prefix
+        .join("node_modules")
+        .join("onnxruntime-web")
+        .join("dist");
+    if !ORT_FILES.iter().all(|f| dist.join(f).exists()) {
+        std::fs::create_dir_all(&prefix).map_err(|e| format!("creating {prefix:?}: {e}"))?;
+        run(Command::new(npm)
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "--no-save",
+                "--prefix",
+            ])
+            .arg(&prefix)
+            .arg(ORT_WEB))?;
+    }
+    Ok(dist)
+}
+
+/// npm on the PATH, or Debian's (with its Node.js) installed.
+fn npm() -> Result<String, String> {
+    if !on_path("npm") {
+        apt_install(&["npm"])?;
+    }
+    if on_path("npm") {
+        Ok("npm".into())
+    } else {
+        Err("npm is missing: install Debian's `npm` (or Node.js with npm)".into())
+    }
+}
+
+fn fresh_dir(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("removing {dir:?}: {e}"))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {dir:?}: {e}"))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("creating {parent:?}: {e}"))?;
+    }
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copying {from:?} to {to:?}: {e}"))
+}
+
+/// The files (not folders) of `from` into `to`.
+fn copy_files(from: &Path, to: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(from).map_err(|e| format!("reading {from:?}: {e}"))?;
     for entry in entries {
         let path = entry.map_err(|e| e.to_string())?.path();
         if let Some(name) = path.file_name().filter(|_| path.is_file()) {
-            std::fs::copy(&path, site.join(name)).map_err(|e| format!("copying {path:?}: {e}"))?;
+            copy(&path, &to.join(name))?;
         }
     }
-    Ok(site)
+    Ok(())
+}
+
+fn only_file(dir: &Path, suffix: &str) -> Result<PathBuf, String> {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading {dir:?}: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        other => Err(format!("expected one {suffix} in {dir:?}, found {other:?}")),
+    }
 }
 
 /// The version of `name` in a Cargo.lock.
@@ -354,7 +506,7 @@ impl Server {
 fn mime(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()) {
         Some("html") => "text/html; charset=utf-8",
-        Some("js") => "text/javascript; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
         Some("wasm") => "application/wasm",
         Some("css") => "text/css; charset=utf-8",
         Some("json") => "application/json",
@@ -483,13 +635,14 @@ fn result_line(log: &str) -> Option<String> {
     Some(line.trim().to_string())
 }
 
-/// Loads `url` in headless Chromium, which also writes a screenshot to
-/// `shot` once the page's load event fires (held until the result is in).
-/// Returns the page's result line.
+/// Loads `url` in headless Chromium and returns the page's result line.
+/// With `shot`, Chromium also writes a screenshot once the page's load event
+/// fires (held until the result is in) and exits; without, a debugging port
+/// keeps it open until the line is in, then it is ended.
 fn browse(
     chromium: &str,
     url: &str,
-    shot: &Path,
+    shot: Option<&Path>,
     timeout: Duration,
     server: &Server,
 ) -> Result<String, String> {
@@ -507,9 +660,12 @@ fn browse(
     let log_path = web_dir().join("target").join("chromium.log");
     let mut cmd = Command::new(chromium);
     cmd.args(CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(url)
+        .arg(format!("--user-data-dir={}", profile.display()));
+    match shot {
+        Some(shot) => cmd.arg(format!("--screenshot={}", shot.display())),
+        None => cmd.arg("--remote-debugging-port=0"),
+    };
+    cmd.arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -553,6 +709,9 @@ fn browse(
                         limit = Instant::now() + Duration::from_secs(60);
                     }
                 }
+                if verdict.is_some() && shot.is_none() {
+                    break;
+                }
                 tail.push_back(line);
                 if tail.len() > 40 {
                     tail.pop_front();
@@ -570,19 +729,27 @@ fn browse(
                 limit = Instant::now() + Duration::from_secs(60);
             }
         }
+        if verdict.is_some() && shot.is_none() {
+            break;
+        }
     }
     if exited.is_none() {
         // Time-out: end Chromium's whole process group (ours, by its id).
         let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{pid}")])
+            .args(["-s", "TERM", "--", &format!("-{pid}")])
             .status();
         std::thread::sleep(Duration::from_secs(2));
         let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{pid}")])
+            .args(["-s", "KILL", "--", &format!("-{pid}")])
             .status();
         let _ = child.wait();
     }
-    let _ = reader.join();
+    // The reader ends when the last holder of Chromium's stderr is gone; a
+    // crash handler outside the process group may keep it a while, so a
+    // killed run does not wait for it.
+    if exited.is_some() {
+        let _ = reader.join();
+    }
     let _ = std::fs::remove_dir_all(&profile);
     let context = || {
         format!(
@@ -598,11 +765,13 @@ fn browse(
             timeout.as_secs(),
             context()
         )),
-        Some(v) if v.starts_with("LIGHTNING-RESULT PASS") && !shot.exists() => Err(format!(
-            "the page passed ({v}) but Chromium wrote no screenshot to {}\n{}",
-            shot.display(),
-            context()
-        )),
+        Some(v) if v.starts_with("LIGHTNING-RESULT PASS") && shot.is_some_and(|s| !s.exists()) => {
+            Err(format!(
+                "the page passed ({v}) but Chromium wrote no screenshot to {}\n{}",
+                shot.map(|s| s.display().to_string()).unwrap_or_default(),
+                context()
+            ))
+        }
         Some(v) => {
             if !v.starts_with("LIGHTNING-RESULT PASS") {
                 eprintln!("{}", context());
