@@ -3,9 +3,10 @@
 //! - `setup`: installs the system packages the tests need (Mesa's software
 //!   Vulkan and OpenGL drivers), only those missing, so it is safe to rerun.
 //! - `test`:  setup, then formatting, clippy with warnings denied, every test
-//!   (the burn op's included; the forward, backward and property suites once
-//!   more with shader bounds checks on), a short training run of the burn
-//!   example, `python-test` and `web-test`.
+//!   (the burn op's and the MPI transport's included; the forward, backward
+//!   and property suites once more with shader bounds checks on), a short
+//!   training run of the burn example, the sequence-parallel example under
+//!   `mpirun -np 1..4`, `python-test` and `web-test`. Installs OpenMPI.
 //! - `run`:   setup, then the main job: `cargo run --release` on the default adapter.
 //! - `python-test`: builds the Python wheel with pip, installs it in a venv
 //!   (target/python-venv) and runs the pytest suite.
@@ -28,8 +29,12 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The burn op is built and tested with the rest (feature of the library).
-const FEATURES: &str = "lightning-wgpu/burn";
+/// The burn op and the MPI transport are built and tested with the rest.
+const FEATURES: &str = "lightning-wgpu/burn,lightning-wgpu/mpi,lightning-wgpu-cli/mpi";
+
+/// Debian packages of the `mpi` feature: OpenMPI, and libclang for rsmpi's
+/// bindings to it.
+const MPI_PACKAGES: &[&str] = &["openmpi-bin", "libopenmpi-dev", "libclang-dev"];
 
 /// Debian packages: lavapipe (Vulkan) and llvmpipe through EGL (wgpu's GL back end).
 const GPU_PACKAGES: &[&str] = &[
@@ -118,6 +123,7 @@ fn setup() -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    apt_install(MPI_PACKAGES)?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
         &[

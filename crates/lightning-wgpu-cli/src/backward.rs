@@ -38,6 +38,9 @@ pub struct Args {
 
 /// Runs `backward`: read and check the inputs, run on the GPU, write the gradients.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
+    if args.problem.sequence_parallel {
+        return crate::parallel::backward(args, options);
+    }
     let problem = &args.problem;
     let mut inputs = problem.inputs();
     inputs.push(("do", args.d_o.as_path()));

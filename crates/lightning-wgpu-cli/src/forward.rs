@@ -108,6 +108,10 @@ pub struct Problem {
     /// Layout of q, k, v and the output.
     #[arg(long, value_enum, default_value_t)]
     pub layout: LayoutArg,
+    /// Under `mpirun -np R` (a build with the `mpi` feature): each rank takes
+    /// an even share of the positions and rank 0 writes the outputs.
+    #[arg(long)]
+    pub sequence_parallel: bool,
 }
 
 /// Arguments of `forward`.
@@ -244,6 +248,9 @@ impl Problem {
 
 /// Runs `forward`: read and check the inputs, run on the GPU, write the outputs.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
+    if args.problem.sequence_parallel {
+        return crate::parallel::forward(args, options);
+    }
     let dtype = DType::from(args.dtype);
     let problem = &args.problem;
     let mut inputs = problem.inputs();

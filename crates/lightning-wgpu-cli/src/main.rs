@@ -25,6 +25,7 @@ mod forward;
 mod info;
 mod npy;
 mod output;
+mod parallel;
 mod plot;
 mod random;
 

@@ -993,3 +993,125 @@ fn npy_shapes_beyond_the_file_are_refused() {
     write_npy_header(&path, "(1, 1, 1, 100000000)");
     assert_fails(&run(&args), &["`q`", "truncated"]);
 }
+
+/// `mpirun -np R lightning-wgpu forward|backward --sequence-parallel` for
+/// R = 1..4 writes what one process writes (f32, within 1e-5 of the largest
+/// entry): uneven shares of n = 61, an initial state and a final-state
+/// gradient. Needs the `mpi` feature and OpenMPI's `mpirun` (`cargo xtask
+/// test` installs it).
+#[cfg(feature = "mpi")]
+#[test]
+fn sequence_parallel_under_mpirun_matches_one_process() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 2,
+        h: 3,
+        n: 61,
+        d: 8,
+        e: 12,
+    };
+    let case = Case::new(dims, Layout::Bnhd, &mut rng);
+    let state = [dims.b, dims.h, dims.d, dims.e];
+    let d_o = common::random(&mut rng, dims.b * dims.h * dims.n * dims.e, 1);
+    write_npy(&case.path("do.npy"), &case.v_shape(), &d_o);
+    for name in ["s0.npy", "dsn.npy"] {
+        write_npy(
+            &case.path(name),
+            &state,
+            &common::random(&mut rng, state.iter().product(), 1),
+        );
+    }
+    let shared = || -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--q",
+            "q.npy",
+            "--k",
+            "k.npy",
+            "--v",
+            "v.npy",
+            "--initial-state",
+            "s0.npy",
+        ]
+        .iter()
+        .map(|s| {
+            if s.ends_with(".npy") {
+                case.arg(s)
+            } else {
+                s.to_string()
+            }
+        })
+        .collect();
+        a.extend(["--layout", "bnhd", "--alibi", "--scale", "0.5"].map(String::from));
+        a
+    };
+    let forward = |tag: &str| {
+        let mut a = vec!["forward".to_string()];
+        a.extend(shared());
+        a.extend([
+            "--out".into(),
+            case.arg(&format!("o{tag}.npy")),
+            "--final-state".into(),
+            case.arg(&format!("sn{tag}.npy")),
+        ]);
+        a
+    };
+    let backward = |tag: &str| {
+        let mut a = vec!["backward".to_string()];
+        a.extend(shared());
+        a.extend([
+            "--do".into(),
+            case.arg("do.npy"),
+            "--d-final-state".into(),
+            case.arg("dsn.npy"),
+        ]);
+        for g in ["dq", "dk", "dv"] {
+            a.extend([format!("--{g}"), case.arg(&format!("{g}{tag}.npy"))]);
+        }
+        a.extend([
+            "--d-initial-state".into(),
+            case.arg(&format!("ds0{tag}.npy")),
+        ]);
+        a
+    };
+    for args in [forward(""), backward("")] {
+        assert_success(&bin().args(&args).output().expect("run"));
+    }
+    for ranks in 1..=4 {
+        let tag = format!("-r{ranks}");
+        for mut args in [forward(&tag), backward(&tag)] {
+            args.push("--sequence-parallel".into());
+            let out = Command::new("mpirun")
+                .args([
+                    "--allow-run-as-root",
+                    "--oversubscribe",
+                    "--bind-to",
+                    "none",
+                ])
+                .args(["--mca", "btl", "self,vader", "--mca", "pml", "ob1"])
+                .args(["--mca", "btl_vader_single_copy_mechanism", "none"])
+                .args(["-np", &ranks.to_string()])
+                .arg(env!("CARGO_BIN_EXE_lightning-wgpu"))
+                .args(&args)
+                .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+                .output()
+                .expect("mpirun (cargo xtask test installs openmpi-bin)");
+            assert_success(&out);
+        }
+        for name in ["o", "sn", "dq", "dk", "dv", "ds0"] {
+            let (shape, want) = read_npy(&case.path(&format!("{name}.npy")));
+            let (got_shape, got) = read_npy(&case.path(&format!("{name}{tag}.npy")));
+            assert_eq!(got_shape, shape, "{name} with {ranks} ranks");
+            let peak = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-5 * peak,
+                "{name} with {ranks} ranks: max error {worst} against {peak} (seed {seed})"
+            );
+        }
+    }
+}

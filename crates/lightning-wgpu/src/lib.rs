@@ -43,6 +43,9 @@ mod context;
 mod error;
 mod kernels;
 mod layout;
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub mod mpi;
 mod ops;
 mod plan;
 pub mod reference;
@@ -60,6 +63,8 @@ pub use layout::{Dims, Layout};
 pub use ops::backward::{BackwardOptions, Gradients};
 pub use ops::decode::DecodeOptions;
 pub use ops::forward::{ForwardOptions, ForwardOutput, Method};
+#[cfg(not(target_arch = "wasm32"))]
+pub use ops::parallel::Exchange;
 pub use ops::softmax::SoftmaxOptions;
 pub use runtime::device::AdapterSummary;
 pub use runtime::switches;

@@ -6,6 +6,8 @@ pub mod backward;
 pub mod convert;
 pub mod decode;
 pub mod forward;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod parallel;
 pub mod softmax;
 
 use crate::context::Context;

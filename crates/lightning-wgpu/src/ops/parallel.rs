@@ -1,0 +1,311 @@
+//! Sequence parallelism (LASP-2): a sequence longer than one device holds is
+//! split into contiguous slices, one per rank. The ranks exchange one state
+//! each (`b h d e` f32, whatever n), so the communication does not grow with
+//! the sequence:
+//!
+//! - forward: rank r's contribution `M_r` is the final state of its slice
+//!   from a zero state (rank 0's from the initial state); one all-gather,
+//!   then rank r's incoming state is `S_r = sum_{r' < r} L(r'+1..r-1) M_r'`,
+//!   `L(a..b)` the decay over the ranks a..b, and its forward runs from
+//!   `S_r`. The final state, the same sum over every rank, lands on all.
+//! - backward: rank r's own gradient of its incoming state `G_r` (its
+//!   backward with no final-state gradient; the last rank's with the given
+//!   `dS_n`, which makes its `G` the whole gradient and its run the answer);
+//!   one all-gather; the gradient of rank r's final state is
+//!   `sum_{r' > r} L(r+1..r'-1) G_r'`, and its backward runs with that.
+//!
+//! The exchange is a trait, so any transport carries it: MPI (feature
+//! `mpi`), threads, a framework's collectives. The states are combined on
+//! the host in f64.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::ops::backward::{BackwardOptions, Gradients};
+use crate::ops::forward::{ForwardOptions, ForwardOutput};
+use crate::tensor::Tensor;
+use crate::validate;
+
+/// What carries the ranks' bytes to each other: a blocking all-gather.
+pub trait Exchange {
+    /// This process's rank, from 0.
+    fn rank(&self) -> usize;
+    /// How many ranks take part.
+    fn ranks(&self) -> usize;
+    /// Every rank's `mine` (the same length on every rank), in rank order.
+    fn all_gather(&self, mine: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// What each rank sends: its slice length, then a state (f32).
+fn payload(len: usize, state: &[f32]) -> Vec<u8> {
+    let mut out = (len as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(bytemuck::cast_slice(state));
+    out
+}
+
+/// The ranks' slice lengths and states out of an all-gather.
+fn unpack(all: &[u8], ranks: usize, state_len: usize) -> Result<Vec<(usize, Vec<f64>)>> {
+    let each = 8 + 4 * state_len;
+    if all.len() != each * ranks {
+        return Err(Error::Gpu {
+            op: "sequence-parallel exchange",
+            reason: format!(
+                "the all-gather returned {} bytes, expected {ranks} x {each}",
+                all.len()
+            ),
+        });
+    }
+    Ok(all
+        .chunks_exact(each)
+        .map(|c| {
+            let len = u64::from_le_bytes(c[..8].try_into().expect("8 bytes")) as usize;
+            let state = c[8..]
+                .chunks_exact(4)
+                .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes")) as f64)
+                .collect();
+            (len, state)
+        })
+        .collect())
+}
+
+/// The decays of the problem, per head.
+struct Decay {
+    slopes: Vec<f64>,
+    /// `d * e`: elements of one head's state.
+    per_head: usize,
+    heads: usize,
+}
+
+impl Decay {
+    /// `acc += lambda^steps * state` per head, over a `(b, h, d, e)` state.
+    fn add_decayed(&self, acc: &mut [f64], state: &[f64], steps: usize) {
+        for (i, (a, s)) in acc.iter_mut().zip(state).enumerate() {
+            let head = (i / self.per_head) % self.heads;
+            *a += (-self.slopes[head] * steps as f64).exp() * s;
+        }
+    }
+}
+
+/// One rank's part of a sequence-parallel call: the checks and what the
+/// combining steps need.
+struct Split<'a> {
+    ctx: &'a Context,
+    exchange: &'a dyn Exchange,
+    decay: Decay,
+    state_shape: [usize; 4],
+    len: usize,
+}
+
+impl<'a> Split<'a> {
+    fn new(
+        ctx: &'a Context,
+        exchange: &'a dyn Exchange,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<Split<'a>> {
+        let dims = validate::problem_dims(opts.layout, q.shape(), k.shape(), v.shape())?;
+        validate::slopes(opts.slopes, dims.h)?;
+        if opts.cu_seqlens.is_some() {
+            return Err(Error::InvalidValue {
+                arg: "cu_seqlens",
+                value: "Some(..)".into(),
+                reason:
+                    "packed batches are not split across ranks: give b sequences of equal length",
+            });
+        }
+        if exchange.ranks() == 0 || exchange.rank() >= exchange.ranks() {
+            return Err(Error::InvalidValue {
+                arg: "exchange",
+                value: format!("rank {} of {}", exchange.rank(), exchange.ranks()),
+                reason: "the rank must lie in 0..ranks",
+            });
+        }
+        let slopes = match opts.slopes {
+            Some(s) => s.iter().map(|&x| x as f64).collect(),
+            None => vec![0.0; dims.h],
+        };
+        Ok(Split {
+            ctx,
+            exchange,
+            decay: Decay {
+                slopes,
+                per_head: dims.d * dims.e,
+                heads: dims.h,
+            },
+            state_shape: dims.state_shape(),
+            len: dims.n,
+        })
+    }
+
+    /// Every rank's (slice length, state) after one all-gather of ours.
+    fn gather(&self, state: &Tensor) -> Result<Vec<(usize, Vec<f64>)>> {
+        let mine = self.ctx.read(state)?;
+        let all = self.exchange.all_gather(&payload(self.len, &mine))?;
+        let ranks = unpack(&all, self.exchange.ranks(), mine.len())?;
+        if let Some((r, _)) = ranks.iter().enumerate().find(|(_, (len, _))| *len == 0) {
+            return Err(Error::InvalidValue {
+                arg: "q",
+                value: format!("rank {r}"),
+                reason: "every rank must hold at least one position",
+            });
+        }
+        Ok(ranks)
+    }
+
+    /// `sum over ranks in `range` of L(r+1..end) x_r`, the decay taken over
+    /// the ranks between each and `end` (exclusive).
+    fn combine(
+        &self,
+        ranks: &[(usize, Vec<f64>)],
+        range: std::ops::Range<usize>,
+        end: usize,
+    ) -> Vec<f64> {
+        let mut acc = vec![0.0; ranks[0].1.len()];
+        for r in range {
+            let steps: usize = ranks[r + 1..end].iter().map(|(len, _)| len).sum();
+            self.decay.add_decayed(&mut acc, &ranks[r].1, steps);
+        }
+        acc
+    }
+
+    fn upload(&self, state: &[f64]) -> Result<Tensor> {
+        let s: Vec<f32> = state.iter().map(|&x| x as f32).collect();
+        self.ctx.tensor(&s, &self.state_shape)
+    }
+
+    /// The incoming state of this rank (None on rank 0: its own initial
+    /// state) and the final state of the whole sequence.
+    fn states(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<(Option<Tensor>, Tensor, Option<ForwardOutput>)> {
+        let rank = self.exchange.rank();
+        // Rank 0 starts from the initial state, so its run is its answer too.
+        let local = ForwardOptions {
+            initial_state: if rank == 0 { opts.initial_state } else { None },
+            output_final_state: true,
+            ..*opts
+        };
+        let out = self.ctx.forward(q, k, v, &local)?;
+        let contribution = out.final_state.as_ref().expect("asked for");
+        let ranks = self.gather(contribution)?;
+        let all = ranks.len();
+        let incoming = (rank > 0)
+            .then(|| self.upload(&self.combine(&ranks, 0..rank, rank)))
+            .transpose()?;
+        let final_state = self.upload(&self.combine(&ranks, 0..all, all))?;
+        Ok((incoming, final_state, (rank == 0).then_some(out)))
+    }
+}
+
+impl Context {
+    /// The forward pass over a sequence split across ranks: `q`, `k`, `v`
+    /// are this rank's contiguous slice of the positions (any length >= 1,
+    /// the same b, h, d, e everywhere), `opts` the same on every rank (the
+    /// initial state is read on rank 0). Returns this rank's slice of o and,
+    /// when asked for, the final state of the whole sequence (on every
+    /// rank). One all-gather of `8 + 4 b h d e` bytes per rank.
+    ///
+    /// Equals [`Context::forward`] over the whole sequence to rounding.
+    /// Packed batches (`cu_seqlens`) are not split.
+    pub fn forward_sequence_parallel(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+        exchange: &dyn Exchange,
+    ) -> Result<ForwardOutput> {
+        let split = Split::new(self, exchange, q, k, v, opts)?;
+        let (incoming, final_state, first) = split.states(q, k, v, opts)?;
+        let o = match (first, &incoming) {
+            (Some(out), _) => out.o,
+            (None, incoming) => {
+                let from = ForwardOptions {
+                    initial_state: incoming.as_ref(),
+                    output_final_state: false,
+                    ..*opts
+                };
+                self.forward(q, k, v, &from)?.o
+            }
+        };
+        Ok(ForwardOutput {
+            o,
+            final_state: opts.output_final_state.then_some(final_state),
+        })
+    }
+
+    /// The backward pass over a sequence split across ranks, as
+    /// [`Context::forward_sequence_parallel`]: `d_o` is this rank's slice of
+    /// the output gradient; `opts.d_final_state`, the gradient of the whole
+    /// sequence's final state, is read on the last rank. Returns this
+    /// rank's slice of dq, dk, dv, and the initial state's gradient (that
+    /// of the whole sequence on rank 0; elsewhere, that of the rank's
+    /// incoming state). Two all-gathers; the last rank runs one backward,
+    /// the others two.
+    pub fn backward_sequence_parallel(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_o: &Tensor,
+        opts: &BackwardOptions,
+        exchange: &dyn Exchange,
+    ) -> Result<Gradients> {
+        let fwd = &opts.forward;
+        let split = Split::new(self, exchange, q, k, v, fwd)?;
+        let (rank, all) = (exchange.rank(), exchange.ranks());
+        let (incoming, _, _) = split.states(q, k, v, fwd)?;
+        let initial = if rank == 0 {
+            fwd.initial_state
+        } else {
+            incoming.as_ref()
+        };
+        let from = ForwardOptions {
+            initial_state: initial,
+            output_final_state: false,
+            ..*fwd
+        };
+        // G_r, the gradient of this rank's incoming state from its own
+        // outputs. The last rank's final state is the sequence's, whose
+        // gradient is given: its run with it is its answer, and what it
+        // sends (G + lambda^n dS_n) is the whole gradient of its incoming state.
+        let last = rank + 1 == all;
+        let own = self.backward(
+            q,
+            k,
+            v,
+            d_o,
+            &BackwardOptions {
+                forward: from,
+                d_final_state: if last { opts.d_final_state } else { None },
+            },
+        )?;
+        let ranks = split.gather(&own.d_initial_state)?;
+        if last {
+            return Ok(own);
+        }
+        // The gradient of this rank's final state: each later rank's,
+        // decayed over the ranks between.
+        let mut d_final = vec![0.0; ranks[0].1.len()];
+        for r in rank + 1..all {
+            let steps: usize = ranks[rank + 1..r].iter().map(|(len, _)| len).sum();
+            split.decay.add_decayed(&mut d_final, &ranks[r].1, steps);
+        }
+        let d_final = split.upload(&d_final)?;
+        self.backward(
+            q,
+            k,
+            v,
+            d_o,
+            &BackwardOptions {
+                forward: from,
+                d_final_state: Some(&d_final),
+            },
+        )
+    }
+}
