@@ -9,7 +9,7 @@
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use lightning_wgpu as lw;
 
@@ -120,6 +120,38 @@ impl Options {
             cu_seqlens: self.cu_seqlens.as_deref(),
             ..Default::default()
         }
+    }
+}
+
+/// The sequence-parallel exchange as a Python callable: `all_gather(bytes)
+/// -> bytes` (every rank's bytes in rank order), e.g. over torch.distributed.
+struct PyExchange {
+    rank: usize,
+    ranks: usize,
+    all_gather: Py<PyAny>,
+}
+
+impl lw::Exchange for PyExchange {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    fn all_gather(&self, mine: &[u8]) -> lw::Result<Vec<u8>> {
+        let failed = |e: PyErr| lw::Error::Gpu {
+            op: "the all_gather callback",
+            reason: e.to_string(),
+        };
+        Python::attach(|py| {
+            let out = self
+                .all_gather
+                .call1(py, (PyBytes::new(py, mine),))
+                .map_err(failed)?;
+            out.extract::<Vec<u8>>(py).map_err(failed)
+        })
     }
 }
 
@@ -354,6 +386,99 @@ impl Device {
             })
             .map_err(py_err)?;
         Ok(Tensor::wrap(ctx, o))
+    }
+
+    /// The forward over this rank's slice of a sequence split across
+    /// `ranks` processes, exchanging through `all_gather(bytes) -> bytes`:
+    /// `(o of the slice, final state of the whole sequence or None)`.
+    #[pyo3(signature = (q, k, v, all_gather, rank, ranks, slopes = None, scale = 1.0,
+        layout = "bhnd", initial_state = None, output_final_state = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn forward_sequence_parallel(
+        &self,
+        py: Python<'_>,
+        q: PyRef<'_, Tensor>,
+        k: PyRef<'_, Tensor>,
+        v: PyRef<'_, Tensor>,
+        all_gather: Py<PyAny>,
+        rank: usize,
+        ranks: usize,
+        slopes: Option<Vec<f32>>,
+        scale: f32,
+        layout: &str,
+        initial_state: Option<PyRef<'_, Tensor>>,
+        output_final_state: bool,
+    ) -> PyResult<(Tensor, Option<Tensor>)> {
+        let opts = Options::new(slopes, scale, layout, None)?;
+        let exchange = PyExchange {
+            rank,
+            ranks,
+            all_gather,
+        };
+        let ctx = &self.ctx;
+        let (q, k, v) = (&q.t, &k.t, &v.t);
+        let s0 = initial_state.as_ref().map(|s| &s.t);
+        let out = py
+            .detach(|| {
+                let f = lw::ForwardOptions {
+                    output_final_state,
+                    ..opts.forward(s0)
+                };
+                ctx.forward_sequence_parallel(q, k, v, &f, &exchange)
+            })
+            .map_err(py_err)?;
+        Ok((
+            Tensor::wrap(ctx, out.o),
+            out.final_state.map(|s| Tensor::wrap(ctx, s)),
+        ))
+    }
+
+    /// The backward of [`Device::forward_sequence_parallel`]: `(dq, dk, dv,
+    /// d_initial_state)` of this rank's slice.
+    #[pyo3(signature = (q, k, v, do_, all_gather, rank, ranks, slopes = None, scale = 1.0,
+        layout = "bhnd", initial_state = None, d_final_state = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn backward_sequence_parallel(
+        &self,
+        py: Python<'_>,
+        q: PyRef<'_, Tensor>,
+        k: PyRef<'_, Tensor>,
+        v: PyRef<'_, Tensor>,
+        do_: PyRef<'_, Tensor>,
+        all_gather: Py<PyAny>,
+        rank: usize,
+        ranks: usize,
+        slopes: Option<Vec<f32>>,
+        scale: f32,
+        layout: &str,
+        initial_state: Option<PyRef<'_, Tensor>>,
+        d_final_state: Option<PyRef<'_, Tensor>>,
+    ) -> PyResult<(Tensor, Tensor, Tensor, Tensor)> {
+        let opts = Options::new(slopes, scale, layout, None)?;
+        let exchange = PyExchange {
+            rank,
+            ranks,
+            all_gather,
+        };
+        let ctx = &self.ctx;
+        let (q, k, v, d_o) = (&q.t, &k.t, &v.t, &do_.t);
+        let s0 = initial_state.as_ref().map(|s| &s.t);
+        let dsn = d_final_state.as_ref().map(|s| &s.t);
+        let g = py
+            .detach(|| {
+                let b = lw::BackwardOptions {
+                    forward: opts.forward(s0),
+                    d_final_state: dsn,
+                };
+                ctx.backward_sequence_parallel(q, k, v, d_o, &b, &exchange)
+            })
+            .map_err(py_err)?;
+        Ok((
+            Tensor::wrap(ctx, g.dq),
+            Tensor::wrap(ctx, g.dk),
+            Tensor::wrap(ctx, g.dv),
+            Tensor::wrap(ctx, g.d_initial_state),
+        ))
     }
 
     /// Copies `src` (all of it) into `dst` from element `at`, on the GPU.
