@@ -224,6 +224,32 @@ class StateCache:
         """Zeroes slot ``slot``."""
         self.write(slot, np.zeros(self.shape[1:], np.float32))
 
+    def decode_draft(self, q: Array, k: Array, v: Array, slots: Any, tokens: Any = None, s: Optional[Array] = None, scale: float = 1.0):
+        """Several tokens per request without changing the cache (speculative
+        verify): q, k ``(t, batch, h, d)``, v ``(t, batch, h, e)``,
+        token-major; request ``r`` takes its first ``tokens[r]`` tokens
+        (default: all t) from slot ``slots[r]``. Returns ``(o, draft)``, o
+        ``(t, batch, h, e)`` float32 (zero past a request's tokens); then
+        :meth:`commit` what was accepted."""
+        qt, like = _arrays.put(self.device, q, "q")
+        kt, _ = _arrays.put(self.device, k, "k")
+        vt, _ = _arrays.put(self.device, v, "v")
+        t, batch = qt.shape[0], qt.shape[1] if len(qt.shape) > 1 else 0
+        slot_list = [int(x) for x in _arrays.values(slots, "slots").reshape(-1)]
+        counts = [t] * batch if tokens is None else [int(x) for x in _arrays.values(tokens, "tokens").reshape(-1)]
+        if any(c < 0 for c in counts):
+            raise ValueError(f"`tokens` must be counts >= 0, got {counts}")
+        o, draft = self.device.decode_draft(qt, kt, vt, self.tensor, slot_list, counts, slopes=_slopes(s, self.shape[1]), scale=float(scale))
+        return _arrays.Like(like.kind, None if like.kind != "torch" else _float32_of(like), like.device).out(o), draft
+
+    def commit(self, draft: Any, accepted: Any) -> None:
+        """Sets each request's slot to its state after ``accepted[r]`` of its
+        draft tokens (0 leaves it; at most its token count)."""
+        counts = [int(x) for x in _arrays.values(accepted, "accepted").reshape(-1)]
+        if any(c < 0 for c in counts):
+            raise ValueError(f"`accepted` must be counts >= 0, got {counts}")
+        self.device.commit_draft(self.tensor, draft, counts)
+
     def numpy(self) -> np.ndarray:
         """Every state, ``(slots, heads, d, e)`` float32."""
         return self.tensor.read()

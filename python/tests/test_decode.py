@@ -57,3 +57,28 @@ def test_padding_and_bad_slots(rng):
         cache.write(0, np.zeros((h, d + 1, e), np.float32))
     with pytest.raises(ValueError, match="outside"):
         cache.write(2, np.zeros((h, d, e), np.float32))
+
+
+def test_draft_then_commit(rng):
+    t, batch, h, d, e = 3, 2, 2, 8, 6
+    q, k = (rng.standard_normal((t, batch, h, d)).astype(np.float32) * 0.4 for _ in range(2))
+    v = rng.standard_normal((t, batch, h, e)).astype(np.float32)
+    slopes = lw.alibi_slopes(h)
+    cache = lw.StateCache(3, h, d, e)
+    start = rng.standard_normal((h, d, e)).astype(np.float32)
+    cache.write(2, start)
+    before = cache.numpy()
+    o, draft = cache.decode_draft(q, k, v, slots=[2, 0], tokens=[3, 1], s=slopes)
+    assert o.shape == (t, batch, h, e) and o.dtype == np.float32
+    assert np.array_equal(cache.numpy(), before), "a draft changed the cache"
+    # Request 0 from slot 2's state: (1, h, t, *) in (b, h, n, *).
+    bhnd = lambda x: x[:, 0][None].transpose(0, 2, 1, 3)  # noqa: E731
+    want_o, _ = reference(bhnd(q), bhnd(k), bhnd(v), slopes, s0=start[None])
+    assert_close(o[:, 0].transpose(1, 0, 2), want_o[0])
+    assert np.all(o[1:, 1] == 0), "tokens past a request's count are not zero"
+    cache.commit(draft, [2, 0])
+    _, after_two = reference(bhnd(q)[:, :, :2], bhnd(k)[:, :, :2], bhnd(v)[:, :, :2], slopes, s0=start[None])
+    assert_close(cache.numpy()[2], after_two[0], what="committed state")
+    assert np.array_equal(cache.numpy()[[0, 1]], before[[0, 1]])
+    with pytest.raises(ValueError, match="accepted"):
+        cache.commit(draft, [4, 0])

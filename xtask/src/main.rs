@@ -153,6 +153,10 @@ fn test(extra: &[String]) -> Result<(), String> {
             "backward",
             "--test",
             "properties",
+            "--test",
+            "draft",
+            "--test",
+            "parallel",
             "--features",
             FEATURES,
         ])

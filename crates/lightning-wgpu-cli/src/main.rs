@@ -20,6 +20,7 @@
 
 mod backward;
 mod bench;
+mod decode;
 mod demo;
 mod forward;
 mod info;
@@ -89,6 +90,9 @@ enum Command {
     Forward(forward::Args),
     /// Gradients of the forward pass (dq, dk, dv, dS0) on .npy files.
     Backward(backward::Args),
+    /// One decoding step of t draft tokens per request against a state cache
+    /// (.npy files): the outputs and the cache after the accepted tokens.
+    Decode(decode::Args),
     /// List the GPU adapters, their features and limits, and which one is used.
     Info,
     /// Run random inputs on the GPU and check them against the CPU reference.
@@ -103,6 +107,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Forward(args)) => forward::run(&args, options),
         Some(Command::Backward(args)) => backward::run(&args, options),
+        Some(Command::Decode(args)) => decode::run(&args, options),
         Some(Command::Info) => info::run(&options),
         Some(Command::Demo(args)) => demo::run(&args, options),
         Some(Command::Bench(args)) => bench::run(&args, options),

@@ -174,6 +174,18 @@ pub fn read(path: &Path, arg: &str) -> Result<Array> {
 /// values >= 0 (as FLA's `cu_seqlens`).
 pub fn read_offsets(path: &Path, arg: &str) -> Result<Vec<usize>> {
     let shown = path.display();
+    read_ints(path, arg)?
+        .into_iter()
+        .map(|x| {
+            usize::try_from(x)
+                .map_err(|_| anyhow::anyhow!("`{arg}` file {shown} holds a negative offset {x}"))
+        })
+        .collect()
+}
+
+/// A 1-D int32 or int64 `.npy` file's values.
+pub fn read_ints(path: &Path, arg: &str) -> Result<Vec<i64>> {
+    let shown = path.display();
     let file = File::open(path).with_context(|| format!("cannot open `{arg}` file {shown}"))?;
     check_count(path, arg)?;
     let npy = NpyFile::new(BufReader::new(file))
@@ -181,14 +193,14 @@ pub fn read_offsets(path: &Path, arg: &str) -> Result<Vec<usize>> {
     let dtype = npy.dtype();
     if npy.shape().len() != 1 {
         bail!(
-            "`{arg}` file {shown} must be 1-dimensional (N + 1 offsets), got shape {:?}",
+            "`{arg}` file {shown} must be 1-dimensional, got shape {:?}",
             npy.shape()
         );
     }
     let len = npy.shape()[0];
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
     if len.saturating_mul(4) > file_bytes {
-        bail!("`{arg}` file {shown} is truncated: its header promises {len} offsets");
+        bail!("`{arg}` file {shown} is truncated: its header promises {len} values");
     }
     let values: Vec<i64> = match &dtype {
         DType::Plain(ts) if ts.type_char() == TypeChar::Int && ts.size_field() == 4 => npy
@@ -203,13 +215,7 @@ pub fn read_offsets(path: &Path, arg: &str) -> Result<Vec<usize>> {
         ),
     }
     .with_context(|| format!("cannot read the data of `{arg}` file {shown}"))?;
-    values
-        .into_iter()
-        .map(|x| {
-            usize::try_from(x)
-                .map_err(|_| anyhow::anyhow!("`{arg}` file {shown} holds a negative offset {x}"))
-        })
-        .collect()
+    Ok(values)
 }
 
 /// Writes `data` of `shape` to `path` as a C-ordered float32 `.npy` file.

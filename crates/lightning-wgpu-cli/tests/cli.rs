@@ -1115,3 +1115,121 @@ fn sequence_parallel_under_mpirun_matches_one_process() {
         }
     }
 }
+
+/// `decode` on .npy files: t draft tokens for a request in slot 1 (another
+/// is padding), outputs against the f64 reference from that slot's state,
+/// the new cache at the state after the 2 accepted tokens, slot 0 unchanged;
+/// accepting more than drafted fails with a message.
+#[test]
+fn decode_drafts_and_commits_on_npy_files() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let (t, batch, h, d, e, slots) = (3, 2, 2, 4, 5, 2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |n: &str| dir.path().join(n);
+    let arg = |n: &str| path(n).display().to_string();
+    let q = common::random(&mut rng, t * batch * h * d, d);
+    let k = common::random(&mut rng, t * batch * h * d, d);
+    let v = common::random(&mut rng, t * batch * h * e, 1);
+    let cache = common::random(&mut rng, slots * h * d * e, 1);
+    write_npy(&path("q.npy"), &[t, batch, h, d], &q);
+    write_npy(&path("k.npy"), &[t, batch, h, d], &k);
+    write_npy(&path("v.npy"), &[t, batch, h, e], &v);
+    write_npy(&path("cache.npy"), &[slots, h, d, e], &cache);
+    write_npy(&path("slots.npy"), &[batch], &[1i32, -1]);
+    write_npy(&path("accepted.npy"), &[batch], &[2i64, 0]);
+    let base = [
+        "decode",
+        "--q",
+        &arg("q.npy"),
+        "--k",
+        &arg("k.npy"),
+        "--v",
+        &arg("v.npy"),
+        "--cache",
+        &arg("cache.npy"),
+        "--slots",
+        &arg("slots.npy"),
+        "--alibi",
+        "--out",
+        &arg("o.npy"),
+        "--new-cache",
+        &arg("c2.npy"),
+    ]
+    .map(String::from);
+    let mut args: Vec<String> = base.to_vec();
+    args.extend(["--accepted".into(), arg("accepted.npy")]);
+    assert_success(&bin().args(&args).output().expect("run"));
+    let (_, o) = read_npy(&path("o.npy"));
+    let (_, new_cache) = read_npy(&path("c2.npy"));
+    let size = h * d * e;
+    // Request 0's tokens as a (1, h, j, *) problem from slot 1's state.
+    let prefix = |x: &[f32], w: usize, j: usize| {
+        let mut out = vec![0.0; h * j * w];
+        for i in 0..j {
+            for hh in 0..h {
+                out[(hh * j + i) * w..][..w].copy_from_slice(&x[(i * batch * h + hh) * w..][..w]);
+            }
+        }
+        out
+    };
+    let slopes = alibi_slopes(h);
+    let s1 = &cache[size..2 * size];
+    let whole = reference::forward(
+        Dims {
+            b: 1,
+            h,
+            n: t,
+            d,
+            e,
+        },
+        Layout::Bhnd,
+        &prefix(&q, d, t),
+        &prefix(&k, d, t),
+        &prefix(&v, e, t),
+        &slopes,
+        1.0,
+        Some(s1),
+    );
+    let got: Vec<f32> = (0..h)
+        .flat_map(|hh| (0..t).flat_map(move |i| (0..e).map(move |c| (hh, i, c))))
+        .map(|(hh, i, c)| o[((i * batch) * h + hh) * e + c])
+        .collect();
+    assert!(
+        reference::relative_error(&got, &whole.o) < 1e-5,
+        "decode outputs (seed {seed})"
+    );
+    assert!(
+        (0..t).all(|i| o[(i * batch + 1) * h * e..][..h * e]
+            .iter()
+            .all(|&x| x == 0.0)),
+        "padding outputs are not zero"
+    );
+    let two = reference::forward(
+        Dims {
+            b: 1,
+            h,
+            n: 2,
+            d,
+            e,
+        },
+        Layout::Bhnd,
+        &prefix(&q, d, 2),
+        &prefix(&k, d, 2),
+        &prefix(&v, e, 2),
+        &slopes,
+        1.0,
+        Some(s1),
+    );
+    assert!(
+        reference::relative_error(&new_cache[size..], &two.final_state) < 1e-5,
+        "committed state"
+    );
+    assert_eq!(&new_cache[..size], &cache[..size], "slot 0 changed");
+
+    write_npy(&path("too_many.npy"), &[batch], &[4i32, 0]);
+    let mut args: Vec<String> = base.to_vec();
+    args.extend(["--accepted".into(), arg("too_many.npy")]);
+    let out = bin().args(&args).output().expect("run");
+    assert_fails(&out, &["accepted"]);
+}

@@ -88,6 +88,21 @@ impl Tensor {
     }
 }
 
+/// The per-token states of a multi-token decode, until committed.
+#[pyclass(module = "lightning_wgpu._native")]
+struct Draft {
+    draft: lw::Draft,
+}
+
+#[pymethods]
+impl Draft {
+    /// Draft tokens per request.
+    #[getter]
+    fn tokens(&self) -> Vec<usize> {
+        self.draft.tokens().to_vec()
+    }
+}
+
 /// The arguments of forward and backward that are not tensors.
 struct Options {
     slopes: Option<Vec<f32>>,
@@ -481,6 +496,52 @@ impl Device {
         ))
     }
 
+    /// Multi-token decode (speculative verify): q, k `(t, batch, h, d)`, v
+    /// `(t, batch, h, e)` token-major; request r takes `tokens[r]` tokens
+    /// from `cache[slots[r]]`, which is not changed. Returns `(o (t, batch,
+    /// h, e) f32, draft)`; commit with `commit_draft`.
+    #[pyo3(signature = (q, k, v, cache, slots, tokens, slopes = None, scale = 1.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn decode_draft(
+        &self,
+        py: Python<'_>,
+        q: PyRef<'_, Tensor>,
+        k: PyRef<'_, Tensor>,
+        v: PyRef<'_, Tensor>,
+        cache: PyRef<'_, Tensor>,
+        slots: Vec<i32>,
+        tokens: Vec<usize>,
+        slopes: Option<Vec<f32>>,
+        scale: f32,
+    ) -> PyResult<(Tensor, Draft)> {
+        let ctx = &self.ctx;
+        let (q, k, v, cache) = (&q.t, &k.t, &v.t, &cache.t);
+        let (o, draft) = py
+            .detach(|| {
+                let opts = lw::DecodeOptions {
+                    slopes: slopes.as_deref(),
+                    scale,
+                };
+                ctx.decode_draft(q, k, v, cache, &slots, &tokens, &opts)
+            })
+            .map_err(py_err)?;
+        Ok((Tensor::wrap(ctx, o), Draft { draft }))
+    }
+
+    /// Sets each request's slot to its state after `accepted[r]` draft tokens.
+    fn commit_draft(
+        &self,
+        py: Python<'_>,
+        mut cache: PyRefMut<'_, Tensor>,
+        draft: PyRef<'_, Draft>,
+        accepted: Vec<usize>,
+    ) -> PyResult<()> {
+        let ctx = &self.ctx;
+        let (cache, draft) = (&mut cache.t, &draft.draft);
+        py.detach(|| ctx.commit_draft(cache, draft, &accepted))
+            .map_err(py_err)
+    }
+
     /// Copies `src` (all of it) into `dst` from element `at`, on the GPU.
     fn copy_into(
         &self,
@@ -593,7 +654,7 @@ fn alibi_slopes(h: usize) -> Vec<f32> {
 #[pymodule]
 mod _native {
     #[pymodule_export]
-    use super::{adapters, alibi_slopes, Device, Tensor};
+    use super::{adapters, alibi_slopes, Device, Draft, Tensor};
 
     #[pymodule_export]
     #[allow(non_upper_case_globals)]

@@ -147,7 +147,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
         // NaN fails too.
-        let bad: Vec<_> = errors.iter().filter(|(_, x)| x.is_nan() || *x > 1e-5).collect();
+        let bad: Vec<_> = errors
+            .iter()
+            .filter(|(_, x)| x.is_nan() || *x > 1e-5)
+            .collect();
         let summary: Vec<String> = errors
             .iter()
             .map(|(what, x)| format!("{what} {x:.1e}"))

@@ -62,6 +62,7 @@ pub use kernels::chunk::tensor_core::MAX_DIM as TENSOR_CORE_MAX_DIM;
 pub use layout::{Dims, Layout};
 pub use ops::backward::{BackwardOptions, Gradients};
 pub use ops::decode::DecodeOptions;
+pub use ops::draft::Draft;
 pub use ops::forward::{ForwardOptions, ForwardOutput, Method};
 #[cfg(not(target_arch = "wasm32"))]
 pub use ops::parallel::Exchange;

@@ -147,7 +147,7 @@ impl Context {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn record_decode(
+    pub(crate) async fn record_decode(
         &self,
         rec: &mut Recorder<'_>,
         q: &Tensor,

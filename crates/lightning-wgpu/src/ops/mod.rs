@@ -5,6 +5,7 @@
 pub mod backward;
 pub mod convert;
 pub mod decode;
+pub mod draft;
 pub mod forward;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod parallel;
