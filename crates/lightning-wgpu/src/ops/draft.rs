@@ -46,6 +46,7 @@ impl Context {
     /// `cache[slots[r]]` (a negative slot: padding). Returns o `(t, batch,
     /// h, e)` in f32 (zero past a request's tokens) and the [`Draft`] of
     /// per-token states, `t * batch * h * d * e * 4` bytes.
+    #[allow(clippy::too_many_arguments)]
     pub fn decode_draft(
         &self,
         q: &Tensor,
