@@ -193,13 +193,21 @@ fn check(ctx: &Context, device: &Device, case: &Case, seed: u64) {
     }
 }
 
-fn devices() -> (Device, Context) {
-    init().expect("burn's wgpu device (run `cargo xtask test`, which installs lavapipe)")
+/// The tests share one burn device and one context (burn's runtime registers
+/// once per process), so the readback count one test checks would see another
+/// test's reads: they take turns.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn devices() -> (Device, Context, std::sync::MutexGuard<'static, ()>) {
+    let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (device, ctx) =
+        init().expect("burn's wgpu device (run `cargo xtask test`, which installs lavapipe)");
+    (device, ctx, turn)
 }
 
 #[test]
 fn forward_and_gradients_match_burn_ops() {
-    let (device, ctx) = devices();
+    let (device, ctx, _turn) = devices();
     let device = device.autodiff();
     let seed = 0x5eed_0b17;
     let cases = [
@@ -251,7 +259,7 @@ fn forward_and_gradients_match_burn_ops() {
 
 #[test]
 fn forward_only_without_autodiff() {
-    let (device, ctx) = devices();
+    let (device, ctx, _turn) = devices();
     let mut rng = StdRng::seed_from_u64(0xf0_0d);
     let shape = [1, 2, 19, 8];
     let (q, k, v) = (
@@ -283,7 +291,7 @@ fn forward_only_without_autodiff() {
 /// strided, not contiguous: the op must read it as its shape says.
 #[test]
 fn strided_inputs_and_the_bnhd_layout() {
-    let (device, ctx) = devices();
+    let (device, ctx, _turn) = devices();
     let mut rng = StdRng::seed_from_u64(0x57_21de);
     let shape = [2, 3, 21, 8];
     let [q, k, v] = [(); 3].map(|_| random(&mut rng, shape, 1.0, &device));
@@ -304,7 +312,7 @@ fn strided_inputs_and_the_bnhd_layout() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let (device, ctx) = devices();
+    let (device, ctx, _turn) = devices();
     let t = |shape: [usize; 4]| Tensor::<4>::ones(shape, &device);
     let opts = AttentionOptions::default();
     let err = lightning_attention(
@@ -365,7 +373,7 @@ fn bad_inputs_are_errors() {
 fn prefill_then_decode_equals_one_forward() {
     use lightning_wgpu::burn::{decode_step, write_states};
     use lightning_wgpu::DecodeOptions;
-    let (device, ctx) = devices();
+    let (device, ctx, _turn) = devices();
     let mut rng = StdRng::seed_from_u64(0xdec0de);
     let (b, h, n, extra, d, e) = (2, 3, 25, 6, 8, 12);
     let q = random(&mut rng, [b, h, n + extra, d], 1.0, &device);
