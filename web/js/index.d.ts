@@ -98,8 +98,8 @@ export class StateCache {
   readonly shape: [number, number, number, number];
   readonly tensor: Tensor;
   /** Sets slot `slot` (and the next, for a batch of states) to `state`. */
-  write(slot: number, state: Float32Array | Tensor, shape?: number[]): void;
-  reset(slot: number): void;
+  write(slot: number, state: Float32Array | Tensor, shape?: number[]): Promise<void>;
+  reset(slot: number): Promise<void>;
   read(): Promise<Float32Array>;
   dispose(): void;
 }

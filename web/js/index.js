@@ -81,8 +81,8 @@ export class StateCache {
     this.tensor = la.tensor(new Float32Array(slots * heads * d * e), this.shape);
   }
 
-  /** Sets slot `slot` (and the next ones, for a batch of states) to `state`. */
-  write(slot, state, shape) {
+  /** Sets slot `slot` (and the next ones, for a batch of states) to `state`; resolves when recorded. */
+  async write(slot, state, shape) {
     const per = count(this.shape.slice(1));
     const t = state instanceof Tensor ? state : this.la.tensor(state, shape ?? [state.length / per, ...this.shape.slice(1)]);
     if (t.dtype !== 'f32') throw new TypeError(`a state must be f32, got ${t.dtype}`);
@@ -92,15 +92,15 @@ export class StateCache {
       throw new Error(`slots ${slot}..${slot + n / per} are outside the cache's ${this.shape[0]}`);
     }
     try {
-      this.la.engine.copyInto(t.native, this.tensor.native, slot * per);
-    } catch (e) {
-      throw asError(e);
+      await guard(this.la.engine.copyInto(t.native, this.tensor.native, slot * per));
+    } finally {
+      if (!(state instanceof Tensor)) t.dispose();
     }
   }
 
   /** Zeroes slot `slot`. */
   reset(slot) {
-    this.write(slot, new Float32Array(count(this.shape.slice(1))));
+    return this.write(slot, new Float32Array(count(this.shape.slice(1))));
   }
 
   /** Every state, as a Float32Array `(slots, heads, d, e)`. */

@@ -353,37 +353,18 @@ impl Engine {
 
     /// Copies all of `src` into `dst` from element `at`, on the GPU.
     #[wasm_bindgen(js_name = copyInto)]
-    pub fn copy_into(&self, src: &GpuTensor, dst: &GpuTensor, at: u32) -> Result<(), JsValue> {
-        let (src, dst) = (src.t.borrow(), dst.t.borrow());
-        if src.dtype() != dst.dtype() {
-            return Err(bad(format!(
-                "copy of a {} tensor into a {} one",
-                dtype_name(src.dtype()),
-                dtype_name(dst.dtype())
-            )));
-        }
-        let at = at as usize;
-        if at.checked_add(src.len()).is_none_or(|end| end > dst.len()) {
-            return Err(bad(format!(
-                "{} elements from element {at} do not fit a tensor of {}",
-                src.len(),
-                dst.len()
-            )));
-        }
-        let size = src.dtype().size() as u64;
-        let mut encoder = self
-            .ctx
-            .device()
-            .create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(
-            src.buffer(),
-            src.offset(),
-            dst.buffer(),
-            dst.offset() + at as u64 * size,
-            src.size_bytes(),
-        );
-        self.ctx.queue().submit([encoder.finish()]);
-        Ok(())
+    pub fn copy_into(&self, src: &GpuTensor, dst: &GpuTensor, at: u32) -> Promise {
+        let ctx = self.ctx.clone();
+        let (src, dst) = (src.t.clone(), dst.t.clone());
+        future_to_promise(async move {
+            let mut dst = dst
+                .try_borrow_mut()
+                .map_err(|_| bad("`dst` is in use by another call".into()))?;
+            ctx.copy_into_async(&src.borrow(), &mut dst, at as usize)
+                .await
+                .map_err(js)?;
+            Ok(JsValue::UNDEFINED)
+        })
     }
 
     /// Resolves when the GPU has finished everything submitted so far (for

@@ -4,51 +4,9 @@
 //! its slice, and rank 0 gathers the slices and writes the output files
 //! (the other ranks write nothing).
 
-use anyhow::{bail, Result};
-use lightning_wgpu::{Dims, Layout};
-
-/// Rows `r0..r1` of a `(b, h, n, w)` array in layout `l`.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-pub fn rows(x: &[f32], l: Layout, dims: &Dims, w: usize, r0: usize, r1: usize) -> Vec<f32> {
-    let len = r1 - r0;
-    let mut out = vec![0.0; dims.b * dims.h * len * w];
-    for b in 0..dims.b {
-        for h in 0..dims.h {
-            for i in r0..r1 {
-                let (to, from) = (
-                    l.index(dims.h, len, w, [b, h, i - r0, 0]),
-                    l.index(dims.h, dims.n, w, [b, h, i, 0]),
-                );
-                out[to..to + w].copy_from_slice(&x[from..from + w]);
-            }
-        }
-    }
-    out
-}
-
-/// Writes `slice` (rows `r0..r0 + len`) into `full`, the inverse of [`rows`].
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-pub fn put_rows(
-    full: &mut [f32],
-    slice: &[f32],
-    l: Layout,
-    dims: &Dims,
-    w: usize,
-    r0: usize,
-    len: usize,
-) {
-    for b in 0..dims.b {
-        for h in 0..dims.h {
-            for i in 0..len {
-                let (to, from) = (
-                    l.index(dims.h, dims.n, w, [b, h, r0 + i, 0]),
-                    l.index(dims.h, len, w, [b, h, i, 0]),
-                );
-                full[to..to + w].copy_from_slice(&slice[from..from + w]);
-            }
-        }
-    }
-}
+#[cfg(not(feature = "mpi"))]
+use anyhow::bail;
+use anyhow::Result;
 
 /// This rank's share of `n` positions among `ranks`.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
@@ -63,6 +21,9 @@ pub use with_mpi::{backward, forward};
 mod with_mpi {
     use super::*;
     use std::process::ExitCode;
+
+    use anyhow::bail;
+    use lightning_wgpu::{Dims, Layout};
 
     use lightning_wgpu::{mpi as lmpi, BackwardOptions, ContextOptions, DType, ForwardOptions};
     use mpi::datatype::PartitionMut;
@@ -140,14 +101,12 @@ mod with_mpi {
             let mut full = vec![0f32; dims.b * dims.h * dims.n * w];
             for (r, range) in ranges.iter().enumerate() {
                 let at = displs[r] as usize;
-                put_rows(
+                l.put_rows(
                     &mut full,
                     &packed[at..at + counts[r] as usize],
-                    l,
                     dims,
                     w,
-                    range.start,
-                    range.len(),
+                    range.clone(),
                 );
             }
             Some(full)
@@ -181,7 +140,7 @@ mod with_mpi {
         };
         let (dims, l) = (loaded.dims, loaded.layout);
         let cut = |a: &npy::Array, w: usize| -> Result<lightning_wgpu::Tensor> {
-            let data = rows(&a.data, l, &dims, w, range.start, range.end);
+            let data = l.rows(&a.data, &dims, w, range.clone());
             Ok(ctx.tensor_as(&data, &l.shape(dims.b, dims.h, range.len(), w), dtype)?)
         };
         let (q, k, v) = (
@@ -282,7 +241,7 @@ mod with_mpi {
             );
         }
         let do_t = s.ctx.tensor(
-            &rows(&d_o.data, l, &dims, dims.e, s.range.start, s.range.end),
+            &l.rows(&d_o.data, &dims, dims.e, s.range.clone()),
             &l.shape(dims.b, dims.h, s.range.len(), dims.e),
         )?;
         let dsn = match &args.d_final_state {

@@ -27,19 +27,7 @@ fn values(len: usize, seed: u64, width: usize) -> Vec<f32> {
 
 /// Rows r0..r1 of a (b, h, n, w) tensor in layout l.
 fn rows(x: &[f32], l: Layout, dims: &Dims, w: usize, r0: usize, r1: usize) -> Vec<f32> {
-    let len = r1 - r0;
-    let mut out = vec![0.0; dims.b * dims.h * len * w];
-    for b in 0..dims.b {
-        for h in 0..dims.h {
-            for i in r0..r1 {
-                for c in 0..w {
-                    out[l.index(dims.h, len, w, [b, h, i - r0, c])] =
-                        x[l.index(dims.h, dims.n, w, [b, h, i, c])];
-                }
-            }
-        }
-    }
-    out
+    l.rows(x, dims, w, r0..r1)
 }
 
 fn worst(got: &[f32], want: &[f32]) -> f64 {

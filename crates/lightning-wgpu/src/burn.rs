@@ -471,20 +471,11 @@ pub fn write_states(
     }
     let states = contiguous(&cube(states)?);
     let mut views = Views::new();
-    let src = views.of(ctx, &states, 0, &dims)?;
     flush(&states)?;
-    let bytes = (per_slot * 4) as u64;
-    let mut encoder = ctx.device().create_command_encoder(&Default::default());
     for (i, &slot) in slots.iter().enumerate() {
-        encoder.copy_buffer_to_buffer(
-            src.buffer(),
-            src.offset() + i as u64 * bytes,
-            cache.buffer(),
-            cache.offset() + slot as u64 * bytes,
-            bytes,
-        );
+        let src = views.of(ctx, &states, i * per_slot, &dims[1..])?;
+        ctx.copy_into(&src, cache, slot * per_slot)?;
     }
-    ctx.queue().submit([encoder.finish()]);
     drop(views);
     Ok(())
 }

@@ -65,6 +65,58 @@ impl Layout {
         let (sb, sh, sn) = self.strides(heads, n, width);
         at[0] * sb + at[1] * sh + at[2] * sn + at[3]
     }
+
+    /// Rows `rows` of host data `x`, a `(b, h, n, width)` tensor in this
+    /// layout, as the data of a `(b, h, rows.len(), width)` one: a slice of
+    /// the positions, as a sequence-parallel rank holds it.
+    pub fn rows(
+        self,
+        x: &[f32],
+        dims: &Dims,
+        width: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        let len = rows.len();
+        let mut out = vec![0.0; dims.b * dims.h * len * width];
+        self.each_row(dims, width, &rows, |from, to| {
+            out[to..to + width].copy_from_slice(&x[from..from + width])
+        });
+        out
+    }
+
+    /// Writes `slice` (as [`Layout::rows`] returns) back into rows `rows` of `x`.
+    pub fn put_rows(
+        self,
+        x: &mut [f32],
+        slice: &[f32],
+        dims: &Dims,
+        width: usize,
+        rows: std::ops::Range<usize>,
+    ) {
+        self.each_row(dims, width, &rows, |from, to| {
+            x[from..from + width].copy_from_slice(&slice[to..to + width])
+        });
+    }
+
+    /// `(offset in the whole, offset in the slice)` of every row of `rows`.
+    fn each_row(
+        self,
+        dims: &Dims,
+        width: usize,
+        rows: &std::ops::Range<usize>,
+        mut f: impl FnMut(usize, usize),
+    ) {
+        for b in 0..dims.b {
+            for h in 0..dims.h {
+                for i in rows.clone() {
+                    f(
+                        self.index(dims.h, dims.n, width, [b, h, i, 0]),
+                        self.index(dims.h, rows.len(), width, [b, h, i - rows.start, 0]),
+                    );
+                }
+            }
+        }
+    }
 }
 
 impl FromStr for Layout {

@@ -5,6 +5,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::io::TENSOR_USAGE;
 use crate::runtime::pool::PooledBuffer;
+use crate::runtime::recorder::Recorder;
 
 /// Storage type of a tensor's elements on the GPU. Arithmetic is always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -492,6 +493,54 @@ impl Context {
         } else {
             Err(Error::ForeignTensor(arg))
         }
+    }
+
+    /// Copies all of `src` into `dst` from element `at`, on the GPU (same
+    /// storage type), ordered after the work submitted so far: to fill a
+    /// decode cache's slot from a prefill's final state, or to move results
+    /// into a caller's buffer. Blocks; see [`Context::copy_into_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn copy_into(&self, src: &Tensor, dst: &mut Tensor, at: usize) -> Result<()> {
+        pollster::block_on(self.copy_into_async(src, dst, at))
+    }
+
+    /// Async form of [`Context::copy_into`].
+    pub async fn copy_into_async(&self, src: &Tensor, dst: &mut Tensor, at: usize) -> Result<()> {
+        self.owns("src", src)?;
+        self.owns("dst", dst)?;
+        if src.dtype() != dst.dtype() {
+            return Err(Error::DType {
+                arg: "src",
+                got: src.dtype(),
+                expected: dst.dtype(),
+            });
+        }
+        if at.checked_add(src.len()).is_none_or(|end| end > dst.len()) {
+            return Err(Error::InvalidValue {
+                arg: "at",
+                value: at.to_string(),
+                reason: "the source does not fit the destination from there",
+            });
+        }
+        let size = src.dtype().size() as u64;
+        if !(at as u64 * size).is_multiple_of(4) || !src.size_bytes().is_multiple_of(4) {
+            return Err(Error::InvalidValue {
+                arg: "at",
+                value: at.to_string(),
+                reason: "half-precision copies move whole 32-bit words: an even offset and length",
+            });
+        }
+        src.needs("src", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+        dst.needs("dst", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
+        let mut rec = Recorder::new(self.rt(), "copy");
+        rec.copy(
+            src.buffer(),
+            src.offset(),
+            dst.buffer(),
+            dst.offset() + at as u64 * size,
+            src.size_bytes(),
+        );
+        rec.submit().await
     }
 
     /// Reads a tensor back to the host. Blocks; see [`Context::read_async`].

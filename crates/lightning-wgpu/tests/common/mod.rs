@@ -60,19 +60,7 @@ pub fn poisoned(ctx: &Context, shape: &[usize]) -> Tensor {
 /// Rows `[r0, r1)` of a `(b, h, n, w)` tensor in layout `l`, as the data of
 /// a `(b, h, r1 - r0, w)` tensor in the same layout.
 pub fn rows(x: &[f32], l: Layout, dims: &Dims, w: usize, r0: usize, r1: usize) -> Vec<f32> {
-    let len = r1 - r0;
-    let mut out = vec![0.0; dims.b * dims.h * len * w];
-    for b in 0..dims.b {
-        for h in 0..dims.h {
-            for i in r0..r1 {
-                for c in 0..w {
-                    out[l.index(dims.h, len, w, [b, h, i - r0, c])] =
-                        x[l.index(dims.h, dims.n, w, [b, h, i, c])];
-                }
-            }
-        }
-    }
-    out
+    l.rows(x, dims, w, r0..r1)
 }
 
 /// One sequence of a call, to compare with the reference on its own: a
