@@ -14,7 +14,7 @@ class _Attention(torch.autograd.Function):
         put = lambda x, arg, dtype=None: _arrays.put(dev, x, arg, dtype)[0]  # noqa: E731
         qt, kt, vt = put(q, "q"), put(k, "k"), put(v, "v")
         s0t = None if s0 is None else put(s0, "initial_state", "float32")
-        o, sn = dev.forward(
+        o, sn, _ = dev.forward(
             qt, kt, vt, slopes=slopes, scale=scale, layout=layout, initial_state=s0t,
             output_final_state=True, cu_seqlens=cu_seqlens, method=method,
         )

@@ -53,6 +53,7 @@ def attention(
     cu_seqlens: Optional[Sequence[int]] = None,
     method: str = "chunk",
     device: Optional[_native.Device] = None,
+    checkpoint_every: Optional[int] = None,
 ):
     """Lightning Attention in this library's own terms.
 
@@ -62,8 +63,15 @@ def attention(
     ``"bnhd"``; states are float32 ``(b, h, d, e)`` (``(N, h, d, e)`` with
     ``cu_seqlens``). Returns ``(o, final_state)``, ``final_state`` None
     unless asked for. Torch tensors that require grad get gradients through
-    the library's backward kernels."""
+    the library's backward kernels.
+
+    With ``checkpoint_every=C`` (a multiple of the device's block rows) it
+    returns ``(o, final_state, checkpoints)``: the float32 state after every
+    C positions, ``(b, h, n // C, d, e)`` (a packed batch: sequence after
+    sequence, ``(sum len_i // C, h, d, e)``), to resume any prefix from."""
     dev = pick(device)
+    if checkpoint_every is not None and _wants_grad(q, k, v, initial_state):
+        raise ValueError("checkpoints are for inference: call under torch.no_grad()")
     if _wants_grad(q, k, v, initial_state):
         from ._torch import attention_with_grad
 
@@ -72,7 +80,7 @@ def attention(
     kt, _ = _arrays.put(dev, k, "k")
     vt, _ = _arrays.put(dev, v, "v")
     s0 = None if initial_state is None else _arrays.put(dev, initial_state, "initial_state", "float32")[0]
-    o, sn = dev.forward(
+    o, sn, ck = dev.forward(
         qt, kt, vt,
         slopes=None if slopes is None else [float(x) for x in slopes],
         scale=float(scale),
@@ -81,9 +89,13 @@ def attention(
         output_final_state=bool(output_final_state),
         cu_seqlens=_cu_seqlens(cu_seqlens),
         method=method,
+        checkpoint_every=None if checkpoint_every is None else int(checkpoint_every),
     )
     state_like = like if like.kind != "numpy" else _arrays.Like("numpy", np.float32)
-    return like.out(o), None if sn is None else state_like.out(sn, _float32_of(like))
+    states = lambda t: None if t is None else state_like.out(t, _float32_of(like))  # noqa: E731
+    if checkpoint_every is not None:
+        return like.out(o), states(sn), states(ck)
+    return like.out(o), states(sn)
 
 
 def _float32_of(like: _arrays.Like):

@@ -143,3 +143,16 @@ def test_adapters_and_devices():
     dev = lw.device()
     assert dev.info["name"] in [a["name"] for a in listed]
     assert "Device(" in repr(dev)
+
+
+def test_checkpoints_resume_the_run(rng, dev):
+    block = 64  # a multiple of every adapter's block rows (32 or 64)
+    b, h, n, d, e = 1, 2, 2 * block + 19, 8, 8
+    q, k, v = problem(rng, b, h, n, d, e, "float32")
+    slopes = lw.alibi_slopes(h)
+    o, _, ck = lw.attention(q, k, v, slopes, checkpoint_every=block)
+    assert ck.shape == (b, h, 2, d, e) and ck.dtype == np.float32
+    rest, _ = lw.attention(q[:, :, block:], k[:, :, block:], v[:, :, block:], slopes, initial_state=ck[:, :, 0])
+    assert_close(rest, o[:, :, block:])
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        lw.attention(q, k, v, slopes, checkpoint_every=block + 1)

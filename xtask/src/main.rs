@@ -156,6 +156,8 @@ fn test(extra: &[String]) -> Result<(), String> {
             "--test",
             "draft",
             "--test",
+            "checkpoints",
+            "--test",
             "parallel",
             "--features",
             FEATURES,

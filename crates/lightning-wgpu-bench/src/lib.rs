@@ -452,6 +452,63 @@ pub async fn measure_decode(
     .await
 }
 
+/// Measures a multi-token decoding step ([`Context::decode_draft`] with
+/// `tokens` tokens per request, then [`Context::commit_draft`] of all of
+/// them) for `batch` requests, by the wall clock around a device wait: the
+/// copies of the states are part of its cost, and GPU timestamps see only
+/// the passes.
+pub async fn measure_decode_draft(
+    ctx: &Context,
+    batch: usize,
+    tokens: usize,
+    h: usize,
+    d: usize,
+    e: usize,
+    repeat: Repeat,
+) -> Result<Measurement> {
+    let slopes = alibi_slopes(h);
+    let opts = DecodeOptions {
+        slopes: Some(&slopes),
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    ctx.reset_peak_memory();
+    fits(ctx, "q", &[tokens, batch, h, d], DType::F32)?;
+    fits(ctx, "draft states", &[tokens, batch, h, d, e], DType::F32)?;
+    let s = 1.0 / (d as f32).sqrt();
+    let q = ctx.tensor(
+        &pattern(tokens * batch * h * d, 4, s),
+        &[tokens, batch, h, d],
+    )?;
+    let k = ctx.tensor(
+        &pattern(tokens * batch * h * d, 5, s),
+        &[tokens, batch, h, d],
+    )?;
+    let v = ctx.tensor(
+        &pattern(tokens * batch * h * e, 6, 1.0),
+        &[tokens, batch, h, e],
+    )?;
+    let mut cache = ctx.tensor(&pattern(batch * h * d * e, 7, 0.1), &[batch, h, d, e])?;
+    let slots: Vec<i32> = (0..batch as i32).collect();
+    let counts = vec![tokens; batch];
+    let mut samples = Vec::new();
+    let warm = web_time::Instant::now();
+    let mut warmups = 0;
+    while samples.len() < repeat.reps.max(1) {
+        let start = web_time::Instant::now();
+        let (o, draft) = ctx
+            .decode_draft_async(&q, &k, &v, &cache, &slots, &counts, &opts)
+            .await?;
+        ctx.commit_draft_async(&mut cache, &draft, &counts).await?;
+        settle(ctx, &o).await?;
+        if repeat.warming(warmups, warm) {
+            warmups += 1;
+        } else {
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(summarize(ctx, samples, "wall-clock", Vec::new()))
+}
+
 /// A sweep of sequence lengths at a fixed number of tokens `b * n`.
 #[derive(Clone, Debug)]
 pub struct Sweep {

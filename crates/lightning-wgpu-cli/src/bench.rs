@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use lightning_wgpu::{Context, ContextOptions, DType, Dims};
 use lightning_wgpu_bench::{
-    measure, measure_decode, measure_forward_backward, Inputs, Provider, Repeat, Sweep,
+    measure, measure_decode, measure_decode_draft, measure_forward_backward, Inputs, Provider,
+    Repeat, Sweep,
 };
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,10 @@ pub struct Args {
     /// Batch sizes of --decode, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64, 256])]
     pub decode_batches: Vec<usize>,
+    /// Tokens per request of --decode, comma separated: 1 is a decode step;
+    /// more is a draft (speculative verify) and its commit, wall clock.
+    #[arg(long, value_delimiter = ',', default_values_t = [1])]
+    pub decode_tokens: Vec<usize>,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -110,6 +115,7 @@ impl Default for Args {
             backward: false,
             decode: false,
             decode_batches: vec![1, 8, 64, 256],
+            decode_tokens: vec![1],
             json: None,
             plot: None,
             replot: None,
@@ -360,6 +366,9 @@ fn check_args(args: &Args) -> Result<()> {
     {
         bail!("--decode-batches {b}: must be from 1 to 2^32 - 1");
     }
+    if let Some(t) = args.decode_tokens.iter().find(|&&t| t == 0 || t > 1024) {
+        bail!("--decode-tokens {t}: must be from 1 to 1024");
+    }
     Ok(())
 }
 
@@ -510,31 +519,44 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     finish(args, &ctx, rows, anchor_meta, timer)
 }
 
-/// Decode steps for each batch size of `--decode-batches`.
+/// Decode steps for each batch size of `--decode-batches` and each token
+/// count of `--decode-tokens`.
 fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Result<Vec<Row>> {
     let (h, d, e) = (sweep.h, sweep.d, sweep.e);
     let mut rows = Vec::new();
-    for &batch in &args.decode_batches {
-        let m = pollster::block_on(measure_decode(ctx, batch, h, d, e, repeat))
-            .with_context(|| format!("decode with batch {batch}"))?;
-        let state_bytes = (2 * batch * h * d * e * 4) as f64;
-        rows.push(Row {
-            provider: "decode".into(),
-            dtype: "f32".into(),
-            b: batch,
-            h,
-            n: 1,
-            d,
-            e,
-            fwd_ms: Some(m.fwd_ms),
-            fwd_bwd_ms: None,
-            tokens_per_s: Some(batch as f64 / (m.fwd_ms * 1e-3)),
-            tflops: Some(4.0 * (batch * h * d * e) as f64 / (m.fwd_ms * 1e-3) / 1e12),
-            peak_mem_mb: Some(m.peak_mem_mb),
-            state_gb_per_s: Some(state_bytes / (m.fwd_ms * 1e-3) / 1e9),
-            source: "lightning-wgpu".into(),
-            passes_ms: pass_times(&m.passes_ms),
-        });
+    for &tokens in &args.decode_tokens {
+        for &batch in &args.decode_batches {
+            let m = match tokens {
+                1 => pollster::block_on(measure_decode(ctx, batch, h, d, e, repeat)),
+                t => pollster::block_on(measure_decode_draft(ctx, batch, t, h, d, e, repeat)),
+            }
+            .with_context(|| format!("decode with batch {batch}, {tokens} tokens"))?;
+            // Each token's pass reads and writes every state; a draft also
+            // copies the states in, after each token, and the accepted ones back.
+            let passes = if tokens == 1 { 2 } else { 4 * tokens + 4 };
+            let state_bytes = (passes * batch * h * d * e * 4) as f64;
+            rows.push(Row {
+                provider: if tokens == 1 {
+                    "decode".into()
+                } else {
+                    "decode-draft".into()
+                },
+                dtype: "f32".into(),
+                b: batch,
+                h,
+                n: tokens,
+                d,
+                e,
+                fwd_ms: Some(m.fwd_ms),
+                fwd_bwd_ms: None,
+                tokens_per_s: Some((batch * tokens) as f64 / (m.fwd_ms * 1e-3)),
+                tflops: Some(4.0 * (tokens * batch * h * d * e) as f64 / (m.fwd_ms * 1e-3) / 1e12),
+                peak_mem_mb: Some(m.peak_mem_mb),
+                state_gb_per_s: Some(state_bytes / (m.fwd_ms * 1e-3) / 1e9),
+                source: "lightning-wgpu".into(),
+                passes_ms: pass_times(&m.passes_ms),
+            });
+        }
     }
     Ok(rows)
 }

@@ -137,6 +137,15 @@ pub struct Args {
     /// Where to write the state after the last position (float32 .npy, shaped like the initial state).
     #[arg(long, value_name = "SN.npy")]
     pub final_state: Option<PathBuf>,
+    /// Keep the state after every C positions of each sequence (a multiple of
+    /// the block rows; chunk method), written to --checkpoints. With f16 or
+    /// bf16 storage the output is then rounded to it.
+    #[arg(long, value_name = "C", requires = "checkpoints")]
+    pub checkpoint_every: Option<usize>,
+    /// Where to write the checkpoints: float32 (b, h, n / C, d, e), or
+    /// (sum of len_i / C, h, d, e) for a packed batch.
+    #[arg(long, value_name = "CK.npy", requires = "checkpoint_every")]
+    pub checkpoints: Option<PathBuf>,
 }
 
 /// The problem's sizes from the shapes of q, k and v (the library's own
@@ -261,6 +270,9 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     if let Some(p) = &args.final_state {
         outputs.push(("final-state", p));
     }
+    if let Some(p) = &args.checkpoints {
+        outputs.push(("checkpoints", p));
+    }
     let outputs = Outputs::new(&outputs, &inputs)?;
     let Loaded {
         layout,
@@ -295,6 +307,24 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         method: args.method.into(),
         cu_seqlens: cu_seqlens.as_deref(),
     };
+    if let Some(every) = args.checkpoint_every {
+        let (out, checkpoints) = ctx.forward_with_checkpoints(&q_t, &k_t, &v_t, &opts, every)?;
+        npy::write(outputs.temporary("out"), out.o.shape(), &ctx.read(&out.o)?)?;
+        if let Some(state) = &out.final_state {
+            npy::write(
+                outputs.temporary("final-state"),
+                state.shape(),
+                &ctx.read(state)?,
+            )?;
+        }
+        npy::write(
+            outputs.temporary("checkpoints"),
+            checkpoints.shape(),
+            &ctx.read(&checkpoints)?,
+        )?;
+        outputs.commit()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // The output in f32 whatever the inputs' storage: never rounded to halves.
     let mut o = ctx.empty(&v.shape, DType::F32)?;
     let state_shape = s0_shape(&dims, cu_seqlens.as_deref());

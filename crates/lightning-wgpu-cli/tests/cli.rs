@@ -1233,3 +1233,95 @@ fn decode_drafts_and_commits_on_npy_files() {
     let out = bin().args(&args).output().expect("run");
     assert_fails(&out, &["accepted"]);
 }
+
+/// `forward --checkpoint-every C --checkpoints CK.npy` writes (b, h, n / C,
+/// d, e) states, the last of them the final state when C divides n; a C
+/// that is not a multiple of the block rows fails naming the option.
+#[test]
+fn forward_writes_checkpoints() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 2,
+        n: 128,
+        d: 4,
+        e: 6,
+    };
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    let (ck, sn) = (case.arg("ck.npy"), case.arg("sn.npy"));
+    let out = case.forward(&[
+        "--alibi",
+        "--checkpoint-every",
+        "64",
+        "--checkpoints",
+        &ck,
+        "--final-state",
+        &sn,
+    ]);
+    assert_success(&out);
+    let (shape, checkpoints) = read_npy(&case.path("ck.npy"));
+    assert_eq!(shape, vec![1, 2, 2, 4, 6]);
+    let (_, final_state) = read_npy(&case.path("sn.npy"));
+    let size = 4 * 6;
+    for head in 0..2 {
+        let last = &checkpoints[(head * 2 + 1) * size..][..size];
+        let want = &final_state[head * size..][..size];
+        let err = last
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err <= 1e-6,
+            "head {head}: the last checkpoint is not the final state ({err}, seed {seed})"
+        );
+    }
+    let out = case.forward(&["--checkpoint-every", "65", "--checkpoints", &ck]);
+    assert_fails(&out, &["checkpoint_every"]);
+}
+
+/// `bench --decode --decode-tokens 1,3` measures decode steps and drafts
+/// (3 tokens per request, then the commit) and writes both to the JSON.
+#[test]
+fn bench_measures_decode_drafts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("decode.json").display().to_string();
+    let out = run(&[
+        "bench",
+        "--decode",
+        "--decode-batches",
+        "2",
+        "--decode-tokens",
+        "1,3",
+        "--h",
+        "2",
+        "--d",
+        "8",
+        "--e",
+        "8",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        &json,
+    ]);
+    assert_success(&out);
+    let text = std::fs::read_to_string(&json).expect("the JSON");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let rows = value["rows"].as_array().expect("rows");
+    let kinds: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["provider"].as_str().unwrap_or("").to_string(),
+                r["n"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&("decode".into(), 1)), "{kinds:?}");
+    assert!(kinds.contains(&("decode-draft".into(), 3)), "{kinds:?}");
+    let out = run(&["bench", "--decode", "--decode-tokens", "0"]);
+    assert_fails(&out, &["--decode-tokens"]);
+}

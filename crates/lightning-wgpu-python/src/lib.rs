@@ -291,9 +291,11 @@ impl Device {
         Ok(Tensor::wrap(ctx, t))
     }
 
-    /// The forward pass: `(o, final_state or None)`.
+    /// The forward pass: `(o, final_state or None, checkpoints or None)`;
+    /// `checkpoint_every` keeps the state after every that many positions.
     #[pyo3(signature = (q, k, v, slopes = None, scale = 1.0, layout = "bhnd",
-        initial_state = None, output_final_state = false, cu_seqlens = None, method = "chunk"))]
+        initial_state = None, output_final_state = false, cu_seqlens = None, method = "chunk",
+        checkpoint_every = None))]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -308,25 +310,32 @@ impl Device {
         output_final_state: bool,
         cu_seqlens: Option<Vec<usize>>,
         method: &str,
-    ) -> PyResult<(Tensor, Option<Tensor>)> {
+        checkpoint_every: Option<usize>,
+    ) -> PyResult<(Tensor, Option<Tensor>, Option<Tensor>)> {
         let opts = Options::new(slopes, scale, layout, cu_seqlens)?;
         let method = self::method(method)?;
         let ctx = &self.ctx;
         let (q, k, v) = (&q.t, &k.t, &v.t);
         let s0 = initial_state.as_ref().map(|s| &s.t);
-        let out = py
+        let (out, checkpoints) = py
             .detach(|| {
                 let f = lw::ForwardOptions {
                     output_final_state,
                     method,
                     ..opts.forward(s0)
                 };
-                ctx.forward(q, k, v, &f)
+                match checkpoint_every {
+                    Some(every) => ctx
+                        .forward_with_checkpoints(q, k, v, &f, every)
+                        .map(|(o, c)| (o, Some(c))),
+                    None => ctx.forward(q, k, v, &f).map(|o| (o, None)),
+                }
             })
             .map_err(py_err)?;
         Ok((
             Tensor::wrap(ctx, out.o),
             out.final_state.map(|s| Tensor::wrap(ctx, s)),
+            checkpoints.map(|c| Tensor::wrap(ctx, c)),
         ))
     }
 
@@ -550,35 +559,8 @@ impl Device {
         mut dst: PyRefMut<'_, Tensor>,
         at: usize,
     ) -> PyResult<()> {
-        let (src, dst) = (&src.t, &mut dst.t);
-        if src.dtype() != dst.dtype() {
-            return Err(PyTypeError::new_err(format!(
-                "copy of a {} tensor into a {} one",
-                dtype_name(src.dtype()),
-                dtype_name(dst.dtype())
-            )));
-        }
-        if at.checked_add(src.len()).is_none_or(|end| end > dst.len()) {
-            return Err(PyValueError::new_err(format!(
-                "{} elements from element {at} do not fit a tensor of {}",
-                src.len(),
-                dst.len()
-            )));
-        }
-        let ctx = &self.ctx;
-        let size = src.dtype().size() as u64;
-        py.detach(|| {
-            let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(
-                src.buffer(),
-                src.offset(),
-                dst.buffer(),
-                dst.offset() + at as u64 * size,
-                src.size_bytes(),
-            );
-            ctx.queue().submit([encoder.finish()]);
-        });
-        Ok(())
+        let (ctx, src, dst) = (&self.ctx, &src.t, &mut dst.t);
+        py.detach(|| ctx.copy_into(src, dst, at)).map_err(py_err)
     }
 }
 

@@ -19,6 +19,8 @@ pub(crate) struct Call {
     pub dims: Dims,
     pub sequences: Vec<Sequence>,
     pub state_shape: [usize; 4],
+    /// A packed batch (`cu_seqlens`): one sequence per entry.
+    pub packed: bool,
 }
 
 /// The names of the four dimensions of q, k, v or o in `layout`.
@@ -274,6 +276,7 @@ pub(crate) fn forward(
         dims,
         sequences,
         state_shape,
+        packed: opts.cu_seqlens.is_some(),
     })
 }
 

@@ -3,12 +3,12 @@
 //! `kernels::recurrent` (token by token).
 
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::chunk::{self, ChunkPath, Magnitudes};
 use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::{recurrent, OutStore};
-use crate::layout::Layout;
+use crate::layout::{Dims, Layout};
 use crate::plan::{self, Needs, Starts};
 use crate::runtime::io::TENSOR_USAGE;
 use crate::runtime::recorder::Recorder;
@@ -214,6 +214,86 @@ impl Context {
         })
     }
 
+    /// [`Context::forward`] that also keeps the state after every `every`
+    /// positions of each sequence (a multiple of [`Context::block_rows`];
+    /// chunked method), f32: `(b, h, n / every, d, e)` (`j` holding the state
+    /// after `(j + 1) every` positions), or for a packed batch `(C, h, d,
+    /// e)`, sequence after sequence, `len_i / every` each. Resuming from
+    /// checkpoint `j` with the rest of the sequence equals the whole run.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_with_checkpoints(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions,
+        every: usize,
+    ) -> Result<(ForwardOutput, Tensor)> {
+        pollster::block_on(self.forward_with_checkpoints_async(q, k, v, opts, every))
+    }
+
+    /// Async form of [`Context::forward_with_checkpoints`].
+    pub async fn forward_with_checkpoints_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        every: usize,
+    ) -> Result<(ForwardOutput, Tensor)> {
+        let call = validate::forward(self, q, k, v, opts)?;
+        let block = self.block_rows() as usize;
+        if every == 0 || !every.is_multiple_of(block) {
+            return Err(Error::InvalidValue {
+                arg: "checkpoint_every",
+                value: every.to_string(),
+                reason: "must be a positive multiple of the block rows (Context::block_rows)",
+            });
+        }
+        if opts.method != Method::Chunk {
+            return Err(Error::InvalidValue {
+                arg: "method",
+                value: format!("{:?}", opts.method),
+                reason: "checkpoints come from the chunked forward",
+            });
+        }
+        let shape = checkpoint_shape(&call, every);
+        if shape.contains(&0) {
+            return Err(Error::InvalidValue {
+                arg: "checkpoint_every",
+                value: every.to_string(),
+                reason: "longer than every sequence: there is no checkpoint to write",
+            });
+        }
+        let checkpoints = self.new_f32(&shape, "checkpoints")?;
+        let o = self.new_tensor(v.shape(), v.dtype(), "o")?;
+        let state = match opts.output_final_state {
+            true => Some(self.new_f32(&call.state_shape, "final_state")?),
+            false => None,
+        };
+        let mut rec = Recorder::new(self.rt(), "forward");
+        self.record_forward_with(
+            &mut rec,
+            q,
+            k,
+            v,
+            opts,
+            &o,
+            state.as_ref(),
+            Views::default(),
+            Some((every, &checkpoints)),
+        )
+        .await?;
+        rec.submit().await?;
+        Ok((
+            ForwardOutput {
+                o,
+                final_state: state,
+            },
+            checkpoints,
+        ))
+    }
+
     /// [`Context::forward`] into tensors the caller owns: `o` shaped like
     /// `v` (stored like v, or in f32: then a half-precision call's output
     /// is never rounded to halves), and `final_state` shaped like the
@@ -312,6 +392,24 @@ impl Context {
         final_state: Option<&Tensor>,
         views: Views,
     ) -> Result<Option<(wgpu::Buffer, u64)>> {
+        self.record_forward_with(rec, q, k, v, opts, o, final_state, views, None)
+            .await
+    }
+
+    /// [`Context::record_forward`], writing checkpoints when asked.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_forward_with(
+        &self,
+        rec: &mut Recorder<'_>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &Tensor,
+        final_state: Option<&Tensor>,
+        views: Views,
+        checkpoints: Option<(usize, &Tensor)>,
+    ) -> Result<Option<(wgpu::Buffer, u64)>> {
         let call = validate::forward(self, q, k, v, opts)?;
         validate::forward_outputs(self, &call, opts.layout, v, o, final_state)?;
         let setup = *self.setup();
@@ -327,7 +425,17 @@ impl Context {
             None => Output::new(rec, o)?,
         };
         let (needs, block_state_bytes) = match opts.method {
-            Method::Chunk => (Needs::CHUNK, path.block_state_bytes()),
+            // Checkpoints fall where segments end: rows split every `every`.
+            Method::Chunk => match checkpoints {
+                Some((every, _)) => (
+                    Needs {
+                        max_rows: every,
+                        ..Needs::CHUNK
+                    },
+                    path.block_state_bytes(),
+                ),
+                None => (Needs::CHUNK, path.block_state_bytes()),
+            },
             Method::Recurrent => (Needs::recurrent(recurrent::max_rows(dims.d)), 4),
         };
         let mut limits = super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes);
@@ -381,6 +489,13 @@ impl Context {
         };
         match opts.method {
             Method::Chunk => {
+                let mut copier =
+                    checkpoints.map(|(every, out)| Checkpointer::new(&call, every, out, &state));
+                let mut after = |rec: &mut Recorder<'_>, s: &plan::Segment| {
+                    if let Some(c) = copier.as_mut() {
+                        c.after(rec, s);
+                    }
+                };
                 chunk::record(
                     rec,
                     &setup,
@@ -388,8 +503,12 @@ impl Context {
                     &launch,
                     &io,
                     store.unwrap_or(OutStore::F32),
+                    Some(&mut after),
                 )
-                .await?
+                .await?;
+                if let Some(c) = &copier {
+                    c.check()?;
+                }
             }
             Method::Recurrent => recurrent::record(rec, &setup, &launch, &io, None).await?,
         }
@@ -398,5 +517,116 @@ impl Context {
         }
         output.finish(rec).await?;
         Ok(None)
+    }
+}
+
+/// The checkpoints' shape: `(b, h, n / every, d, e)`, or `(sum of len_i /
+/// every, h, d, e)` for a packed batch.
+fn checkpoint_shape(call: &validate::Call, every: usize) -> Vec<usize> {
+    let Dims { b, h, n, d, e } = call.dims;
+    if call.packed {
+        let total = call.sequences.iter().map(|s| s.len / every).sum();
+        vec![total, h, d, e]
+    } else {
+        vec![b, h, n / every, d, e]
+    }
+}
+
+/// Copies the carried state into the checkpoints at the end of every
+/// segment that ends on a multiple of `every`.
+struct Checkpointer<'a> {
+    every: usize,
+    out: &'a Tensor,
+    carry: &'a wgpu::Buffer,
+    dims: Dims,
+    packed: bool,
+    /// Per sequence (by first row): its first checkpoint, sequence after sequence.
+    firsts: Vec<(usize, usize)>,
+    written: usize,
+    expected: usize,
+}
+
+impl<'a> Checkpointer<'a> {
+    fn new(call: &validate::Call, every: usize, out: &'a Tensor, carry: &'a wgpu::Buffer) -> Self {
+        let mut at = 0;
+        let firsts = call
+            .sequences
+            .iter()
+            .map(|s| {
+                let first = at;
+                at += s.len / every;
+                (s.start, first)
+            })
+            .collect();
+        let dims = call.dims;
+        let expected = checkpoint_shape(call, every)[..call_rank(call)]
+            .iter()
+            .product::<usize>();
+        Checkpointer {
+            every,
+            out,
+            carry,
+            dims,
+            packed: call.packed,
+            firsts,
+            written: 0,
+            expected,
+        }
+    }
+
+    fn after(&mut self, rec: &mut Recorder<'_>, s: &plan::Segment) {
+        let end = s.n0 + s.rows - s.seq_start;
+        if !end.is_multiple_of(self.every) {
+            return;
+        }
+        let j = end / self.every - 1;
+        let size = self.dims.d * self.dims.e;
+        let bytes = (size * 4) as u64;
+        let first = self
+            .firsts
+            .iter()
+            .find(|(start, _)| *start == s.seq_start)
+            .map_or(0, |&(_, f)| f);
+        let per_bh = self.dims.n / self.every;
+        for bh in s.bh_start..s.bh_start + s.bh_count {
+            let src =
+                s.state.offset + (u64::from(s.state_base) + ((bh - s.bh_start) * size) as u64) * 4;
+            // Packed batches have b = 1: bh is the head.
+            let slot = if self.packed {
+                (first + j) * self.dims.h + bh
+            } else {
+                bh * per_bh + j
+            };
+            rec.copy(
+                self.carry,
+                src,
+                self.out.buffer(),
+                self.out.offset() + slot as u64 * bytes,
+                bytes,
+            );
+            self.written += 1;
+        }
+    }
+
+    /// Every checkpoint was written (segments ended where they fall).
+    fn check(&self) -> Result<()> {
+        if self.written == self.expected {
+            Ok(())
+        } else {
+            Err(Error::InvalidValue {
+                arg: "checkpoint_every",
+                value: self.every.to_string(),
+                reason: "this device splits the rows where the checkpoints do not fall: use a power of two times the block rows",
+            })
+        }
+    }
+}
+
+/// How many leading dimensions of the checkpoints count states: all but (d, e).
+fn call_rank(call: &validate::Call) -> usize {
+    if call.packed {
+        2
+    } else {
+        3
     }
 }

@@ -72,7 +72,11 @@ pub(crate) fn choose(
     }
 }
 
-/// Records the three passes of every segment of `launch`.
+/// What to record after each segment's passes (the state carried out of it
+/// is then in `io.state`).
+pub(crate) type AfterSegment<'f> = &'f mut dyn FnMut(&mut Recorder<'_>, &Segment);
+
+/// Records the three passes of every segment of `launch`, then `after`.
 pub(crate) async fn record(
     rec: &mut Recorder<'_>,
     setup: &Setup,
@@ -80,6 +84,7 @@ pub(crate) async fn record(
     launch: &Launch<'_>,
     io: &Io<'_>,
     out: OutStore,
+    mut after: Option<AfterSegment<'_>>,
 ) -> Result<()> {
     let rt = rec.runtime();
     let [state_spec, scan_spec, output_spec] = path.kernels(setup, launch.storage, out);
@@ -136,6 +141,9 @@ pub(crate) async fn record(
             &output_pass,
             (s.bh_count * s.blocks) as u64,
         );
+        if let Some(f) = after.as_mut() {
+            f(rec, s);
+        }
     }
     Ok(())
 }
