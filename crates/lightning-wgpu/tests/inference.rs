@@ -632,16 +632,21 @@ fn decode_against_a_large_cache(
 
 #[test]
 fn a_decode_cache_larger_than_one_binding_is_windowed() {
-    // 2100 slots of 4 x 64 x 64 f32: 137.6 MB, over lavapipe's 128 MiB
-    // binding (such a cache was refused before 0.2.0; 1024 slots at h = 32,
-    // d = e = 128 are 2 GiB, over the H200's binding).
+    // Just over one binding: on lavapipe (128 MiB) 2100 slots of 4 x 64 x 64
+    // f32 (such a cache was refused before 0.2.0); on the H200 (2 GiB) 1050
+    // slots at h = 32, d = e = 128, the serving shape.
     let ctx = common::context(false);
-    let binding = ctx.limits().max_storage_buffer_binding_size;
-    assert!(
-        2100 * 4 * 64 * 64 * 4 > binding,
-        "the cache must exceed one binding here"
-    );
-    decode_against_a_large_cache(&ctx, 2100, 4, 64, 64, &[0, 1050, -1, 2099, 700, 1049]);
+    let binding = ctx.limits().max_storage_buffer_binding_size as usize;
+    let (h, d, e) = if binding <= 256 << 20 {
+        (4, 64, 64)
+    } else {
+        (32, 128, 128)
+    };
+    let slots = binding / (h * d * e * 4) + 50;
+    assert!(slots * h * d * e * 4 > binding, "the cache must exceed one binding");
+    let last = slots as i32 - 1;
+    let middle = slots as i32 / 2;
+    decode_against_a_large_cache(&ctx, slots, h, d, e, &[0, middle, -1, last, middle / 3, middle - 1]);
 }
 
 #[test]

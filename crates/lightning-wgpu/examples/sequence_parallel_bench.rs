@@ -1,0 +1,213 @@
+//! What sequence parallelism costs: R ranks each run the forward (and the
+//! backward) on their n/R rows of one sequence, with the one all-gather of
+//! states between them; the median wall time of a call and the bytes each
+//! rank sends per all-gather are printed as JSON. The ranks are threads, each
+//! with its own device on the same adapter (as R processes would have),
+//! exchanging in memory: the transport (MPI, torch.distributed) adds one
+//! all-gather of those bytes. `--ranks 1` is the baseline, a plain call over
+//! the whole sequence timed the same way.
+//!
+//! ```text
+//! cargo run --release -p lightning-wgpu --example sequence_parallel_bench -- --ranks 2 --n 131072
+//! ```
+
+use lightning_wgpu::{
+    alibi_slopes, BackwardOptions, Context, DType, Exchange, ForwardOptions, Result,
+};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
+
+/// An all-gather between threads: each writes its bytes, all wait, all read.
+struct Room {
+    rank: usize,
+    ranks: usize,
+    slots: Arc<Mutex<Vec<Vec<u8>>>>,
+    barrier: Arc<Barrier>,
+}
+
+impl Exchange for Room {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn ranks(&self) -> usize {
+        self.ranks
+    }
+    fn all_gather(&self, mine: &[u8]) -> Result<Vec<u8>> {
+        self.slots.lock().expect("a rank panicked")[self.rank] = mine.to_vec();
+        self.barrier.wait();
+        let all = self.slots.lock().expect("a rank panicked").concat();
+        // Nobody writes the next round's bytes before everyone has read these.
+        self.barrier.wait();
+        Ok(all)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Args {
+    ranks: usize,
+    n: usize,
+    h: usize,
+    d: usize,
+    dtype: DType,
+    reps: usize,
+    backward: bool,
+}
+
+fn parse() -> std::result::Result<Args, String> {
+    let mut a = Args {
+        ranks: 1,
+        n: 131072,
+        h: 32,
+        d: 128,
+        dtype: DType::BF16,
+        reps: 10,
+        backward: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--ranks" => a.ranks = number(value()?)?.max(1),
+            "--n" => a.n = number(value()?)?,
+            "--h" => a.h = number(value()?)?,
+            "--d" => a.d = number(value()?)?,
+            "--reps" => a.reps = number(value()?)?.max(1),
+            "--dtype" => a.dtype = value()?.parse().map_err(|e| format!("--dtype: {e}"))?,
+            "--no-backward" => a.backward = false,
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Deterministic values in [-0.1, 0.1), different per rank.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 / (1u64 << 53) as f64 * 0.2 - 0.1) as f32
+        })
+        .collect()
+}
+
+/// Median wall time in ms of `f`, every rank starting together.
+fn median_ms(
+    barrier: &Barrier,
+    ctx: &Context,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    let wait = || {
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| lightning_wgpu::Error::DeviceLost(e.to_string()))
+    };
+    for _ in 0..3 {
+        f()?;
+    }
+    wait()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        barrier.wait();
+        let start = Instant::now();
+        f()?;
+        wait()?;
+        barrier.wait();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[reps / 2])
+}
+
+/// One rank: its slice, warm-up, then the timed forward and backward.
+fn rank_main(args: Args, room: Room, barrier: Arc<Barrier>) -> Result<(f64, Option<f64>)> {
+    let ctx = Context::new()?;
+    let Args {
+        ranks, n, h, d, dtype, ..
+    } = args;
+    let rank = room.rank;
+    // Even slices, the remainder on the last rank.
+    let len = n / ranks + if rank == ranks - 1 { n % ranks } else { 0 };
+    let shape = [1, h, len, d];
+    let make = |seed| ctx.tensor_as(&values(h * len * d, seed), &shape, dtype);
+    let (q, k, v, d_o) = (
+        make(10 * rank as u64 + 1)?,
+        make(10 * rank as u64 + 2)?,
+        make(10 * rank as u64 + 3)?,
+        make(10 * rank as u64 + 4)?,
+    );
+    let slopes = alibi_slopes(h);
+    let opts = ForwardOptions {
+        slopes: Some(&slopes),
+        output_final_state: true,
+        ..Default::default()
+    };
+    let bopts = BackwardOptions {
+        forward: opts,
+        d_final_state: None,
+    };
+    // With one rank the baseline is the plain call, which exchanges nothing.
+    let forward_ms = median_ms(&barrier, &ctx, args.reps, || {
+        if ranks == 1 {
+            ctx.forward(&q, &k, &v, &opts).map(drop)
+        } else {
+            ctx.forward_sequence_parallel(&q, &k, &v, &opts, &room)
+                .map(drop)
+        }
+    })?;
+    let backward_ms = if args.backward {
+        Some(median_ms(&barrier, &ctx, args.reps, || {
+            if ranks == 1 {
+                ctx.backward(&q, &k, &v, &d_o, &bopts).map(drop)
+            } else {
+                ctx.backward_sequence_parallel(&q, &k, &v, &d_o, &bopts, &room)
+                    .map(drop)
+            }
+        })?)
+    } else {
+        None
+    };
+    Ok((forward_ms, backward_ms))
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    let ranks = args.ranks;
+    let slots = Arc::new(Mutex::new(vec![Vec::new(); ranks]));
+    let (room_barrier, time_barrier) = (Arc::new(Barrier::new(ranks)), Arc::new(Barrier::new(ranks)));
+    let handles: Vec<_> = (0..ranks)
+        .map(|rank| {
+            let room = Room {
+                rank,
+                ranks,
+                slots: slots.clone(),
+                barrier: room_barrier.clone(),
+            };
+            let barrier = time_barrier.clone();
+            std::thread::spawn(move || rank_main(args, room, barrier))
+        })
+        .collect();
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.join().map_err(|_| "a rank panicked")??);
+    }
+    // The slowest rank is the call's time.
+    let forward_ms = results.iter().map(|r| r.0).fold(0.0, f64::max);
+    let backward_ms = results.iter().filter_map(|r| r.1).reduce(f64::max);
+    let Args { n, h, d, dtype, .. } = args;
+    // Each all-gather carries a slice length (8 bytes) and one f32 state.
+    let bytes = 8 + 4 * h * d * d;
+    println!(
+        "{{\"ranks\": {ranks}, \"n\": {n}, \"h\": {h}, \"d\": {d}, \"dtype\": \"{dtype:?}\", \
+         \"adapter\": \"{}\", \"forward_ms\": {forward_ms:.3}, \"backward_ms\": {}, \
+         \"bytes_per_rank_per_all_gather\": {bytes}}}",
+        Context::new()?.adapter_info().name,
+        backward_ms.map_or("null".into(), |b| format!("{b:.3}")),
+    );
+    Ok(())
+}
