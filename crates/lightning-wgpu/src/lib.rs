@@ -76,5 +76,10 @@ pub use slopes::{alibi_slopes, layer_slopes};
 pub use tensor::{DType, Tensor};
 pub use validate::{problem_dims, MAX_HEAD_DIM};
 
+/// The README's Rust examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The wgpu this crate is built on, for interop.
 pub use wgpu;
