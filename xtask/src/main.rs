@@ -165,6 +165,30 @@ fn test(extra: &[String]) -> Result<(), String> {
         .env("LIGHTNING_CHECKED", "1")
         .env("NODEVICE_SELECT", "1");
     run(&mut checked)?;
+    // The sequence-parallel cost example runs (three thread ranks, tiny).
+    cargo(
+        &[
+            "run",
+            "-p",
+            "lightning-wgpu",
+            "--example",
+            "sequence_parallel_bench",
+            "--",
+            "--ranks",
+            "3",
+            "--n",
+            "300",
+            "--h",
+            "2",
+            "--d",
+            "16",
+            "--reps",
+            "2",
+            "--dtype",
+            "f32",
+        ],
+        &[],
+    )?;
     // The burn example trains a few steps on the default adapter and must
     // see its loss fall, then generates with the decode kernel.
     cargo(

@@ -128,7 +128,12 @@ fn median_ms(
 fn rank_main(args: Args, room: Room, barrier: Arc<Barrier>) -> Result<(f64, Option<f64>)> {
     let ctx = Context::new()?;
     let Args {
-        ranks, n, h, d, dtype, ..
+        ranks,
+        n,
+        h,
+        d,
+        dtype,
+        ..
     } = args;
     let rank = room.rank;
     // Even slices, the remainder on the last rank.
@@ -179,7 +184,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let args = parse()?;
     let ranks = args.ranks;
     let slots = Arc::new(Mutex::new(vec![Vec::new(); ranks]));
-    let (room_barrier, time_barrier) = (Arc::new(Barrier::new(ranks)), Arc::new(Barrier::new(ranks)));
+    let (room_barrier, time_barrier) =
+        (Arc::new(Barrier::new(ranks)), Arc::new(Barrier::new(ranks)));
     let handles: Vec<_> = (0..ranks)
         .map(|rank| {
             let room = Room {

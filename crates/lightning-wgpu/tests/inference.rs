@@ -643,10 +643,20 @@ fn a_decode_cache_larger_than_one_binding_is_windowed() {
         (32, 128, 128)
     };
     let slots = binding / (h * d * e * 4) + 50;
-    assert!(slots * h * d * e * 4 > binding, "the cache must exceed one binding");
+    assert!(
+        slots * h * d * e * 4 > binding,
+        "the cache must exceed one binding"
+    );
     let last = slots as i32 - 1;
     let middle = slots as i32 / 2;
-    decode_against_a_large_cache(&ctx, slots, h, d, e, &[0, middle, -1, last, middle / 3, middle - 1]);
+    decode_against_a_large_cache(
+        &ctx,
+        slots,
+        h,
+        d,
+        e,
+        &[0, middle, -1, last, middle / 3, middle - 1],
+    );
 }
 
 #[test]
