@@ -31,6 +31,8 @@ fn root() -> PathBuf {
 
 /// The burn op and the MPI transport are built and tested with the rest.
 const FEATURES: &str = "lightning-wgpu/burn,lightning-wgpu/mpi,lightning-wgpu-cli/mpi";
+/// The library's share of them, for runs of its package alone.
+const LIBRARY_FEATURES: &str = "burn,mpi";
 
 /// Debian packages of the `mpi` feature: OpenMPI, and libclang for rsmpi's
 /// bindings to it.
@@ -160,7 +162,7 @@ fn test(extra: &[String]) -> Result<(), String> {
             "--test",
             "parallel",
             "--features",
-            FEATURES,
+            LIBRARY_FEATURES,
         ])
         .env("LIGHTNING_CHECKED", "1")
         .env("NODEVICE_SELECT", "1");
