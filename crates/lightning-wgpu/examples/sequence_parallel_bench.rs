@@ -78,6 +78,9 @@ fn parse() -> std::result::Result<Args, String> {
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
+    if a.n < a.ranks {
+        return Err(format!("--n {} must be at least --ranks {}", a.n, a.ranks));
+    }
     Ok(a)
 }
 
@@ -125,7 +128,8 @@ fn median_ms(
 }
 
 /// One rank: its slice, warm-up, then the timed forward and backward.
-fn rank_main(args: Args, room: Room, barrier: Arc<Barrier>) -> Result<(f64, Option<f64>)> {
+/// One rank's (forward ms, backward ms, adapter name).
+fn rank_main(args: Args, room: Room, barrier: Arc<Barrier>) -> Result<(f64, Option<f64>, String)> {
     let ctx = Context::new()?;
     let Args {
         ranks,
@@ -177,7 +181,7 @@ fn rank_main(args: Args, room: Room, barrier: Arc<Barrier>) -> Result<(f64, Opti
     } else {
         None
     };
-    Ok((forward_ms, backward_ms))
+    Ok((forward_ms, backward_ms, ctx.adapter_info().name.clone()))
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -195,7 +199,15 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
                 barrier: room_barrier.clone(),
             };
             let barrier = time_barrier.clone();
-            std::thread::spawn(move || rank_main(args, room, barrier))
+            std::thread::spawn(move || {
+                let result = rank_main(args, room, barrier);
+                // The other ranks would wait for this one at a barrier forever.
+                if let Err(e) = &result {
+                    eprintln!("rank {rank}: {e}");
+                    std::process::exit(1);
+                }
+                result
+            })
         })
         .collect();
     let mut results = Vec::new();
@@ -210,9 +222,9 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let bytes = 8 + 4 * h * d * d;
     println!(
         "{{\"ranks\": {ranks}, \"n\": {n}, \"h\": {h}, \"d\": {d}, \"dtype\": \"{dtype:?}\", \
-         \"adapter\": \"{}\", \"forward_ms\": {forward_ms:.3}, \"backward_ms\": {}, \
+         \"adapter\": {:?}, \"forward_ms\": {forward_ms:.3}, \"backward_ms\": {}, \
          \"bytes_per_rank_per_all_gather\": {bytes}}}",
-        Context::new()?.adapter_info().name,
+        results[0].2,
         backward_ms.map_or("null".into(), |b| format!("{b:.3}")),
     );
     Ok(())

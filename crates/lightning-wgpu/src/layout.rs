@@ -69,6 +69,10 @@ impl Layout {
     /// Rows `rows` of host data `x`, a `(b, h, n, width)` tensor in this
     /// layout, as the data of a `(b, h, rows.len(), width)` one: a slice of
     /// the positions, as a sequence-parallel rank holds it.
+    ///
+    /// # Panics
+    ///
+    /// If `rows` reaches past `dims.n` or `x` is not `b h n width` long.
     pub fn rows(
         self,
         x: &[f32],
@@ -76,6 +80,11 @@ impl Layout {
         width: usize,
         rows: std::ops::Range<usize>,
     ) -> Vec<f32> {
+        assert_eq!(
+            x.len(),
+            dims.b * dims.h * dims.n * width,
+            "rows: x must hold b h n width values"
+        );
         let len = rows.len();
         let mut out = vec![0.0; dims.b * dims.h * len * width];
         self.each_row(dims, width, &rows, |from, to| {
@@ -85,6 +94,11 @@ impl Layout {
     }
 
     /// Writes `slice` (as [`Layout::rows`] returns) back into rows `rows` of `x`.
+    ///
+    /// # Panics
+    ///
+    /// If `rows` reaches past `dims.n`, `x` is not `b h n width` long or
+    /// `slice` not `b h rows.len() width`.
     pub fn put_rows(
         self,
         x: &mut [f32],
@@ -93,6 +107,14 @@ impl Layout {
         width: usize,
         rows: std::ops::Range<usize>,
     ) {
+        assert_eq!(
+            (x.len(), slice.len()),
+            (
+                dims.b * dims.h * dims.n * width,
+                dims.b * dims.h * rows.len() * width
+            ),
+            "put_rows: x must hold b h n width values and the slice b h rows width"
+        );
         self.each_row(dims, width, &rows, |from, to| {
             x[from..from + width].copy_from_slice(&slice[to..to + width])
         });
@@ -106,6 +128,12 @@ impl Layout {
         rows: &std::ops::Range<usize>,
         mut f: impl FnMut(usize, usize),
     ) {
+        // A row past n would be another head's (or batch entry's) first rows.
+        assert!(
+            rows.start <= rows.end && rows.end <= dims.n,
+            "rows {rows:?} reach past n = {}",
+            dims.n
+        );
         for b in 0..dims.b {
             for h in 0..dims.h {
                 for i in rows.clone() {

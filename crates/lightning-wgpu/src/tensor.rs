@@ -119,8 +119,34 @@ pub struct Tensor {
     pub(crate) dtype: DType,
     pub(crate) owner: u64,
     /// The largest magnitude of its elements where the host knows it (it
-    /// uploaded them, or a caller vouched for it); `None` where it does not.
-    pub(crate) max_abs: Option<f32>,
+    /// uploaded them, or a caller vouched for it); unknown where it does not.
+    pub(crate) max_abs: MaxAbs,
+}
+
+/// A tensor's known largest magnitude. Calls that write a tensor forget it
+/// (through a shared reference: encoded calls write tensors they borrow), so
+/// a stale bound never sends a call to the tensor cores.
+pub(crate) struct MaxAbs(std::sync::atomic::AtomicU32);
+
+/// Stands for "unknown": a NaN pattern no measured bound has.
+const UNKNOWN: u32 = u32::MAX;
+
+impl MaxAbs {
+    pub(crate) fn new(bound: Option<f32>) -> MaxAbs {
+        MaxAbs(std::sync::atomic::AtomicU32::new(
+            bound.map_or(UNKNOWN, f32::to_bits),
+        ))
+    }
+
+    pub(crate) fn get(&self) -> Option<f32> {
+        let bits = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (bits != UNKNOWN).then(|| f32::from_bits(bits))
+    }
+
+    pub(crate) fn set(&self, bound: Option<f32>) {
+        let bits = bound.map_or(UNKNOWN, f32::to_bits);
+        self.0.store(bits, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Tensor {
@@ -242,7 +268,7 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype,
             owner: ctx.rt().id(),
-            max_abs: None,
+            max_abs: MaxAbs::new(None),
         })
     }
 
@@ -266,7 +292,12 @@ impl Tensor {
     /// every intermediate f16 value of the call (see
     /// [`Context::chunk_path`]); elsewhere the portable path runs.
     pub fn max_abs(&self) -> Option<f32> {
-        self.max_abs
+        self.max_abs.get()
+    }
+
+    /// Forgets the bound: this crate wrote the tensor.
+    pub(crate) fn written(&self) {
+        self.max_abs.set(None);
     }
 
     /// Vouches that no element's magnitude exceeds `bound`, for a tensor the
@@ -275,7 +306,7 @@ impl Tensor {
     /// that is wrong can make the tensor-core path overflow f16: values
     /// beyond it are the caller's promise broken.
     pub fn assume_max_abs(&mut self, bound: f32) {
-        self.max_abs = Some(bound.abs());
+        self.max_abs.set(Some(bound.abs()));
     }
 
     /// Gives the tensor a new shape of as many elements, without a copy.
@@ -326,7 +357,7 @@ impl Context {
                 reason: "bits are for f16 and bf16; upload f32 with Context::tensor",
             });
         }
-        let mut t = self.new_tensor(shape, dtype, "bits")?;
+        let t = self.new_tensor(shape, dtype, "bits")?;
         if bits.len() != t.len() {
             return Err(Error::DataLength {
                 arg: "bits",
@@ -339,7 +370,9 @@ impl Context {
             DType::F16 => half::f16::from_bits(b).to_f32(),
             _ => half::bf16::from_bits(b).to_f32(),
         };
-        t.max_abs = Some(bits.iter().fold(0.0f32, |m, &b| m.max(widen(b).abs())));
+        t.max_abs.set(Some(
+            bits.iter().fold(0.0f32, |m, &b| m.max(widen(b).abs())),
+        ));
         self.rt().write(t.buffer(), 0, bytemuck::cast_slice(bits));
         Ok(t)
     }
@@ -385,7 +418,7 @@ impl Context {
         dtype: DType,
         saturate: bool,
     ) -> Result<Tensor> {
-        let mut t = self.new_tensor(shape, dtype, "data")?;
+        let t = self.new_tensor(shape, dtype, "data")?;
         if data.len() != t.len() {
             return Err(Error::DataLength {
                 arg: "data",
@@ -395,7 +428,7 @@ impl Context {
             });
         }
         if dtype == DType::F32 {
-            t.max_abs = Some(max_abs(data));
+            t.max_abs.set(Some(max_abs(data)));
             self.rt().write(t.buffer(), 0, &encode(data, dtype));
             return Ok(t);
         }
@@ -433,7 +466,7 @@ impl Context {
                     .collect();
             }
         }
-        t.max_abs = Some(max_abs(&values));
+        t.max_abs.set(Some(max_abs(&values)));
         let bytes = encode(&values, dtype);
         self.rt().write(t.buffer(), 0, &bytes);
         Ok(t)
@@ -482,7 +515,7 @@ impl Context {
             shape: shape.to_vec(),
             dtype,
             owner: rt.id(),
-            max_abs: None,
+            max_abs: MaxAbs::new(None),
         })
     }
 
@@ -518,7 +551,7 @@ impl Context {
         if at.checked_add(src.len()).is_none_or(|end| end > dst.len()) {
             return Err(Error::InvalidValue {
                 arg: "at",
-                value: at.to_string(),
+                value: format!("{at} (src {} elements, dst {})", src.len(), dst.len()),
                 reason: "the source does not fit the destination from there",
             });
         }
@@ -526,8 +559,8 @@ impl Context {
         if !(at as u64 * size).is_multiple_of(4) || !src.size_bytes().is_multiple_of(4) {
             return Err(Error::InvalidValue {
                 arg: "at",
-                value: at.to_string(),
-                reason: "half-precision copies move whole 32-bit words: an even offset and length",
+                value: format!("{at} (src {} elements of {})", src.len(), src.dtype()),
+                reason: "half-precision copies move whole 32-bit words: an even offset and an even src length",
             });
         }
         src.needs("src", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
@@ -540,6 +573,9 @@ impl Context {
             dst.offset() + at as u64 * size,
             src.size_bytes(),
         );
+        // What dst held and what it now holds: both bounds, or none.
+        let bound = dst.max_abs().zip(src.max_abs()).map(|(a, b)| a.max(b));
+        dst.max_abs.set(bound);
         rec.submit().await
     }
 

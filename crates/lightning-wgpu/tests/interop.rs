@@ -397,3 +397,72 @@ fn an_adopted_device_without_the_tensor_cores_feature_refuses_to_require_them() 
         "{err:?}"
     );
 }
+
+#[test]
+fn copy_into_moves_values_on_the_gpu_and_refuses_what_cannot_work() {
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut r = common::rng(seed);
+    let src_values = common::random(&mut r, 6, 1);
+    let dst_values = common::random(&mut r, 20, 1);
+    let src = ctx.tensor(&src_values, &[2, 3]).unwrap();
+    let mut dst = ctx.tensor(&dst_values, &[4, 5]).unwrap();
+    ctx.copy_into(&src, &mut dst, 7).unwrap();
+    let mut want = dst_values.clone();
+    want[7..13].copy_from_slice(&src_values);
+    assert_eq!(ctx.read(&dst).unwrap(), want, "seed {seed}");
+    // The destination's known bound covers both what it held and what came in.
+    let bound = dst_values
+        .iter()
+        .chain(&src_values)
+        .fold(0f32, |m, x| m.max(x.abs()));
+    assert_eq!(dst.max_abs(), Some(bound));
+
+    let too_far = ctx.copy_into(&src, &mut dst, 15).unwrap_err();
+    assert!(
+        matches!(too_far, Error::InvalidValue { arg: "at", .. }),
+        "{too_far}"
+    );
+    let halves = ctx.tensor_as(&src_values, &[2, 3], DType::F16).unwrap();
+    let wrong_type = ctx.copy_into(&halves, &mut dst, 0).unwrap_err();
+    assert!(
+        matches!(wrong_type, Error::DType { arg: "src", .. }),
+        "{wrong_type}"
+    );
+    let mut half_dst = ctx.tensor_as(&dst_values, &[20], DType::F16).unwrap();
+    let odd = ctx.copy_into(&halves, &mut half_dst, 1).unwrap_err();
+    assert!(
+        matches!(odd, Error::InvalidValue { arg: "at", .. }),
+        "{odd}"
+    );
+    let other = common::context(false);
+    let foreign = other.tensor(&src_values, &[2, 3]).unwrap();
+    let err = ctx.copy_into(&foreign, &mut dst, 0).unwrap_err();
+    assert!(matches!(err, Error::ForeignTensor("src")), "{err}");
+    // Nothing of the refused copies landed.
+    assert_eq!(ctx.read(&dst).unwrap(), want);
+}
+
+#[test]
+fn a_tensor_this_crate_writes_forgets_its_known_bound() {
+    // A bound measured at upload must not outlive the values it measured:
+    // it decides whether a half-precision call may take the tensor cores.
+    let ctx = common::context(false);
+    let (h, d, e) = (2, 4, 3);
+    let mut cache = ctx
+        .tensor(&vec![0.0; 2 * h * d * e], &[2, h, d, e])
+        .unwrap();
+    assert_eq!(cache.max_abs(), Some(0.0));
+    let q = ctx.tensor(&vec![0.5; h * d], &[1, h, d]).unwrap();
+    let v = ctx.tensor(&vec![900.0; h * e], &[1, h, e]).unwrap();
+    ctx.decode_step(&q, &q, &v, &mut cache, &[1], &DecodeOptions::default())
+        .unwrap();
+    assert_eq!(cache.max_abs(), None, "the decode step wrote the cache");
+
+    let x = ctx.tensor(&vec![0.25; h * 5 * d], &[1, h, 5, d]).unwrap();
+    let mut o = ctx.tensor(&vec![0.0; h * 5 * d], &[1, h, 5, d]).unwrap();
+    ctx.forward_into(&x, &x, &x, &ForwardOptions::default(), &mut o, None)
+        .unwrap();
+    assert_eq!(o.max_abs(), None, "the forward wrote o");
+    assert_eq!(x.max_abs(), Some(0.25), "inputs keep theirs");
+}

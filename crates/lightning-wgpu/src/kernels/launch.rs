@@ -27,6 +27,8 @@ pub(crate) struct Launch<'a> {
     pub reversed: [bool; 4],
     /// The state term reads its state transposed.
     pub transposed_state: bool,
+    /// The chunked forward stops after the states: no output pass.
+    pub states_only: bool,
     pub segments: Vec<Segment>,
 }
 
@@ -49,6 +51,7 @@ impl<'a> Launch<'a> {
             storage,
             reversed: [false; 4],
             transposed_state: false,
+            states_only: false,
             segments,
         }
     }

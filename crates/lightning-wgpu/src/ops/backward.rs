@@ -175,6 +175,9 @@ impl Context {
     ) -> Result<()> {
         let call = &validate::backward(self, q, k, v, d_o, opts)?;
         validate::gradients(self, call, opts.forward.layout, q, g)?;
+        for t in [&g.dq, &g.dk, &g.dv, &g.d_initial_state] {
+            t.written();
+        }
         let fwd = &opts.forward;
         let Dims { h, d, e, .. } = call.dims;
         let states = call.state_shape[0] * h;
@@ -191,8 +194,8 @@ impl Context {
         let s0t = match fwd.initial_state {
             Some(s0) => {
                 let [count, heads, _, _] = call.state_shape;
-                let mut t = self.new_f32(&[count, heads, e, d], "initial_state transposed")?;
-                t.max_abs = s0.max_abs();
+                let t = self.new_f32(&[count, heads, e, d], "initial_state transposed")?;
+                t.max_abs.set(s0.max_abs());
                 let x = states::Term {
                     states: (s0.buffer(), s0.first_element()),
                     steps: 0,
@@ -227,6 +230,7 @@ impl Context {
         let views = Views {
             reversed: [true; 4],
             wide_output: opts.d_final_state.is_some(),
+            ..Views::default()
         };
         let (dk, dv) = (&g.dk, &g.dv);
         let dk_wide = self

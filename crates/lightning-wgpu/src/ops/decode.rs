@@ -160,6 +160,8 @@ impl Context {
     ) -> Result<()> {
         let dims = validate::decode(self, q, k, v, cache, slots, opts)?;
         validate::decode_output(self, &dims, v, o)?;
+        cache.written();
+        o.written();
         let whole = [Sequence {
             start: 0,
             len: 1,

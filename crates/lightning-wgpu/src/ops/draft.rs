@@ -223,6 +223,7 @@ impl Context {
         }
         let batch = draft.tokens.len();
         let slot_bytes = (h * d * e * 4) as u64;
+        cache.written();
         let mut rec = Recorder::new(self.rt(), "commit draft");
         for (r, (&a, &slot)) in accepted.iter().zip(&draft.slots).enumerate() {
             if a == 0 || slot < 0 {

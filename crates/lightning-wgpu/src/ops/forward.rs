@@ -98,6 +98,9 @@ pub(crate) struct Views {
     /// Write o in f32 even for half inputs, so a term can be added before
     /// packing (the caller packs).
     pub wide_output: bool,
+    /// Only the final state (chunked method): the output pass is skipped
+    /// and o, which must still be shaped like v, is never written.
+    pub states_only: bool,
 }
 
 impl Context {
@@ -217,9 +220,15 @@ impl Context {
     /// [`Context::forward`] that also keeps the state after every `every`
     /// positions of each sequence (a multiple of [`Context::block_rows`];
     /// chunked method), f32: `(b, h, n / every, d, e)` (`j` holding the state
-    /// after `(j + 1) every` positions), or for a packed batch `(C, h, d,
+    /// after `(j + 1) every` positions), or for a packed batch `(K, h, d,
     /// e)`, sequence after sequence, `len_i / every` each. Resuming from
     /// checkpoint `j` with the rest of the sequence equals the whole run.
+    /// Where a device splits long runs of rows, `every` must be a power of
+    /// two times the block rows (the error says so).
+    ///
+    /// Rows are planned in runs of at most `every`, each with its own
+    /// dispatches and one copy per sequence and head: a small `every` on a
+    /// long sequence costs more (`bench --checkpoint-every` measures it).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_with_checkpoints(
         &self,
@@ -246,7 +255,7 @@ impl Context {
         if every == 0 || !every.is_multiple_of(block) {
             return Err(Error::InvalidValue {
                 arg: "checkpoint_every",
-                value: every.to_string(),
+                value: format!("{every} (block rows: {block})"),
                 reason: "must be a positive multiple of the block rows (Context::block_rows)",
             });
         }
@@ -376,6 +385,40 @@ impl Context {
         rec.finish().await
     }
 
+    /// The final state of [`Context::forward`] alone: the block states and
+    /// their scan without the output pass (about a third of the work), as a
+    /// rank of the sequence-parallel forward needs before it knows its
+    /// incoming state; `reversed` walks the rows from the last.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) async fn final_state_only_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        reversed: bool,
+    ) -> Result<Tensor> {
+        let call = validate::forward(self, q, k, v, opts)?;
+        let state = self.new_f32(&call.state_shape, "final_state")?;
+        // The chunked plan is the one that can stop before the outputs.
+        let opts = ForwardOptions {
+            method: Method::Chunk,
+            output_final_state: true,
+            ..*opts
+        };
+        let views = Views {
+            states_only: true,
+            reversed: [reversed; 4],
+            ..Views::default()
+        };
+        let mut rec = Recorder::new(self.rt(), "forward");
+        // v stands in for o, which the skipped pass would have written.
+        self.record_forward(&mut rec, q, k, v, &opts, v, Some(&state), views)
+            .await?;
+        rec.submit().await?;
+        Ok(state)
+    }
+
     /// Records a forward pass into `rec`: validation, the initial state's
     /// copy, the passes and the packing of a half-precision output.
     /// Returns the f32 buffer o was written to when `views.wide_output`
@@ -412,6 +455,13 @@ impl Context {
     ) -> Result<Option<(wgpu::Buffer, u64)>> {
         let call = validate::forward(self, q, k, v, opts)?;
         validate::forward_outputs(self, &call, opts.layout, v, o, final_state)?;
+        // o is v's stand-in when only the states are computed, and stays unwritten.
+        if !views.states_only {
+            o.written();
+        }
+        if let Some(t) = final_state {
+            t.written();
+        }
         let setup = *self.setup();
         let storage = setup.storage(q.dtype());
         let dims = call.dims;
@@ -420,8 +470,10 @@ impl Context {
             Method::Chunk if !views.wide_output => path.output_store(storage, o.dtype()),
             _ => (o.dtype() == DType::F32).then_some(OutStore::F32),
         };
+        // Without an output pass there is no f32 scratch to fill.
         let output = match store {
             Some(_) => Output::direct(o),
+            None if views.states_only => Output::direct(o),
             None => Output::new(rec, o)?,
         };
         let (needs, block_state_bytes) = match opts.method {
@@ -478,6 +530,7 @@ impl Context {
             slopes: opts.slopes,
             starts_from_state: opts.initial_state.is_some(),
             reversed: views.reversed,
+            states_only: views.states_only,
             ..Launch::new(dims, opts.layout, storage, segments)
         };
         let io = Io {
@@ -511,6 +564,9 @@ impl Context {
                 }
             }
             Method::Recurrent => recurrent::record(rec, &setup, &launch, &io, None).await?,
+        }
+        if views.states_only {
+            return Ok(None);
         }
         if views.wide_output {
             return Ok(Some((output.buffer().clone(), output.first_element())));

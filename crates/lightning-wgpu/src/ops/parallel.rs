@@ -83,6 +83,14 @@ impl Decay {
             *a += (-self.slopes[head] * steps as f64).exp() * s;
         }
     }
+
+    /// `state *= factor * lambda^steps` per head.
+    fn scale(&self, state: &mut [f32], factor: f64, steps: usize) {
+        for (i, s) in state.iter_mut().enumerate() {
+            let head = (i / self.per_head) % self.heads;
+            *s = (*s as f64 * factor * (-self.slopes[head] * steps as f64).exp()) as f32;
+        }
+    }
 }
 
 /// One rank's part of a sequence-parallel call: the checks and what the
@@ -140,8 +148,11 @@ impl<'a> Split<'a> {
 
     /// Every rank's (slice length, state) after one all-gather of ours.
     fn gather(&self, state: &Tensor) -> Result<Vec<(usize, Vec<f64>)>> {
-        let mine = self.ctx.read(state)?;
-        let all = self.exchange.all_gather(&payload(self.len, &mine))?;
+        self.gather_values(&self.ctx.read(state)?)
+    }
+
+    fn gather_values(&self, mine: &[f32]) -> Result<Vec<(usize, Vec<f64>)>> {
+        let all = self.exchange.all_gather(&payload(self.len, mine))?;
         let ranks = unpack(&all, self.exchange.ranks(), mine.len())?;
         if let Some((r, _)) = ranks.iter().enumerate().find(|(_, (len, _))| *len == 0) {
             return Err(Error::InvalidValue {
@@ -175,30 +186,40 @@ impl<'a> Split<'a> {
     }
 
     /// The incoming state of this rank (None on rank 0: its own initial
-    /// state) and the final state of the whole sequence.
+    /// state) and the final state of the whole sequence; with `outputs`,
+    /// rank 0's forward too (it starts from the initial state, so its run
+    /// is its answer).
     fn states(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         opts: &ForwardOptions,
+        outputs: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<ForwardOutput>)> {
         let rank = self.exchange.rank();
-        // Rank 0 starts from the initial state, so its run is its answer too.
         let local = ForwardOptions {
             initial_state: if rank == 0 { opts.initial_state } else { None },
             output_final_state: true,
             ..*opts
         };
-        let out = self.ctx.forward(q, k, v, &local)?;
-        let contribution = out.final_state.as_ref().expect("asked for");
-        let ranks = self.gather(contribution)?;
+        // Elsewhere only the slice's state is needed now: no output pass.
+        let (contribution, out) = if rank == 0 && outputs {
+            let mut out = self.ctx.forward(q, k, v, &local)?;
+            let state = out.final_state.take().expect("asked for");
+            (state, Some(out))
+        } else {
+            let state =
+                pollster::block_on(self.ctx.final_state_only_async(q, k, v, &local, false))?;
+            (state, None)
+        };
+        let ranks = self.gather(&contribution)?;
         let all = ranks.len();
         let incoming = (rank > 0)
             .then(|| self.upload(&self.combine(&ranks, 0..rank, rank)))
             .transpose()?;
         let final_state = self.upload(&self.combine(&ranks, 0..all, all))?;
-        Ok((incoming, final_state, (rank == 0).then_some(out)))
+        Ok((incoming, final_state, out))
     }
 }
 
@@ -221,7 +242,7 @@ impl Context {
         exchange: &dyn Exchange,
     ) -> Result<ForwardOutput> {
         let split = Split::new(self, exchange, q, k, v, opts)?;
-        let (incoming, final_state, first) = split.states(q, k, v, opts)?;
+        let (incoming, final_state, first) = split.states(q, k, v, opts, true)?;
         let o = match (first, &incoming) {
             (Some(out), _) => out.o,
             (None, incoming) => {
@@ -245,8 +266,8 @@ impl Context {
     /// sequence's final state, is read on the last rank. Returns this
     /// rank's slice of dq, dk, dv, and the initial state's gradient (that
     /// of the whole sequence on rank 0; elsewhere, that of the rank's
-    /// incoming state). Two all-gathers; the last rank runs one backward,
-    /// the others two.
+    /// incoming state). Two all-gathers; every rank runs one backward and
+    /// one or two states-only passes (about a third of a forward each).
     pub fn backward_sequence_parallel(
         &self,
         q: &Tensor,
@@ -259,7 +280,7 @@ impl Context {
         let fwd = &opts.forward;
         let split = Split::new(self, exchange, q, k, v, fwd)?;
         let (rank, all) = (exchange.rank(), exchange.ranks());
-        let (incoming, _, _) = split.states(q, k, v, fwd)?;
+        let (incoming, _, _) = split.states(q, k, v, fwd, false)?;
         let initial = if rank == 0 {
             fwd.initial_state
         } else {
@@ -270,25 +291,36 @@ impl Context {
             output_final_state: false,
             ..*fwd
         };
-        // G_r, the gradient of this rank's incoming state from its own
-        // outputs. The last rank's final state is the sequence's, whose
-        // gradient is given: its run with it is its answer, and what it
-        // sends (G + lambda^n dS_n) is the whole gradient of its incoming state.
-        let last = rank + 1 == all;
-        let own = self.backward(
-            q,
-            k,
-            v,
-            d_o,
-            &BackwardOptions {
-                forward: from,
-                d_final_state: if last { opts.d_final_state } else { None },
-            },
-        )?;
-        let ranks = split.gather(&own.d_initial_state)?;
-        if last {
+        // The last rank's final state is the sequence's, whose gradient is
+        // given: its backward with it is its answer, and what it sends
+        // (G + lambda^n dS_n) is the whole gradient of its incoming state.
+        if rank + 1 == all {
+            let own = self.backward(
+                q,
+                k,
+                v,
+                d_o,
+                &BackwardOptions {
+                    forward: from,
+                    d_final_state: opts.d_final_state,
+                },
+            )?;
+            split.gather(&own.d_initial_state)?;
             return Ok(own);
         }
+        // G_r, the gradient of this rank's incoming state through its own
+        // outputs, sum_t scale lambda^(t+1) q_t dO_t^T: scale lambda times
+        // the final state of a states-only pass in reversed time with k = q
+        // and v = dO (no backward needed before the exchange).
+        let reversed = ForwardOptions {
+            initial_state: None,
+            output_final_state: true,
+            ..*fwd
+        };
+        let s_rev = pollster::block_on(self.final_state_only_async(q, q, d_o, &reversed, true))?;
+        let mut g = self.read(&s_rev)?;
+        split.decay.scale(&mut g, fwd.scale as f64, 1);
+        let ranks = split.gather_values(&g)?;
         // The gradient of this rank's final state: each later rank's,
         // decayed over the ranks between.
         let mut d_final = vec![0.0; ranks[0].1.len()];

@@ -91,7 +91,10 @@ pub(crate) async fn record(
     let block_state: Compiled = state_spec.compile(rt).await?;
     let scan = scan_spec.compile(rt).await?;
     let shared = super::shared_reads(&[("q", io.q), ("k", io.k), ("v", io.v)], &[io.o]);
-    let output = output_spec.sharing(&shared).compile(rt).await?;
+    let output = match launch.states_only {
+        true => None,
+        false => Some(output_spec.sharing(&shared).compile(rt).await?),
+    };
     let uniforms = Uniforms::new(rec, launch);
     let scratch_bytes = launch
         .segments
@@ -128,19 +131,21 @@ pub(crate) async fn record(
         scan_pass.extend(io.named(s, &["carry"]));
         let scan_groups = ((s.bh_count * dims.d * dims.e) as u64).div_ceil(threads);
         scan.dispatch(rec, "state_scan", &scan_pass, scan_groups.min(SCAN_GROUPS));
-        let mut output_pass = uniforms.named(i);
-        output_pass.extend(io.named(s, &["q", "k", "v", "o"]));
-        output_pass.push(("states", states()));
-        if path.binds_halves() {
-            output_pass.push(("halves", states()));
+        if let Some(output) = &output {
+            let mut output_pass = uniforms.named(i);
+            output_pass.extend(io.named(s, &["q", "k", "v", "o"]));
+            output_pass.push(("states", states()));
+            if path.binds_halves() {
+                output_pass.push(("halves", states()));
+            }
+            // Timing labels name the pass, whichever path runs it.
+            output.dispatch(
+                rec,
+                "block_output",
+                &output_pass,
+                (s.bh_count * s.blocks) as u64,
+            );
         }
-        // Timing labels name the pass, whichever path runs it.
-        output.dispatch(
-            rec,
-            "block_output",
-            &output_pass,
-            (s.bh_count * s.blocks) as u64,
-        );
         if let Some(f) = after.as_mut() {
             f(rec, s);
         }
