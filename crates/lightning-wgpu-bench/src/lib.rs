@@ -417,6 +417,52 @@ pub async fn measure_forward_backward(
     Ok(summarize(ctx, samples, "wall-clock", Vec::new()))
 }
 
+/// What keeping state checkpoints costs: the chunked forward plain and with
+/// a checkpoint every `every` positions ([`Context::forward_with_checkpoints`]),
+/// alternating, each by the wall clock around a device wait (the checkpoint
+/// copies are not compute passes, which GPU timestamps would miss). Returns
+/// the two medians, ms: (plain, with checkpoints).
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn measure_checkpoints(
+    ctx: &Context,
+    dims: &Dims,
+    inputs: &mut Inputs,
+    every: usize,
+    repeat: Repeat,
+) -> Result<(f64, f64)> {
+    inputs.view(dims)?;
+    let slopes = alibi_slopes(dims.h);
+    let opts = ForwardOptions {
+        slopes: Some(&slopes),
+        ..Default::default()
+    };
+    let (q, k, v) = (&inputs.q, &inputs.k, &inputs.v);
+    let (mut plain, mut kept) = (Vec::new(), Vec::new());
+    let warm = web_time::Instant::now();
+    let mut warmups = 0;
+    while plain.len() < repeat.reps.max(1) {
+        let start = web_time::Instant::now();
+        let o = ctx.forward_async(q, k, v, &opts).await?.o;
+        settle(ctx, &o).await?;
+        let plain_ms = start.elapsed().as_secs_f64() * 1e3;
+        drop(o);
+        let start = web_time::Instant::now();
+        let (out, checkpoints) = ctx
+            .forward_with_checkpoints_async(q, k, v, &opts, every)
+            .await?;
+        settle(ctx, &checkpoints).await?;
+        let kept_ms = start.elapsed().as_secs_f64() * 1e3;
+        drop((out, checkpoints));
+        if repeat.warming(warmups, warm) {
+            warmups += 1;
+        } else {
+            plain.push(plain_ms);
+            kept.push(kept_ms);
+        }
+    }
+    Ok((median(plain), median(kept)))
+}
+
 /// Measures one decoding step ([`Context::decode_step`]) for `batch` requests
 /// of `h` heads against a cache of `batch` states (`d x e`, f32): warm-up,
 /// then the median of timed steps. Each step reads and writes every state

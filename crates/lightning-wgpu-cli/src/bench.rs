@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use lightning_wgpu::{Context, ContextOptions, DType, Dims};
 use lightning_wgpu_bench::{
-    measure, measure_decode, measure_decode_draft, measure_forward_backward, Inputs, Provider,
-    Repeat, Sweep,
+    measure, measure_checkpoints, measure_decode, measure_decode_draft, measure_forward_backward,
+    Inputs, Provider, Repeat, Sweep,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,11 @@ pub struct Args {
     /// more is a draft (speculative verify) and its commit, wall clock.
     #[arg(long, value_delimiter = ',', default_values_t = [1])]
     pub decode_tokens: Vec<usize>,
+    /// Also time the chunked forward keeping a state checkpoint every C
+    /// positions against the plain one (both wall clock; a multiple of the
+    /// block rows).
+    #[arg(long, value_name = "C", conflicts_with = "decode")]
+    pub checkpoint_every: Option<usize>,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -116,6 +121,7 @@ impl Default for Args {
             decode: false,
             decode_batches: vec![1, 8, 64, 256],
             decode_tokens: vec![1],
+            checkpoint_every: None,
             json: None,
             plot: None,
             replot: None,
@@ -140,6 +146,12 @@ pub struct Row {
     pub tokens_per_s: Option<f64>,
     pub tflops: Option<f64>,
     pub peak_mem_mb: Option<f64>,
+    /// With `--checkpoint-every`: the plain forward and the forward keeping
+    /// checkpoints, both by the wall clock, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints_wall_ms: Option<f64>,
     /// Decode rows: state bytes read and written per second, GB/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_gb_per_s: Option<f64>,
@@ -248,6 +260,8 @@ fn read_anchors(path: &Path) -> Result<(Vec<Row>, serde_json::Value)> {
                 fwd_bwd_ms: a.fwd_bwd_ms,
                 peak_mem_mb: a.peak_mem_mb,
                 state_gb_per_s: None,
+                wall_ms: None,
+                checkpoints_wall_ms: None,
                 source: "bench_anchors.py".into(),
                 passes_ms: Vec::new(),
             }
@@ -369,6 +383,9 @@ fn check_args(args: &Args) -> Result<()> {
     if let Some(t) = args.decode_tokens.iter().find(|&&t| t == 0 || t > 1024) {
         bail!("--decode-tokens {t}: must be from 1 to 1024");
     }
+    if args.checkpoint_every == Some(0) {
+        bail!("--checkpoint-every 0: must be a positive multiple of the block rows");
+    }
     Ok(())
 }
 
@@ -488,6 +505,18 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                 } else {
                     None
                 };
+                let (wall_ms, checkpoints_wall_ms) = match args.checkpoint_every {
+                    Some(every) if *provider == Provider::Lightning && every <= dims.n => {
+                        let (plain, kept) = pollster::block_on(measure_checkpoints(
+                            &ctx, dims, inputs, every, repeat,
+                        ))
+                        .with_context(|| {
+                            format!("checkpoints every {every}, {dtype} at n = {}", dims.n)
+                        })?;
+                        (Some(plain), Some(kept))
+                    }
+                    _ => (None, None),
+                };
                 let flops = provider.forward_flops(dims, ctx.block_rows() as usize);
                 rows.push(Row {
                     provider: provider.name().into(),
@@ -503,6 +532,8 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                     tflops: Some(flops / (m.fwd_ms * 1e-3) / 1e12),
                     peak_mem_mb: Some(m.peak_mem_mb),
                     state_gb_per_s: None,
+                    wall_ms,
+                    checkpoints_wall_ms,
                     source: "lightning-wgpu".into(),
                     passes_ms: pass_times(&m.passes_ms),
                 });
@@ -553,6 +584,8 @@ fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Res
                 tflops: Some(4.0 * (tokens * batch * h * d * e) as f64 / (m.fwd_ms * 1e-3) / 1e12),
                 peak_mem_mb: Some(m.peak_mem_mb),
                 state_gb_per_s: Some(state_bytes / (m.fwd_ms * 1e-3) / 1e9),
+                wall_ms: None,
+                checkpoints_wall_ms: None,
                 source: "lightning-wgpu".into(),
                 passes_ms: pass_times(&m.passes_ms),
             });
@@ -573,6 +606,9 @@ fn finish(
     print_table(&rows);
     if args.passes {
         print_passes(&rows);
+    }
+    if let Some(every) = args.checkpoint_every {
+        print_checkpoints(&rows, every);
     }
     let report = Report {
         adapter: Adapter {
@@ -636,6 +672,24 @@ fn print_table(rows: &[Row]) {
             show(r.state_gb_per_s, 1),
             show(r.fwd_bwd_ms, 3),
         );
+    }
+}
+
+/// One line per row measured with `--checkpoint-every`: what the
+/// checkpoints cost over the plain forward.
+fn print_checkpoints(rows: &[Row], every: usize) {
+    println!("State checkpoints every {every} positions (wall clock, median):");
+    for r in rows {
+        if let (Some(plain), Some(kept)) = (r.wall_ms, r.checkpoints_wall_ms) {
+            println!(
+                "  {} {} b={} n={}: {kept:.3} ms against {plain:.3} ({:+.1}%)",
+                r.provider,
+                r.dtype,
+                r.b,
+                r.n,
+                (kept / plain - 1.0) * 100.0
+            );
+        }
     }
 }
 

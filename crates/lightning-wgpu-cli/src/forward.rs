@@ -258,6 +258,11 @@ impl Problem {
 /// Runs `forward`: read and check the inputs, run on the GPU, write the outputs.
 pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     if args.problem.sequence_parallel {
+        if args.checkpoint_every.is_some() {
+            bail!(
+                "--checkpoint-every with --sequence-parallel: checkpoints come from one process's forward"
+            );
+        }
         return crate::parallel::forward(args, options);
     }
     let dtype = DType::from(args.dtype);

@@ -1235,8 +1235,9 @@ fn decode_drafts_and_commits_on_npy_files() {
 }
 
 /// `forward --checkpoint-every C --checkpoints CK.npy` writes (b, h, n / C,
-/// d, e) states, the last of them the final state when C divides n; a C
-/// that is not a multiple of the block rows fails naming the option.
+/// d, e) states: the first the f64 reference's state after C rows, the last
+/// the final state when C divides n; a C that is not a multiple of the
+/// block rows fails naming the option.
 #[test]
 fn forward_writes_checkpoints() {
     let seed = common::seed();
@@ -1277,12 +1278,97 @@ fn forward_writes_checkpoints() {
             "head {head}: the last checkpoint is not the final state ({err}, seed {seed})"
         );
     }
+    let first = Dims { n: 64, ..dims };
+    let prefix = |x: &[f32], w| Layout::Bhnd.rows(x, &dims, w, 0..64);
+    let want = reference::forward(
+        first,
+        Layout::Bhnd,
+        &prefix(&case.q, 4),
+        &prefix(&case.k, 4),
+        &prefix(&case.v, 6),
+        &alibi_slopes(2),
+        1.0,
+        None,
+    );
+    for head in 0..2 {
+        let got = &checkpoints[(head * 2) * size..][..size];
+        let err = reference::relative_error(got, &want.final_state[head * size..][..size]);
+        assert!(
+            err <= 1e-5,
+            "head {head}: checkpoint 0 against the reference ({err:e}, seed {seed})"
+        );
+    }
     let out = case.forward(&["--checkpoint-every", "65", "--checkpoints", &ck]);
     assert_fails(&out, &["checkpoint_every"]);
 }
 
 /// `bench --decode --decode-tokens 1,3` measures decode steps and drafts
 /// (3 tokens per request, then the commit) and writes both to the JSON.
+#[test]
+fn bench_measures_what_checkpoints_cost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("ck.json").display().to_string();
+    let out = run(&[
+        "bench",
+        "--providers",
+        "lightning-chunk",
+        "--b",
+        "1",
+        "--h",
+        "2",
+        "--d",
+        "8",
+        "--lengths",
+        "200",
+        "--checkpoint-every",
+        "64",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        &json,
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("State checkpoints every 64 positions"),
+        "{stdout}"
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON")).expect("JSON");
+    let row = &value["rows"][0];
+    for key in ["wall_ms", "checkpoints_wall_ms"] {
+        assert!(
+            row[key].as_f64().is_some_and(|ms| ms > 0.0),
+            "{key} in {row}"
+        );
+    }
+    // Not a multiple of the block rows: the library's error, naming the flag's value.
+    let bad = run(&[
+        "bench",
+        "--providers",
+        "lightning-chunk",
+        "--b",
+        "1",
+        "--h",
+        "2",
+        "--d",
+        "8",
+        "--lengths",
+        "200",
+        "--checkpoint-every",
+        "63",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let stderr = text(&bad.stderr);
+    assert!(!bad.status.success(), "{stderr}");
+    assert!(stderr.contains("checkpoint"), "{stderr}");
+}
+
 #[test]
 fn bench_measures_decode_drafts() {
     let dir = tempfile::tempdir().expect("temp dir");
