@@ -58,6 +58,8 @@ export interface ForwardArgs<T extends HostData | Tensor> {
   cuSeqlens?: ArrayLike<number>;
   /** "chunk" (blockwise, the default) or "recurrent" (token by token). */
   method?: 'chunk' | 'recurrent';
+  /** Keep the state after every that many positions (a multiple of `adapterInfo().blockRows`; chunk method). */
+  checkpointEvery?: number;
 }
 
 export interface ForwardResult<T> {
@@ -65,6 +67,33 @@ export interface ForwardResult<T> {
   o: T;
   /** f32 `(b, h, d, e)` when outputFinalState was set. */
   finalState?: T extends Tensor ? Tensor : Float32Array;
+  /** With checkpointEvery: f32 `(b, h, floor(n / every), d, e)` (packed: `(C, h, d, e)`), state j after `(j + 1) * every` positions. */
+  checkpoints?: T extends Tensor ? Tensor : Float32Array;
+}
+
+export interface DraftArgs<T extends HostData | Tensor> {
+  /** `(t, batch, h, d)`, token-major. */
+  q: T;
+  k: T;
+  /** `(t, batch, h, e)`. */
+  v: T;
+  cache: StateCache;
+  /** One cache slot per request; negative: padding. */
+  slots: ArrayLike<number>;
+  /** Draft tokens per request, 0 to t (the rest of its rows is padding). */
+  tokens: ArrayLike<number>;
+  /** Required when q, k, v are typed arrays. */
+  dims?: { t: number; batch: number; h: number; d: number; e: number };
+  slopes?: ArrayLike<number>;
+  scale?: number;
+  dtype?: DType;
+}
+
+/** The per-token states of a decodeDraft, until commitDraft. */
+export class Draft {
+  readonly tokens: number[];
+  /** Frees the per-token states now. */
+  dispose(): void;
 }
 
 export interface DecodeArgs<T extends HostData | Tensor> {
@@ -115,6 +144,11 @@ export class LightningAttention {
   stateCache(args: { slots: number; heads: number; d: number; e: number }): StateCache;
   decodeStep(args: DecodeArgs<Tensor>): Promise<Tensor>;
   decodeStep(args: DecodeArgs<HostData>): Promise<HostData>;
+  /** Up to t tokens per request without touching the cache; o is f32 `(t, batch, h, e)`. */
+  decodeDraft(args: DraftArgs<Tensor>): Promise<{ o: Tensor; draft: Draft }>;
+  decodeDraft(args: DraftArgs<HostData>): Promise<{ o: Float32Array; draft: Draft }>;
+  /** Sets each request's slot to its state after its first `accepted[r]` draft tokens. */
+  commitDraft(draft: Draft, accepted: ArrayLike<number>): Promise<void>;
   /** Causal softmax attention on resident `(b, h, n, d)` tensors (default scale 1/sqrt(d)). */
   softmaxAttention(args: { q: Tensor; k: Tensor; v: Tensor; scale?: number }): Promise<Tensor>;
   /** Resolves when the GPU has finished all work submitted so far. */

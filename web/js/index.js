@@ -85,13 +85,13 @@ export class StateCache {
   async write(slot, state, shape) {
     const per = count(this.shape.slice(1));
     const t = state instanceof Tensor ? state : this.la.tensor(state, shape ?? [state.length / per, ...this.shape.slice(1)]);
-    if (t.dtype !== 'f32') throw new TypeError(`a state must be f32, got ${t.dtype}`);
-    const n = t.shape.reduce((a, x) => a * x, 1);
-    if (n % per !== 0) throw new Error(`a state of ${n} elements is not a whole number of (heads, d, e) = ${this.shape.slice(1)} states`);
-    if (!Number.isInteger(slot) || slot < 0 || slot + n / per > this.shape[0]) {
-      throw new Error(`slots ${slot}..${slot + n / per} are outside the cache's ${this.shape[0]}`);
-    }
     try {
+      if (t.dtype !== 'f32') throw new TypeError(`a state must be f32, got ${t.dtype}`);
+      const n = t.shape.reduce((a, x) => a * x, 1);
+      if (n % per !== 0) throw new Error(`a state of ${n} elements is not a whole number of (heads, d, e) = ${this.shape.slice(1)} states`);
+      if (!Number.isInteger(slot) || slot < 0 || slot + n / per > this.shape[0]) {
+        throw new Error(`slots ${slot}..${slot + n / per} are outside the cache's ${this.shape[0]}`);
+      }
       await guard(this.la.engine.copyInto(t.native, this.tensor.native, slot * per));
     } finally {
       if (!(state instanceof Tensor)) t.dispose();
@@ -110,6 +110,23 @@ export class StateCache {
 
   dispose() {
     this.tensor.dispose();
+  }
+}
+
+/** The per-token states of a `decodeDraft`, until `commitDraft` (or `dispose`). */
+export class Draft {
+  /** @internal */
+  constructor(native, cache) {
+    this.native = native;
+    this.cache = cache;
+  }
+  /** The draft tokens of each request. */
+  get tokens() {
+    return Array.from(this.native.tokens);
+  }
+  /** Frees the per-token states now (otherwise when garbage-collected). */
+  dispose() {
+    this.native.free();
   }
 }
 
@@ -191,7 +208,10 @@ export class LightningAttention {
    * Tensor inputs; `finalState` (f32 `(b, h, d, e)`) only with
    * `outputFinalState`.
    */
-  async forward({ q, k, v, dims, slopes, scale = 1, initialState, outputFinalState = false, layout = 'bhnd', dtype, cuSeqlens, method = 'chunk' } = {}) {
+  async forward({ q, k, v, dims, slopes, scale = 1, initialState, outputFinalState = false, layout = 'bhnd', dtype, cuSeqlens, method = 'chunk', checkpointEvery } = {}) {
+    if (checkpointEvery !== undefined && checkpointEvery !== null && !(Number.isInteger(checkpointEvery) && checkpointEvery > 0)) {
+      throw new TypeError(`forward: checkpointEvery = ${checkpointEvery} must be a positive integer (a multiple of adapterInfo().blockRows)`);
+    }
     const shapes = dims ? shapesOf(dims, layout) : {};
     const made = [];
     const use = (x, shape, arg, dt) => {
@@ -209,8 +229,9 @@ export class LightningAttention {
         scale, layout, outputFinalState,
         cuSeqlens === undefined || cuSeqlens === null ? undefined : Uint32Array.from(cuSeqlens),
         method,
+        checkpointEvery ?? undefined,
       ];
-      const [o, sn] = await guard(
+      const [o, sn, ck] = await guard(
         s0 === undefined
           ? this.engine.forward(qt.native, kt.native, vt.native, ...rest)
           : this.engine.forwardFrom(qt.native, kt.native, vt.native, s0.native, ...rest),
@@ -219,6 +240,7 @@ export class LightningAttention {
       return {
         o: asTensors ? new Tensor(o) : await this.out(new Tensor(o)),
         finalState: sn === undefined ? undefined : asTensors ? new Tensor(sn) : await this.out(new Tensor(sn)),
+        checkpoints: ck === undefined ? undefined : asTensors ? new Tensor(ck) : await this.out(new Tensor(ck)),
       };
     } finally {
       for (const t of made) t.dispose();
@@ -273,6 +295,56 @@ export class LightningAttention {
     }
   }
 
+  /**
+   * Up to `t` tokens for each of a batch of requests, without touching the
+   * cache (speculative verify): q, k `(t, batch, h, d)`, v `(t, batch, h, e)`,
+   * token-major (typed arrays need `dims: { t, batch, h, d, e }`); request `r`
+   * uses its first `tokens[r]` tokens from slot `slots[r]`. Resolves to
+   * `{ o, draft }`: o `(t, batch, h, e)` in f32 (Float32Array, or a Tensor
+   * for Tensor inputs), and the Draft to pass to `commitDraft`.
+   */
+  async decodeDraft({ q, k, v, cache, slots, tokens, dims, slopes, scale = 1, dtype } = {}) {
+    if (!(cache instanceof StateCache)) throw new TypeError('decodeDraft: `cache` must be a StateCache (la.stateCache(...))');
+    if (!slots || typeof slots.length !== 'number') throw new TypeError('decodeDraft: `slots` must be an array of integers');
+    if (!tokens || typeof tokens.length !== 'number' || !Array.from(tokens).every((t) => Number.isInteger(t) && t >= 0)) {
+      throw new TypeError('decodeDraft: `tokens` must be an array of non-negative integers, one per request');
+    }
+    const made = [];
+    const use = (x, shape, arg) => {
+      const [t, fresh] = this.input(x, shape, dtype, arg);
+      if (fresh) made.push(t);
+      return t;
+    };
+    const qk = dims && [dims.t, dims.batch, dims.h, dims.d];
+    const vs = dims && [dims.t, dims.batch, dims.h, dims.e];
+    try {
+      const [o, draft] = await guard(
+        this.engine.decodeDraft(
+          use(q, qk, 'q').native, use(k, qk, 'k').native, use(v, vs, 'v').native,
+          cache.tensor.native, Int32Array.from(slots), Uint32Array.from(tokens),
+          slopes === undefined || slopes === null ? undefined : Float32Array.from(slopes), scale,
+        ),
+      );
+      return {
+        o: q instanceof Tensor ? new Tensor(o) : await this.out(new Tensor(o)),
+        draft: new Draft(draft, cache),
+      };
+    } finally {
+      for (const t of made) t.dispose();
+    }
+  }
+  /**
+   * Keeps what a draft's requests accepted: slot `slots[r]` of the draft's
+   * cache becomes request r's state after its first `accepted[r]` tokens
+   * (0: unchanged). Resolves when recorded.
+   */
+  commitDraft(draft, accepted) {
+    if (!(draft instanceof Draft)) throw new TypeError('commitDraft: `draft` must come from decodeDraft');
+    if (!accepted || typeof accepted.length !== 'number' || !Array.from(accepted).every((t) => Number.isInteger(t) && t >= 0)) {
+      throw new TypeError('commitDraft: `accepted` must be an array of non-negative integers, one per request');
+    }
+    return guard(this.engine.commitDraft(draft.cache.tensor.native, draft.native, Uint32Array.from(accepted)));
+  }
   /** Causal softmax attention on resident `(b, h, n, d)` tensors: the quadratic baseline. */
   async softmaxAttention({ q, k, v, scale }) {
     for (const [arg, x] of Object.entries({ q, k, v })) {

@@ -18,9 +18,12 @@ function random(len, seed) {
   });
 }
 
-// o_i = scale q_i S_i with S_i = lambda S_{i-1} + k_i^T v_i, in f64, (b, h, n, *).
-function reference(q, k, v, { b, h, n, d, e }, slopes, scale) {
+// o_i = scale q_i S_i with S_i = lambda S_{i-1} + k_i^T v_i, in f64, (b, h, n, *);
+// with `every`, also the state after every that many rows, (b, h, n / every, d, e).
+function reference(q, k, v, { b, h, n, d, e }, slopes, scale, every = 0) {
   const o = new Float64Array(b * h * n * e);
+  const count = every ? Math.floor(n / every) : 0;
+  const states = new Float64Array(b * h * count * d * e);
   for (let bh = 0; bh < b * h; bh++) {
     const lambda = Math.exp(-slopes[bh % h]);
     const S = new Float64Array(d * e);
@@ -34,9 +37,10 @@ function reference(q, k, v, { b, h, n, d, e }, slopes, scale) {
         for (let x = 0; x < d; x++) acc += q[row * d + x] * S[x * e + y];
         o[row * e + y] = scale * acc;
       }
+      if (every && (i + 1) % every === 0) states.set(S, (bh * count + (i + 1) / every - 1) * d * e);
     }
   }
-  return o;
+  return { o, states };
 }
 
 function maxRelError(got, want) {
@@ -56,7 +60,7 @@ async function main() {
   const { b, h, n, d, e } = dims;
   const q = random(b * h * n * d, 1), k = random(b * h * n * d, 2), v = random(b * h * n * e, 3);
   const slopes = alibiSlopes(h);
-  const want = reference(q, k, v, dims, slopes, 0.5);
+  const want = reference(q, k, v, dims, slopes, 0.5).o;
 
   const { o } = await la.forward({ q, k, v, dims, slopes, scale: 0.5 });
   const fwdErr = maxRelError(o, want);
@@ -81,6 +85,60 @@ async function main() {
   const decErr = maxRelError(decoded, want);
   log(`decode: max relative error ${decErr.toExponential(2)}`);
   if (!(decErr <= 1e-4)) failures.push('decode');
+
+  // State checkpoints: the state after every blockRows positions.
+  const every = la.adapterInfo().blockRows;
+  const long = { b: 1, h: 2, n: 2 * every + 5, d: 8, e: 6 };
+  const [lq, lk, lv] = [random(long.h * long.n * 8, 4), random(long.h * long.n * 8, 5), random(long.h * long.n * 6, 6)];
+  const lref = reference(lq, lk, lv, long, alibiSlopes(2), 1, every);
+  const withCk = await la.forward({ q: lq, k: lk, v: lv, dims: long, slopes: alibiSlopes(2), checkpointEvery: every });
+  const ckErr = Math.max(maxRelError(withCk.checkpoints, lref.states), maxRelError(withCk.o, lref.o));
+  log(`checkpoints every ${every}: ${withCk.checkpoints.length / 48} states, max relative error ${ckErr.toExponential(2)}`);
+  if (withCk.checkpoints.length !== 2 * 2 * 48 || !(ckErr <= 1e-4)) failures.push('checkpoints');
+
+  // A draft of up to 3 tokens for the two requests (3 and 2 of them), then
+  // commit 2 and 1: the outputs and the kept states follow the recurrence.
+  const t = 3;
+  const draftCache = la.stateCache({ slots: 2, heads: h, d, e });
+  const tokenMajor = (x, w) => {
+    const out = new Float32Array(t * b * h * w);
+    for (let i = 0; i < t; i++) {
+      for (let bh = 0; bh < b * h; bh++) out.set(x.subarray((bh * n + i) * w, (bh * n + i + 1) * w), (i * b * h + bh) * w);
+    }
+    return out;
+  };
+  const { o: draftO, draft } = await la.decodeDraft({
+    q: tokenMajor(q, d), k: tokenMajor(k, d), v: tokenMajor(v, e), cache: draftCache,
+    slots: [0, 1], tokens: [3, 2], dims: { t, batch: b, h, d, e }, slopes, scale: 0.5,
+  });
+  let draftErr = 0;
+  const kept = new Float64Array(b * h * d * e);
+  for (let r = 0; r < b; r++) {
+    const accepted = [2, 1][r];
+    const part = { b: 1, h, n: [3, 2][r], d, e };
+    const rows = (x, w) => {
+      const out = new Float32Array(h * part.n * w);
+      for (let hh = 0; hh < h; hh++) out.set(x.subarray(((r * h + hh) * n) * w, ((r * h + hh) * n + part.n) * w), hh * part.n * w);
+      return out;
+    };
+    const ref = reference(rows(q, d), rows(k, d), rows(v, e), part, slopes, 0.5, accepted);
+    for (let i = 0; i < part.n; i++) {
+      for (let hh = 0; hh < h; hh++) {
+        const got = draftO.subarray(((i * b + r) * h + hh) * e, ((i * b + r) * h + hh + 1) * e);
+        const want = ref.o.subarray((hh * part.n + i) * e, (hh * part.n + i + 1) * e);
+        draftErr = Math.max(draftErr, maxRelError(got, want));
+      }
+    }
+    for (let hh = 0; hh < h; hh++) {
+      const count = Math.floor(part.n / accepted);
+      kept.set(ref.states.subarray((hh * count) * d * e, (hh * count + 1) * d * e), (r * h + hh) * d * e);
+    }
+  }
+  await la.commitDraft(draft, [2, 1]);
+  draft.dispose();
+  const commitErr = maxRelError(await draftCache.read(), kept);
+  log(`draft: outputs ${draftErr.toExponential(2)}, committed states ${commitErr.toExponential(2)}`);
+  if (!(draftErr <= 1e-4) || !(commitErr <= 1e-4)) failures.push('draft');
 
   // A mismatched k is an Error that names it.
   try {

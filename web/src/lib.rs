@@ -11,7 +11,8 @@ use std::rc::Rc;
 
 use js_sys::{Array, Object, Promise, Reflect};
 use lightning_wgpu::{
-    Context, DType, DecodeOptions, ForwardOptions, Layout, Method, SoftmaxOptions, Tensor as Inner,
+    Context, DType, DecodeOptions, Draft, ForwardOptions, Layout, Method, SoftmaxOptions,
+    Tensor as Inner,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -148,6 +149,22 @@ struct Call {
     scale: f32,
     output_final_state: bool,
     cu_seqlens: Option<Vec<u32>>,
+    checkpoint_every: Option<u32>,
+}
+
+/// The per-token states of a multi-token decoding step, until committed.
+#[wasm_bindgen]
+pub struct GpuDraft {
+    d: Rc<Draft>,
+}
+
+#[wasm_bindgen]
+impl GpuDraft {
+    /// The draft tokens of each request.
+    #[wasm_bindgen(getter)]
+    pub fn tokens(&self) -> Vec<u32> {
+        self.d.tokens().iter().map(|&t| t as u32).collect()
+    }
 }
 
 /// One device on the browser's WebGPU adapter.
@@ -231,7 +248,8 @@ impl Engine {
     }
 
     /// The forward pass from a zero state; resolves to `[o, finalState |
-    /// undefined]`.
+    /// undefined, checkpoints | undefined]` (checkpoints with
+    /// `checkpoint_every`: the state after every that many positions).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -244,6 +262,7 @@ impl Engine {
         output_final_state: bool,
         cu_seqlens: Option<Vec<u32>>,
         method_name: &str,
+        checkpoint_every: Option<u32>,
     ) -> Promise {
         let call = Call {
             q: q.t.clone(),
@@ -254,6 +273,7 @@ impl Engine {
             scale,
             output_final_state,
             cu_seqlens,
+            checkpoint_every,
         };
         self.run(call, layout_name, method_name)
     }
@@ -273,6 +293,7 @@ impl Engine {
         output_final_state: bool,
         cu_seqlens: Option<Vec<u32>>,
         method_name: &str,
+        checkpoint_every: Option<u32>,
     ) -> Promise {
         let call = Call {
             q: q.t.clone(),
@@ -283,6 +304,7 @@ impl Engine {
             scale,
             output_final_state,
             cu_seqlens,
+            checkpoint_every,
         };
         self.run(call, layout_name, method_name)
     }
@@ -326,6 +348,67 @@ impl Engine {
         })
     }
 
+    /// Up to t tokens per request (q, k `(t, batch, h, d)`, v `(t, batch, h,
+    /// e)`, token-major) from `cache`, which stays untouched; request r uses
+    /// its first `tokens[r]`. Resolves to `[o (t, batch, h, e) f32, draft]`.
+    #[wasm_bindgen(js_name = decodeDraft)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_draft(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        cache: &GpuTensor,
+        slots: Vec<i32>,
+        tokens: Vec<u32>,
+        slopes: Option<Vec<f32>>,
+        scale: f32,
+    ) -> Promise {
+        let ctx = self.ctx.clone();
+        let (q, k, v, cache) = (q.t.clone(), k.t.clone(), v.t.clone(), cache.t.clone());
+        future_to_promise(async move {
+            let opts = DecodeOptions {
+                slopes: slopes.as_deref(),
+                scale,
+            };
+            let tokens: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
+            let (o, draft) = ctx
+                .decode_draft_async(
+                    &q.borrow(),
+                    &k.borrow(),
+                    &v.borrow(),
+                    &cache.borrow(),
+                    &slots,
+                    &tokens,
+                    &opts,
+                )
+                .await
+                .map_err(js)?;
+            let pair = Array::new();
+            pair.push(&GpuTensor::wrap(&ctx, o).into());
+            pair.push(&GpuDraft { d: Rc::new(draft) }.into());
+            Ok(pair.into())
+        })
+    }
+
+    /// Sets each request's slot of `cache` to its state after its first
+    /// `accepted[r]` draft tokens (0: unchanged).
+    #[wasm_bindgen(js_name = commitDraft)]
+    pub fn commit_draft(&self, cache: &GpuTensor, draft: &GpuDraft, accepted: Vec<u32>) -> Promise {
+        let ctx = self.ctx.clone();
+        let (cache, draft) = (cache.t.clone(), draft.d.clone());
+        future_to_promise(async move {
+            let mut cache = cache
+                .try_borrow_mut()
+                .map_err(|_| bad("`cache` is in use by another call".into()))?;
+            let accepted: Vec<usize> = accepted.iter().map(|&t| t as usize).collect();
+            ctx.commit_draft_async(&mut cache, &draft, &accepted)
+                .await
+                .map_err(js)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
     /// Causal softmax attention (the quadratic baseline) in `(b, h, n, d)`.
     #[wasm_bindgen(js_name = softmaxAttention)]
     pub fn softmax_attention(
@@ -357,10 +440,16 @@ impl Engine {
         let ctx = self.ctx.clone();
         let (src, dst) = (src.t.clone(), dst.t.clone());
         future_to_promise(async move {
+            if Rc::ptr_eq(&src, &dst) {
+                return Err(bad("copyInto: `src` and `dst` are the same tensor".into()));
+            }
+            let src = src
+                .try_borrow()
+                .map_err(|_| bad("`src` is being written by another call".into()))?;
             let mut dst = dst
                 .try_borrow_mut()
                 .map_err(|_| bad("`dst` is in use by another call".into()))?;
-            ctx.copy_into_async(&src.borrow(), &mut dst, at as usize)
+            ctx.copy_into_async(&src, &mut dst, at as usize)
                 .await
                 .map_err(js)?;
             Ok(JsValue::UNDEFINED)
@@ -399,14 +488,27 @@ impl Engine {
                 method,
                 cu_seqlens: cu.as_deref(),
             };
-            let out = ctx.forward_async(&q, &k, &v, &opts).await.map_err(js)?;
-            let pair = Array::new();
-            pair.push(&GpuTensor::wrap(&ctx, out.o).into());
-            match out.final_state {
-                Some(s) => pair.push(&GpuTensor::wrap(&ctx, s).into()),
-                None => pair.push(&JsValue::UNDEFINED),
+            let (out, checkpoints) = match call.checkpoint_every {
+                Some(every) => {
+                    let (out, ck) = ctx
+                        .forward_with_checkpoints_async(&q, &k, &v, &opts, every as usize)
+                        .await
+                        .map_err(js)?;
+                    (out, Some(ck))
+                }
+                None => (
+                    ctx.forward_async(&q, &k, &v, &opts).await.map_err(js)?,
+                    None,
+                ),
             };
-            Ok(pair.into())
+            let triple = Array::new();
+            let wrap = |t: Option<Inner>| -> JsValue {
+                t.map_or(JsValue::UNDEFINED, |t| GpuTensor::wrap(&ctx, t).into())
+            };
+            triple.push(&wrap(Some(out.o)));
+            triple.push(&wrap(out.final_state));
+            triple.push(&wrap(checkpoints));
+            Ok(triple.into())
         })
     }
 }
