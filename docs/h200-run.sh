@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The H200 calls of the second round: every number this round's issues ask
-# for, with the anchors in the same call. First run on 2026-12-02 (results in
-# docs/results/ as nvidia-h200-<date>-*.json, with the device, driver and
-# date in each file). The device returns at most 8 files per call: bundle
-# $OUT into one archive when running several modes.
+# for, with the anchors in the same call; results go to docs/results/ as
+# nvidia-h200-<date>-*.json, with the device, driver and date in each file.
+# The device returns at most 8 files per call: bundle $OUT into one archive
+# when running several modes.
 #
 # Prepared beforehand, on the x86-64 build machine (the H200 has no Rust and
 # no network):
@@ -22,8 +22,8 @@
 # (one mode per call fits the device's 10-minute limit; several do when short)
 set -o pipefail
 
-# The Vulkan loader unpacked over the machine's own files: after
-# the CUDA anchors, whose Triton builds failed once these were in place.
+# The Vulkan loader unpacked over the machine's own files, after the CUDA
+# anchors (Triton builds its helpers with the machine's own libraries).
 vulkan() {
     for f in .gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done
     ldconfig
@@ -41,7 +41,7 @@ together)
         --out "$OUT/anchors.json" 2>"$OUT/anchors.err" | tee "$OUT/anchors.log" | grep -v '^ROW'
     tail -5 "$OUT/anchors.err"
     # ONNX Runtime's WebGPU build beside the machine's CPU one, not over it;
-    # its Dawn needs the Vulkan loader (without it the session fell back to the CPU).
+    # its Dawn needs the Vulkan loader (without it the session runs on the CPU).
     vulkan
     pip install --no-deps --target /tmp/ort-webgpu .whl/onnxruntime_webgpu-*.whl >/dev/null 2>&1
     PYTHONPATH=/tmp/ort-webgpu timeout 90 python3 tools/anchors.py --providers ort_webgpu --dtypes fp32 \
@@ -103,8 +103,8 @@ serving)
     vulkan
     # Issue 23: R ranks sharing the one GPU at n = 128K, b = 1, h = 32, each
     # with its own device, against one plain call (the overhead; 8 + 4 h d e
-    # bytes per rank per all-gather). Threads, not mpirun: Debian's OpenMPI
-    # unpacked on that machine crashed in mpirun's start-up (2026-12-02).
+    # bytes per rank per all-gather). Threads: that machine's own MPI is
+    # tried below; Debian's, unpacked there, does not start.
     for dtype in bf16 f32; do
         for R in 1 2 4; do
             timeout 60 .device/sequence_parallel_bench --ranks $R --n 131072 --h 32 --d 128 \
