@@ -31,8 +31,6 @@ fn root() -> PathBuf {
 
 /// The burn op and the MPI transport are built and tested with the rest.
 const FEATURES: &str = "lightning-wgpu/burn,lightning-wgpu/mpi,lightning-wgpu-cli/mpi";
-/// The library's share of them, for runs of its package alone.
-const LIBRARY_FEATURES: &str = "burn,mpi";
 
 /// Debian packages of the `mpi` feature: OpenMPI, and libclang for rsmpi's
 /// bindings to it.
@@ -147,8 +145,9 @@ fn test(extra: &[String]) -> Result<(), String> {
     checked
         .args([
             "test",
-            "-p",
-            "lightning-wgpu",
+            // The workspace's feature set, as in the run above: the same
+            // build, so this rerun compiles nothing again.
+            "--workspace",
             "--test",
             "forward",
             "--test",
@@ -162,47 +161,23 @@ fn test(extra: &[String]) -> Result<(), String> {
             "--test",
             "parallel",
             "--features",
-            LIBRARY_FEATURES,
+            FEATURES,
         ])
         .env("LIGHTNING_CHECKED", "1")
         .env("NODEVICE_SELECT", "1");
     run(&mut checked)?;
     // The sequence-parallel cost example runs (three thread ranks, tiny).
-    cargo(
+    example(
+        "sequence_parallel_bench",
         &[
-            "run",
-            "-p",
-            "lightning-wgpu",
-            "--example",
-            "sequence_parallel_bench",
-            "--",
-            "--ranks",
-            "3",
-            "--n",
-            "300",
-            "--h",
-            "2",
-            "--d",
-            "16",
-            "--reps",
-            "2",
-            "--dtype",
-            "f32",
+            "--ranks", "3", "--n", "300", "--h", "2", "--d", "16", "--reps", "2", "--dtype", "f32",
         ],
-        &[],
     )?;
     // The burn example trains a few steps on the default adapter and must
     // see its loss fall, then generates with the decode kernel.
-    cargo(
+    example(
+        "train_lm",
         &[
-            "run",
-            "-p",
-            "lightning-wgpu",
-            "--features",
-            "burn",
-            "--example",
-            "train_lm",
-            "--",
             "--steps",
             "12",
             "--batch",
@@ -213,8 +188,19 @@ fn test(extra: &[String]) -> Result<(), String> {
             "40",
             "--check",
         ],
-        &[],
     )
+}
+
+/// Runs an example the workspace's test build made (with [`FEATURES`])
+/// directly: `cargo run -p` would resolve other features and build the
+/// dependencies again.
+fn example(name: &str, args: &[&str]) -> Result<(), String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let mut cmd = Command::new(target.join("debug").join("examples").join(name));
+    cmd.args(args).env("NODEVICE_SELECT", "1");
+    run(&mut cmd)
 }
 
 fn cargo(args: &[&str], extra: &[String]) -> Result<(), String> {
