@@ -388,11 +388,7 @@ pub async fn measure_forward_backward(
         ..Default::default()
     };
     let (q, k, v) = (&inputs.q, &inputs.k, &inputs.v);
-    let mut samples = Vec::new();
-    let warm = web_time::Instant::now();
-    let mut warmups = 0;
-    while samples.len() < repeat.reps.max(1) {
-        let start = web_time::Instant::now();
+    wall_runs(ctx, repeat, async || {
         let o = ctx.forward_async(q, k, v, &fwd).await?.o;
         let g = ctx
             .backward_async(
@@ -406,8 +402,27 @@ pub async fn measure_forward_backward(
                 },
             )
             .await?;
-        settle(ctx, &g.dq).await?;
         drop(o);
+        Ok(g.dq)
+    })
+    .await
+}
+
+/// Warm-up, then the median of timed runs of `op` by the wall clock around
+/// a wait for the tensor it returns: for ops whose copies or host steps GPU
+/// timestamps would not see.
+async fn wall_runs(
+    ctx: &Context,
+    repeat: Repeat,
+    mut op: impl AsyncFnMut() -> Result<Tensor>,
+) -> Result<Measurement> {
+    let mut samples = Vec::new();
+    let warm = web_time::Instant::now();
+    let mut warmups = 0;
+    while samples.len() < repeat.reps.max(1) {
+        let start = web_time::Instant::now();
+        let last = op().await?;
+        settle(ctx, &last).await?;
         if repeat.warming(warmups, warm) {
             warmups += 1;
         } else {
@@ -536,23 +551,15 @@ pub async fn measure_decode_draft(
     let mut cache = ctx.tensor(&pattern(batch * h * d * e, 7, 0.1), &[batch, h, d, e])?;
     let slots: Vec<i32> = (0..batch as i32).collect();
     let counts = vec![tokens; batch];
-    let mut samples = Vec::new();
-    let warm = web_time::Instant::now();
-    let mut warmups = 0;
-    while samples.len() < repeat.reps.max(1) {
-        let start = web_time::Instant::now();
+    let cache = &mut cache;
+    wall_runs(ctx, repeat, async || {
         let (o, draft) = ctx
-            .decode_draft_async(&q, &k, &v, &cache, &slots, &counts, &opts)
+            .decode_draft_async(&q, &k, &v, cache, &slots, &counts, &opts)
             .await?;
-        ctx.commit_draft_async(&mut cache, &draft, &counts).await?;
-        settle(ctx, &o).await?;
-        if repeat.warming(warmups, warm) {
-            warmups += 1;
-        } else {
-            samples.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    Ok(summarize(ctx, samples, "wall-clock", Vec::new()))
+        ctx.commit_draft_async(cache, &draft, &counts).await?;
+        Ok(o)
+    })
+    .await
 }
 
 /// A sweep of sequence lengths at a fixed number of tokens `b * n`.

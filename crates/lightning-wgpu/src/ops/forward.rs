@@ -478,16 +478,14 @@ impl Context {
         };
         let (needs, block_state_bytes) = match opts.method {
             // Checkpoints fall where segments end: rows split every `every`.
-            Method::Chunk => match checkpoints {
-                Some((every, _)) => (
-                    Needs {
-                        max_rows: every,
-                        ..Needs::CHUNK
-                    },
-                    path.block_state_bytes(),
-                ),
-                None => (Needs::CHUNK, path.block_state_bytes()),
-            },
+            Method::Chunk => {
+                let max_rows = checkpoints.map_or(Needs::CHUNK.max_rows, |(every, _)| every);
+                let needs = Needs {
+                    max_rows,
+                    ..Needs::CHUNK
+                };
+                (needs, path.block_state_bytes())
+            }
             Method::Recurrent => (Needs::recurrent(recurrent::max_rows(dims.d)), 4),
         };
         let mut limits = super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes);
