@@ -25,6 +25,7 @@ class _Attention(torch.autograd.Function):
         ctx.s0_like = None if s0 is None else _arrays.Like("torch", s0.dtype, s0.device)
         ctx.set_materialize_grads(False)
         o_like = ctx.likes[2]
+        ctx.o_shape = tuple(o.shape)  # v's with q's heads (grouped heads)
         return o_like.out(o), _arrays.Like("torch", torch.float32, v.device).out(sn)
 
     @staticmethod
@@ -32,7 +33,7 @@ class _Attention(torch.autograd.Function):
         dev = ctx.dev
         qt, kt, vt, s0t = ctx.saved
         if d_o is None:
-            d_o = torch.zeros(vt.shape, dtype=ctx.likes[2].dtype)
+            d_o = torch.zeros(ctx.o_shape, dtype=ctx.likes[2].dtype)
         dot = _arrays.put(dev, d_o.to(ctx.likes[2].dtype), "do")[0]
         dsnt = None if d_sn is None else _arrays.put(dev, d_sn, "d_final_state", "float32")[0]
         dq, dk, dv, ds0 = dev.backward(qt, kt, vt, dot, initial_state=s0t, d_final_state=dsnt, **ctx.args)

@@ -110,17 +110,18 @@ def lightning_attn_func(q: Array, k: Array, v: Array, s: Optional[Array] = None)
     """The official kernel's call (``lightning_attn.ops.lightning_attn_func``):
     q, k ``(b, h, n, d)``, v ``(b, h, n, e)``, ``s`` the per-head slopes of
     shape ``(h,)`` or ``(h, 1, 1)`` (None: no decay), scale 1. Returns o."""
-    h = _shape(q)[1]
+    _shape(q)
+    h = _shape(k, "k")[1]  # slopes are per kv head (grouped heads)
     o, _ = attention(q, k, v, slopes=_slopes(s, h))
     return o
 
 
-def _shape(x: Array) -> tuple:
+def _shape(x: Array, arg: str = "q") -> tuple:
     if isinstance(x, (str, bytes)) or not (hasattr(x, "shape") or isinstance(x, (list, tuple))):
-        raise TypeError(f"q must be an array or tensor, got {type(x).__name__}")
+        raise TypeError(f"{arg} must be an array or tensor, got {type(x).__name__}")
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     if len(shape) != 4:
-        raise ValueError(f"q must have 4 dimensions, got shape {shape}")
+        raise ValueError(f"{arg} must have 4 dimensions, got shape {shape}")
     return shape
 
 
@@ -155,7 +156,8 @@ def chunk_lightning_attn(
     """FLA's ``chunk_lightning_attn``: (B, T, H, K) layout, FLA's slopes for
     ``layer_idx`` of ``num_layers``, ``scale=None`` meaning ``1/sqrt(K)``.
     Returns ``(o, final_state)`` (None unless ``output_final_state``)."""
-    h = _shape(q)[2]
+    _shape(q)
+    h = _shape(k, "k")[2]  # slopes are per kv head (grouped heads)
     slopes = fla_slopes(h, layer_idx, num_layers)
     return _fla(q, k, v, slopes, scale, initial_state, output_final_state, cu_seqlens, "chunk")
 
@@ -177,7 +179,8 @@ def fused_recurrent_lightning_attn(
     not supported."""
     if reverse:
         raise ValueError("reverse=True is not supported")
-    h = _shape(q)[2]
+    _shape(q)
+    h = _shape(k, "k")[2]  # slopes are per kv head (grouped heads)
     slopes = fla_slopes(h, layer_idx, num_layers)
     return _fla(q, k, v, slopes, scale, initial_state, output_final_state, cu_seqlens, "recurrent")
 
@@ -199,7 +202,8 @@ def chunk_simple_gla(
     ``(o, final_state)``."""
     if g is not None:
         raise ValueError("a per-token gate `g` is not supported; give a per-head `g_gamma`")
-    h = _shape(q)[2]
+    _shape(q)
+    h = _shape(k, "k")[2]  # slopes are per kv head (grouped heads)
     slopes = None
     if g_gamma is not None:
         gamma = _slopes(g_gamma, h, "g_gamma")

@@ -73,3 +73,31 @@ def test_no_grad_needed_is_a_plain_call(rng):
     with torch.no_grad():
         o = lw.lightning_attn_func(q, q, q)
     assert isinstance(o, torch.Tensor) and not o.requires_grad
+
+
+def test_grouped_heads_gradients_match_torch_autograd(rng):
+    """q with 3 heads per kv head: as the same heads repeated, which torch
+    differentiates into the group sums; the final state counts once."""
+    b, hkv, g, n, d, e = 2, 2, 3, int(rng.integers(40, 100)), 8, 12
+    q, k, v, s0 = leaves(rng, (b, hkv * g, n, d), (b, hkv, n, d), (b, hkv, n, e), (b, hkv, d, e))
+    slopes = lw.alibi_slopes(hkv)
+    w_o = torch.tensor(rng.standard_normal((b, hkv * g, n, e)))
+    w_s = torch.tensor(rng.standard_normal((b, hkv, d, e)))
+    o, sn = lw.attention(q, k, v, slopes, 0.7, initial_state=s0, output_final_state=True)
+    assert tuple(o.shape) == (b, hkv * g, n, e) and tuple(sn.shape) == (b, hkv, d, e)
+    ((o.double() * w_o).sum() + (sn.double() * w_s).sum()).backward()
+
+    refs = [x.detach().double().requires_grad_() for x in (q, k, v, s0)]
+    rep = lambda x: x.repeat_interleave(g, dim=1)  # noqa: E731
+    ro, rs = naive(refs[0], rep(refs[1]), rep(refs[2]), np.repeat(slopes, g), 0.7, rep(refs[3]))
+    ((ro * w_o).sum() + (rs[:, ::g] * w_s).sum()).backward()
+
+    def close(got, want, what):
+        peak = want.abs().max().item()
+        err = (got.double() - want).abs().max().item()
+        assert err <= 1e-4 * peak, f"{what}: {err:.3g} against {peak:.3g}"
+
+    close(o.detach(), ro.detach(), "o")
+    close(sn.detach(), rs[:, ::g].detach(), "final state")
+    for name, got, ref in zip(["dq", "dk", "dv", "dS0"], (q, k, v, s0), refs):
+        close(got.grad, ref.grad, name)

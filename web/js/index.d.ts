@@ -20,6 +20,8 @@ export interface Dims {
   e?: number;
   /** Sequences of a packed batch (with cuSeqlens): the states' first dimension. */
   N?: number;
+  /** Heads of q and o when grouped: a multiple of `h`, the heads of k, v, the states and the slopes (default: h). */
+  hq?: number;
 }
 
 export interface CreateOptions {
@@ -103,8 +105,8 @@ export interface DecodeArgs<T extends HostData | Tensor> {
   cache: StateCache;
   /** One cache slot per request; negative: padding (output zero, no state touched). */
   slots: ArrayLike<number>;
-  /** Required when q, k, v are typed arrays. */
-  dims?: { batch: number; h: number; d: number; e: number };
+  /** Required when q, k, v are typed arrays; `hq`: q's heads when grouped (a multiple of h, the heads of k, v and the cache). */
+  dims?: { batch: number; h: number; d: number; e: number; hq?: number };
   slopes?: ArrayLike<number>;
   scale?: number;
   dtype?: DType;

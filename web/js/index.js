@@ -203,6 +203,8 @@ export class LightningAttention {
    *
    * q, k `(b, h, n, d)` and v `(b, h, n, e)` (or `(b, n, h, *)` with
    * layout "bnhd"): Tensors, or typed arrays with `dims: { b, h, n, d, e }`.
+   * Grouped heads: q with `hq`, a multiple of `h` heads (`dims.hq`), o too;
+   * slopes and states per kv head.
    * Resolves to `{ o, finalState }`, typed arrays for typed-array inputs
    * (Float32Array for f32, Uint16Array bits for f16 and bf16), Tensors for
    * Tensor inputs; `finalState` (f32 `(b, h, d, e)`) only with
@@ -220,8 +222,8 @@ export class LightningAttention {
       return t;
     };
     try {
-      const qt = use(q, shapes.qk, 'q', dtype);
-      const kt = use(k, shapes.qk, 'k', dtype);
+      const qt = use(q, shapes.q, 'q', dtype);
+      const kt = use(k, shapes.k, 'k', dtype);
       const vt = use(v, shapes.v, 'v', dtype);
       const s0 = initialState === undefined || initialState === null ? undefined : use(initialState, shapes.state, 'initialState', 'f32');
       const rest = [
@@ -269,6 +271,7 @@ export class LightningAttention {
    * `(batch, h, e)` (typed arrays need `dims: { batch, h, d, e }`); request
    * `r` reads and updates `cache` slot `slots[r]` in place (a negative slot
    * is padding). Resolves to o `(batch, h, e)`, typed array or Tensor as q.
+   * Grouped heads: q (and o) with `dims.hq` heads, a multiple of h.
    */
   async decodeStep({ q, k, v, cache, slots, dims, slopes, scale = 1, dtype } = {}) {
     if (!(cache instanceof StateCache)) throw new TypeError('decodeStep: `cache` must be a StateCache (la.stateCache(...))');
@@ -279,12 +282,13 @@ export class LightningAttention {
       if (fresh) made.push(t);
       return t;
     };
-    const qk = dims && [dims.batch, dims.h, dims.d];
+    const qs = dims && [dims.batch, dims.hq ?? dims.h, dims.d];
+    const ks = dims && [dims.batch, dims.h, dims.d];
     const vs = dims && [dims.batch, dims.h, dims.e];
     try {
       const o = await guard(
         this.engine.decodeStep(
-          use(q, qk, 'q').native, use(k, qk, 'k').native, use(v, vs, 'v').native,
+          use(q, qs, 'q').native, use(k, ks, 'k').native, use(v, vs, 'v').native,
           cache.tensor.native, Int32Array.from(slots),
           slopes === undefined || slopes === null ? undefined : Float32Array.from(slopes), scale,
         ),
@@ -320,7 +324,7 @@ export class LightningAttention {
     try {
       const [o, draft] = await guard(
         this.engine.decodeDraft(
-          use(q, qk, 'q').native, use(k, qk, 'k').native, use(v, vs, 'v').native,
+          use(q, qs, 'q').native, use(k, ks, 'k').native, use(v, vs, 'v').native,
           cache.tensor.native, Int32Array.from(slots), Uint32Array.from(tokens),
           slopes === undefined || slopes === null ? undefined : Float32Array.from(slopes), scale,
         ),
@@ -360,8 +364,8 @@ export class LightningAttention {
   }
 }
 
-function shapesOf({ b, h, n, d, e, N }, layout) {
+function shapesOf({ b, h, n, d, e, N, hq }, layout) {
   const e_ = e ?? d;
-  const shape = (w) => (layout === 'bnhd' ? [b, n, h, w] : [b, h, n, w]);
-  return { qk: shape(d), v: shape(e_), state: [N ?? b, h, d, e_] };
+  const shape = (w, heads = h) => (layout === 'bnhd' ? [b, n, heads, w] : [b, heads, n, w]);
+  return { q: shape(d, hq ?? h), k: shape(d), v: shape(e_), state: [N ?? b, h, d, e_] };
 }

@@ -1,4 +1,5 @@
-// Uses the package as a web developer would: forward, decode and an error
+// Uses the package as a web developer would: forward (one head each and
+// grouped), decode, checkpoints, drafts and an error
 // case, each checked against a plain JS reference. The last line of the log
 // is the verdict the test runner waits for.
 import { LightningAttention, alibiSlopes } from 'lightning-wgpu';
@@ -66,6 +67,44 @@ async function main() {
   const fwdErr = maxRelError(o, want);
   log(`forward: max relative error ${fwdErr.toExponential(2)}`);
   if (!(o instanceof Float32Array) || !(fwdErr <= 1e-4)) failures.push('forward');
+
+  // Grouped heads: q and o with two heads per kv head, as the kv heads repeated.
+  const g = 2;
+  const gq = random(b * h * g * n * d, 7);
+  const repeat = (x, w) => {
+    const out = new Float32Array(b * h * g * n * w);
+    for (let bh = 0; bh < b * h * g; bh++) {
+      const from = (Math.floor(bh / (h * g)) * h + Math.floor((bh % (h * g)) / g)) * n * w;
+      out.set(x.subarray(from, from + n * w), bh * n * w);
+    }
+    return out;
+  };
+  const gSlopes = Array.from(slopes).flatMap((s) => Array(g).fill(s));
+  const gWant = reference(gq, repeat(k, d), repeat(v, e), { ...dims, h: h * g }, gSlopes, 0.5).o;
+  const grouped = await la.forward({ q: gq, k, v, dims: { ...dims, hq: h * g }, slopes, scale: 0.5 });
+  const gErr = maxRelError(grouped.o, gWant);
+  log(`grouped heads (${h * g} q heads over ${h}): max relative error ${gErr.toExponential(2)}`);
+  if (grouped.o.length !== gWant.length || !(gErr <= 1e-4)) failures.push('grouped heads');
+
+  // One grouped decoding step from empty states: o = scale q (k^T v), each
+  // kv head's state read by its two q heads and updated once.
+  {
+    const gc = la.stateCache({ slots: 2, heads: h, d, e });
+    const [sq, sk, sv] = [random(b * h * g * d, 8), random(b * h * d, 9), random(b * h * e, 10)];
+    const so = await la.decodeStep({ q: sq, k: sk, v: sv, cache: gc, slots: [1, 0], dims: { batch: b, h, d, e, hq: h * g }, slopes, scale: 0.5 });
+    const sWant = new Float64Array(b * h * g * e);
+    for (let r = 0; r < b; r++) {
+      for (let head = 0; head < h * g; head++) {
+        const kv = r * h + Math.floor(head / g);
+        let qk = 0;
+        for (let x = 0; x < d; x++) qk += sq[(r * h * g + head) * d + x] * sk[kv * d + x];
+        for (let y = 0; y < e; y++) sWant[(r * h * g + head) * e + y] = 0.5 * qk * sv[kv * e + y];
+      }
+    }
+    const sErr = maxRelError(so, sWant);
+    log(`grouped decode: max relative error ${sErr.toExponential(2)}`);
+    if (so.length !== sWant.length || !(sErr <= 1e-4)) failures.push('grouped decode');
+  }
 
   // Decode token by token through a state cache: request r in slot 2 - r.
   const cache = la.stateCache({ slots: 3, heads: h, d, e });

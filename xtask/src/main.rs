@@ -160,6 +160,8 @@ fn test(extra: &[String]) -> Result<(), String> {
             "checkpoints",
             "--test",
             "parallel",
+            "--test",
+            "grouped",
             "--features",
             FEATURES,
         ])

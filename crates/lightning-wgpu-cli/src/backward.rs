@@ -16,7 +16,7 @@ use crate::output::Outputs;
 pub struct Args {
     #[command(flatten)]
     pub problem: Problem,
-    /// Gradient of the output, shaped like v.
+    /// Gradient of the output, shaped like v with q's heads.
     #[arg(long = "do", value_name = "DO.npy")]
     pub d_o: PathBuf,
     /// Gradient of the final state, (b, h, d, e) (default: zero).
@@ -56,6 +56,8 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         outputs.push(("d-initial-state", p));
     }
     let outputs = Outputs::new(&outputs, &inputs)?;
+    let loaded = problem.load()?;
+    let output_shape = loaded.output_shape();
     let Loaded {
         layout,
         q,
@@ -63,14 +65,15 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         v,
         dims,
         slopes,
-    } = problem.load()?;
+        ..
+    } = loaded;
     let s0 = initial_state(problem, &dims, None)?;
     let d_o = npy::read(&args.d_o, "do")?;
-    if d_o.shape != v.shape {
+    if d_o.shape != output_shape {
         bail!(
-            "`do` ({}) must be shaped like v {:?}, got {:?}",
+            "`do` ({}) must be shaped like the output (v with q's heads) {:?}, got {:?}",
             args.d_o.display(),
-            v.shape,
+            output_shape,
             d_o.shape
         );
     }

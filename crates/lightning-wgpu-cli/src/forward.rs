@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
 use lightning_wgpu::{
-    alibi_slopes, problem_dims, Context, ContextOptions, DType, Dims, ForwardOptions, Layout,
+    alibi_slopes, grouped_problem, Context, ContextOptions, DType, Dims, ForwardOptions, Layout,
     Method,
 };
 
@@ -131,7 +131,7 @@ pub struct Args {
     /// Algorithm.
     #[arg(long, value_enum, default_value_t)]
     pub method: MethodArg,
-    /// Where to write the output (float32 .npy, shaped like v).
+    /// Where to write the output (float32 .npy, shaped like v with q's heads).
     #[arg(long, value_name = "O.npy")]
     pub out: PathBuf,
     /// Where to write the state after the last position (float32 .npy, shaped like the initial state).
@@ -148,10 +148,11 @@ pub struct Args {
     pub checkpoints: Option<PathBuf>,
 }
 
-/// The problem's sizes from the shapes of q, k and v (the library's own
-/// check, made before the GPU is opened), naming the files on failure.
-fn dims(args: &Problem, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<Dims> {
-    problem_dims(layout, &q.shape, &k.shape, &v.shape).with_context(|| {
+/// The problem's sizes (`h` the kv heads) and q heads per kv head, from
+/// the shapes of q, k and v (the library's own check, made before the GPU
+/// is opened), naming the files on failure.
+fn dims(args: &Problem, layout: Layout, q: &Array, k: &Array, v: &Array) -> Result<(Dims, usize)> {
+    grouped_problem(layout, &q.shape, &k.shape, &v.shape).with_context(|| {
         format!(
             "{}, {}, {} (layout {layout})",
             args.q.display(),
@@ -211,8 +212,19 @@ pub struct Loaded {
     pub q: Array,
     pub k: Array,
     pub v: Array,
+    /// `h` counts k's and v's heads.
     pub dims: Dims,
+    /// q heads per kv head (grouped heads; 1 for one each).
+    pub group: usize,
     pub slopes: Option<Vec<f32>>,
+}
+
+impl Loaded {
+    /// The shape of o and dO: v's, with q's heads.
+    pub fn output_shape(&self) -> [usize; 4] {
+        let Dims { b, h, n, e, .. } = self.dims;
+        self.layout.shape(b, h * self.group, n, e)
+    }
 }
 
 impl Problem {
@@ -242,7 +254,7 @@ impl Problem {
         let q = npy::read(&self.q, "q")?;
         let k = npy::read(&self.k, "k")?;
         let v = npy::read(&self.v, "v")?;
-        let dims = dims(self, layout, &q, &k, &v)?;
+        let (dims, group) = dims(self, layout, &q, &k, &v)?;
         let slopes = slopes(self, dims.h)?;
         Ok(Loaded {
             layout,
@@ -250,6 +262,7 @@ impl Problem {
             k,
             v,
             dims,
+            group,
             slopes,
         })
     }
@@ -279,6 +292,8 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         outputs.push(("checkpoints", p));
     }
     let outputs = Outputs::new(&outputs, &inputs)?;
+    let loaded = problem.load()?;
+    let output_shape = loaded.output_shape();
     let Loaded {
         layout,
         q,
@@ -286,7 +301,8 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         v,
         dims,
         slopes,
-    } = problem.load()?;
+        ..
+    } = loaded;
     let cu_seqlens = args
         .cu_seqlens
         .as_deref()
@@ -331,7 +347,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // The output in f32 whatever the inputs' storage: never rounded to halves.
-    let mut o = ctx.empty(&v.shape, DType::F32)?;
+    let mut o = ctx.empty(&output_shape, DType::F32)?;
     let state_shape = s0_shape(&dims, cu_seqlens.as_deref());
     let mut state = match &args.final_state {
         Some(_) => Some(ctx.empty(&state_shape, DType::F32)?),

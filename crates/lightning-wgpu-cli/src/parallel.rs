@@ -132,6 +132,11 @@ mod with_mpi {
     ) -> Result<Slice> {
         let ranks = Ranks::init()?;
         let loaded = problem.load()?;
+        if loaded.group > 1 {
+            anyhow::bail!(
+                "--sequence-parallel takes q, k and v with the same heads (grouped heads run in one process)"
+            );
+        }
         let s0 = initial_state(problem, &loaded.dims, None)?;
         let range = ranks.rows(loaded.dims.n)?;
         let ctx = match options.adapter {

@@ -74,7 +74,7 @@ pub use runtime::switches::{
 };
 pub use slopes::{alibi_slopes, layer_slopes};
 pub use tensor::{DType, Tensor};
-pub use validate::{problem_dims, MAX_HEAD_DIM};
+pub use validate::{grouped_problem, problem_dims, MAX_HEAD_DIM};
 
 /// The README's Rust examples compile as doctests.
 #[cfg(doctest)]

@@ -59,6 +59,37 @@ pub(crate) struct Segment {
     pub scratch_bytes: u64,
 }
 
+/// Which heads of a tensor a call's head `h` reads: the tensor's head
+/// `first + step h`, so the tensor has `step` times the call's heads. Grouped
+/// heads run one call per member of every group, each viewing its member's
+/// heads of the wider tensors (q and o) in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeadView {
+    pub step: usize,
+    pub first: usize,
+}
+
+impl Default for HeadView {
+    fn default() -> Self {
+        HeadView { step: 1, first: 0 }
+    }
+}
+
+impl HeadView {
+    /// Element strides (batch, head, row) of the view of a `(b, heads, n,
+    /// width)` call's tensor, and the element offset of its first head.
+    pub(crate) fn strides(
+        self,
+        layout: Layout,
+        heads: usize,
+        n: usize,
+        width: usize,
+    ) -> ((usize, usize, usize), usize) {
+        let (sb, sh, sn) = layout.strides(heads * self.step, n, width);
+        ((sb, sh * self.step, sn), self.first * sh)
+    }
+}
+
 /// What bounds a plan.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
@@ -75,6 +106,8 @@ pub(crate) struct Limits {
     pub reversed: [bool; 4],
     /// Where each tensor starts in its buffer, in its elements.
     pub at: Starts,
+    /// The heads q, k, v and o are read (written) at.
+    pub heads: [HeadView; 4],
     pub max_binding: u64,
     pub offset_align: u64,
     pub max_groups: u64,
@@ -109,9 +142,10 @@ fn window(
     elem: u64,
     reversed: bool,
     at: u64,
+    view: HeadView,
 ) -> Window {
-    let (sb, sh, sn) = layout.strides(dims.h, dims.n, width);
-    let at = at as usize;
+    let ((sb, sh, sn), first_head) = view.strides(layout, dims.h, dims.n, width);
+    let at = at as usize + first_head;
     let (bh_start, bh_count) = bh;
     let (n0, len) = rows;
     // A reversed view reads logical row i at physical row n - 1 - i: the
@@ -155,8 +189,9 @@ fn segment(
     let state_lo = lim.at.state as usize + (seq.first_state + bh.0) * state_size;
     let state_start = (state_lo as u64 * 4) / lim.offset_align * lim.offset_align;
     let [rq, rk, rv, ro] = lim.reversed;
-    // A tensor's window: its width, bytes per element, and time direction.
-    let win = |width: usize, bytes: u64, reversed: bool, at: u64| {
+    let [hq, hk, hv, ho] = lim.heads;
+    // A tensor's window: its width, bytes per element, time direction, heads.
+    let win = |width: usize, bytes: u64, reversed: bool, at: u64, view: HeadView| {
         window(
             layout,
             dims,
@@ -167,6 +202,7 @@ fn segment(
             bytes,
             reversed,
             at,
+            view,
         )
     };
     Segment {
@@ -177,10 +213,10 @@ fn segment(
         n0: rows.0,
         rows: rows.1,
         blocks,
-        q: win(dims.d, lim.input_bytes, rq, lim.at.q),
-        k: win(dims.d, lim.input_bytes, rk, lim.at.k),
-        v: win(dims.e, lim.input_bytes, rv, lim.at.v),
-        o: win(dims.e, lim.output_bytes, ro, lim.at.o),
+        q: win(dims.d, lim.input_bytes, rq, lim.at.q, hq),
+        k: win(dims.d, lim.input_bytes, rk, lim.at.k, hk),
+        v: win(dims.e, lim.input_bytes, rv, lim.at.v, hv),
+        o: win(dims.e, lim.output_bytes, ro, lim.at.o, ho),
         state: Window {
             offset: state_start,
             size: ((state_lo + bh.1 * state_size) as u64) * 4 - state_start,
@@ -343,6 +379,7 @@ mod tests {
             block_state_bytes: 4,
             reversed: [false; 4],
             at: Starts::default(),
+            heads: Default::default(),
             max_binding,
             offset_align: 256,
             max_groups: 65535,
@@ -509,6 +546,48 @@ mod tests {
         }
     }
 
+    /// A view of every group's member m addresses that member's heads of a
+    /// tensor with `step` times the call's heads, in both layouts and when
+    /// the binding forces splits.
+    #[test]
+    fn head_views_address_one_member_of_every_group() {
+        let dims = Dims {
+            b: 2,
+            h: 3,
+            n: 150,
+            d: 12,
+            e: 5,
+        };
+        let step = 3;
+        for layout in [Layout::Bhnd, Layout::Bnhd] {
+            for first in 0..step {
+                let view = HeadView { step, first };
+                let lim = Limits {
+                    heads: [view, HeadView::default(), HeadView::default(), view],
+                    ..lim(64 << 10)
+                };
+                let segs = plan(layout, &dims, &lim, &whole(&dims), Needs::CHUNK).expect("plan");
+                assert!(segs.len() > 1, "the small binding must force splits");
+                let ((sb, sh, sn), _) = view.strides(layout, dims.h, dims.n, dims.d);
+                for s in &segs {
+                    for g in s.bh_start..s.bh_start + s.bh_count {
+                        let (b, head) = (g / dims.h, g % dims.h);
+                        for (i, c) in [(0, 0), (s.rows - 1, dims.d - 1)] {
+                            let at = [b, head * step + first, s.n0 + i, c];
+                            let abs = layout.index(dims.h * step, dims.n, dims.d, at);
+                            let rel = (s.q.base as u64)
+                                .wrapping_add(((b - s.bh_start / dims.h) * sb) as u64)
+                                .wrapping_add((head * sh + i * sn + c) as u64)
+                                % (1 << 32);
+                            assert_eq!(rel * 4 + s.q.offset, abs as u64 * 4, "{layout} {view:?}");
+                            assert!(rel * 4 < s.q.size);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn refuses_what_cannot_fit() {
         let dims = Dims {
@@ -546,6 +625,7 @@ mod reversed_tests {
                 block_state_bytes: 4,
                 reversed: [true; 4],
                 at: Starts::default(),
+                heads: Default::default(),
                 max_binding: 16 << 10,
                 offset_align: 256,
                 max_groups: 65535,

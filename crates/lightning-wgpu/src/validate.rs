@@ -8,7 +8,7 @@ use crate::layout::{Dims, Layout};
 use crate::ops::backward::BackwardOptions;
 use crate::ops::decode::DecodeOptions;
 use crate::ops::forward::ForwardOptions;
-use crate::plan::Sequence;
+use crate::plan::{HeadView, Sequence};
 use crate::tensor::{DType, Tensor};
 
 /// Largest `d` and `e` the kernels accept.
@@ -21,6 +21,8 @@ pub(crate) struct Call {
     pub state_shape: [usize; 4],
     /// A packed batch (`cu_seqlens`): one sequence per entry.
     pub packed: bool,
+    /// q heads per kv head (1 but for grouped heads; `dims.h` counts kv heads).
+    pub group: usize,
 }
 
 /// The names of the four dimensions of q, k, v or o in `layout`.
@@ -149,7 +151,8 @@ pub(crate) fn state(ctx: &Context, arg: &'static str, t: &Tensor, want: &[usize;
 /// typed error naming what is wrong: rank, an empty dimension, a mismatch, a
 /// head dimension over [`MAX_HEAD_DIM`]. This is the check the forward pass
 /// makes before anything else, exposed so callers can fail before touching
-/// the GPU.
+/// the GPU. q, k and v have the same heads here; [`grouped_problem`] also
+/// takes q with a multiple of k's and v's heads.
 ///
 /// ```
 /// use lightning_wgpu::{problem_dims, Dims, Layout};
@@ -159,6 +162,38 @@ pub(crate) fn state(ctx: &Context, arg: &'static str, t: &Tensor, want: &[usize;
 /// # Ok::<(), lightning_wgpu::Error>(())
 /// ```
 pub fn problem_dims(layout: Layout, q: &[usize], k: &[usize], v: &[usize]) -> Result<Dims> {
+    let (dims, group) = grouped_problem(layout, q, k, v)?;
+    if group > 1 {
+        return Err(Error::ShapeMismatch {
+            arg: "k",
+            dim: "heads",
+            got: dims.h,
+            reference: "q (grouped heads are not taken here)",
+            expected: dims.h * group,
+        });
+    }
+    Ok(dims)
+}
+
+/// [`problem_dims`] with grouped heads (GQA, as ONNX's `q_num_heads` and
+/// `kv_num_heads`): q may have `group` times the heads of k and v, the q
+/// heads `g * group .. (g + 1) * group` reading the state of kv head `g`.
+/// Returns the sizes with `h` the kv heads (the states' and the slopes'),
+/// and `group`.
+///
+/// ```
+/// use lightning_wgpu::{grouped_problem, Dims, Layout};
+/// let (dims, group) = grouped_problem(Layout::Bhnd, &[1, 8, 50, 16], &[1, 2, 50, 16], &[1, 2, 50, 24])?;
+/// assert_eq!((dims, group), (Dims { b: 1, h: 2, n: 50, d: 16, e: 24 }, 4));
+/// assert!(grouped_problem(Layout::Bhnd, &[1, 6, 50, 16], &[1, 4, 50, 16], &[1, 4, 50, 24]).is_err());
+/// # Ok::<(), lightning_wgpu::Error>(())
+/// ```
+pub fn grouped_problem(
+    layout: Layout,
+    q: &[usize],
+    k: &[usize],
+    v: &[usize],
+) -> Result<(Dims, usize)> {
     let qs = rank4("q", q, layout)?;
     let ks = rank4("k", k, layout)?;
     let vs = rank4("v", v, layout)?;
@@ -171,39 +206,53 @@ pub fn problem_dims(layout: Layout, q: &[usize], k: &[usize], v: &[usize]) -> Re
         }
     }
     let names = dim_names(layout, "d");
-    for i in 0..4 {
-        if ks[i] != qs[i] {
-            return Err(Error::ShapeMismatch {
-                arg: "k",
-                dim: names[i],
-                got: ks[i],
-                reference: "q",
-                expected: qs[i],
-            });
-        }
-        if i < 3 && vs[i] != qs[i] {
-            return Err(Error::ShapeMismatch {
-                arg: "v",
-                dim: names[i],
-                got: vs[i],
-                reference: "q",
-                expected: qs[i],
-            });
-        }
+    let heads = layout.split(&[0, 1, 2, 3]).1;
+    let mismatch = |arg, i: usize, got: &[usize; 4], reference, want: &[usize; 4]| {
+        Err(Error::ShapeMismatch {
+            arg,
+            dim: names[i],
+            got: got[i],
+            reference,
+            expected: want[i],
+        })
+    };
+    if let Some(i) = (0..4).find(|&i| i != heads && ks[i] != qs[i]) {
+        return mismatch("k", i, &ks, "q", &qs);
     }
-    let (b, h, n, d) = layout.split(&qs);
+    if ks[heads] > qs[heads] || !qs[heads].is_multiple_of(ks[heads]) {
+        return mismatch("k", heads, &ks, GROUPED, &qs);
+    }
+    if let Some(i) = (0..3).find(|&i| vs[i] != ks[i]) {
+        return mismatch("v", i, &vs, "k", &ks);
+    }
+    let (b, hq, n, d) = layout.split(&qs);
+    let h = ks[heads];
     let e = vs[3];
     head_dims(d, e)?;
     let fits = |x: Option<usize>| x.is_some_and(|x| u32::try_from(x).is_ok());
-    if !fits(b.checked_mul(h)) || !fits(Some(n)) {
+    if !fits(b.checked_mul(hq)) || !fits(Some(n)) {
         return Err(Error::InvalidValue {
             arg: "q",
             value: format!("{q:?}"),
             reason: "batch x heads and n must each be below 2^32",
         });
     }
-    Ok(Dims { b, h, n, d, e })
+    Ok((Dims { b, h, n, d, e }, hq / h))
 }
+
+/// `shape` with its heads divided by `view.step` (an internal view's
+/// tensors always divide).
+fn viewed_shape(layout: Layout, shape: &[usize], view: HeadView) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    let heads = layout.split(&[0, 1, 2, 3]).1;
+    if s.len() == 4 {
+        s[heads] /= view.step;
+    }
+    s
+}
+
+/// What q's heads are checked against when k's do not divide them.
+const GROUPED: &str = "q (whose heads must be k's, or a multiple of them)";
 
 /// The sequences of a call: the whole batch, or the packed ones.
 fn sequences(dims: &Dims, cu_seqlens: Option<&[usize]>) -> Result<Vec<Sequence>> {
@@ -254,12 +303,27 @@ pub(crate) fn forward(
     v: &Tensor,
     opts: &ForwardOptions,
 ) -> Result<Call> {
+    forward_viewed(ctx, q, k, v, opts, &Default::default())
+}
+
+/// [`forward`] of a call reading q, k and v at `heads` (a member of every
+/// group of heads: see [`HeadView`]): each tensor counts `1 / step` of its heads.
+pub(crate) fn forward_viewed(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &ForwardOptions,
+    heads: &[HeadView; 4],
+) -> Result<Call> {
     ctx.rt().check_lost()?;
     // q, k and v share one storage type, any of them; states are f32.
     for (arg, t) in [("q", q), ("k", k), ("v", v)] {
         tensor(ctx, arg, t, q.dtype())?;
     }
-    let dims = problem_dims(opts.layout, q.shape(), k.shape(), v.shape())?;
+    let [qs, ks, vs] = [(q, heads[0]), (k, heads[1]), (v, heads[2])]
+        .map(|(t, view)| viewed_shape(opts.layout, t.shape(), view));
+    let (dims, group) = grouped_problem(opts.layout, &qs, &ks, &vs)?;
     slopes(opts.slopes, dims.h)?;
     scale(opts.scale)?;
     let sequences = sequences(&dims, opts.cu_seqlens)?;
@@ -277,17 +341,27 @@ pub(crate) fn forward(
         sequences,
         state_shape,
         packed: opts.cu_seqlens.is_some(),
+        group,
     })
 }
 
+impl Call {
+    /// The shape of o (and of dO): q's heads, v's width.
+    pub(crate) fn output_shape(&self, layout: Layout) -> [usize; 4] {
+        let d = &self.dims;
+        layout.shape(d.b, d.h * self.group, d.n, d.e)
+    }
+}
+
 /// Checks the outputs a caller gives a forward call: `o` shaped like `v`
-/// (in v's storage, or f32), the final state shaped like the states.
+/// but with q's heads (in v's storage, or f32), the final state shaped like
+/// the states.
 pub(crate) fn forward_outputs(
     ctx: &Context,
     call: &Call,
     layout: Layout,
     v: &Tensor,
-    o: &Tensor,
+    (o, o_view): (&Tensor, HeadView),
     final_state: Option<&Tensor>,
 ) -> Result<()> {
     ctx.owns("o", o)?;
@@ -298,9 +372,9 @@ pub(crate) fn forward_outputs(
             expected: v.dtype(),
         });
     }
-    let d = &call.dims;
-    let want = layout.shape(d.b, d.h, d.n, d.e);
-    shape("o", o, &want, dim_names(layout, "e"), "v")?;
+    let mut want = call.output_shape(layout);
+    want[layout.split(&[0, 1, 2, 3]).1] *= o_view.step;
+    shape("o", o, &want, dim_names(layout, "e"), "v with q's heads")?;
     if let Some(t) = final_state {
         state(ctx, "final_state", t, &call.state_shape)?;
     }
@@ -308,7 +382,7 @@ pub(crate) fn forward_outputs(
 }
 
 /// Checks every input of a backward call: the forward's checks, `d_o`
-/// stored like q and shaped like `v`, `dS_n` shaped like the states.
+/// stored like q and shaped like o, `dS_n` shaped like the states.
 pub(crate) fn backward(
     ctx: &Context,
     q: &Tensor,
@@ -320,7 +394,13 @@ pub(crate) fn backward(
     let fwd = &opts.forward;
     let call = forward(ctx, q, k, v, fwd)?;
     tensor(ctx, "d_o", d_o, q.dtype())?;
-    shape("d_o", d_o, v.shape(), dim_names(fwd.layout, "e"), "v")?;
+    shape(
+        "d_o",
+        d_o,
+        &call.output_shape(fwd.layout),
+        dim_names(fwd.layout, "e"),
+        "o (v with q's heads)",
+    )?;
     if let Some(ds) = opts.d_final_state {
         state(ctx, "d_final_state", ds, &call.state_shape)?;
     }
@@ -337,7 +417,11 @@ pub(crate) fn gradients(
     g: &crate::ops::backward::Gradients,
 ) -> Result<()> {
     let Dims { b, h, n, d, e } = call.dims;
-    for (arg, t, width) in [("dq", &g.dq, d), ("dk", &g.dk, d), ("dv", &g.dv, e)] {
+    let heads = [h * call.group, h, h];
+    for ((arg, t, width), heads) in [("dq", &g.dq, d), ("dk", &g.dk, d), ("dv", &g.dv, e)]
+        .into_iter()
+        .zip(heads)
+    {
         ctx.owns(arg, t)?;
         if t.dtype() != q.dtype() && t.dtype() != DType::F32 {
             return Err(Error::DType {
@@ -350,7 +434,7 @@ pub(crate) fn gradients(
         shape(
             arg,
             t,
-            &layout.shape(b, h, n, width),
+            &layout.shape(b, heads, n, width),
             names,
             "the input it is the gradient of",
         )?;
@@ -363,9 +447,14 @@ pub(crate) fn gradients(
     )
 }
 
-/// Checks the output a caller gives a decode step: `(batch, h, e)`, stored
-/// like v or in f32.
-pub(crate) fn decode_output(ctx: &Context, dims: &Dims, v: &Tensor, o: &Tensor) -> Result<()> {
+/// Checks the output a caller gives a decode step: `(batch, q heads, e)`,
+/// stored like v or in f32.
+pub(crate) fn decode_output(
+    ctx: &Context,
+    (dims, group): (&Dims, usize),
+    v: &Tensor,
+    o: &Tensor,
+) -> Result<()> {
     ctx.owns("o", o)?;
     if o.dtype() != v.dtype() && o.dtype() != DType::F32 {
         return Err(Error::DType {
@@ -377,9 +466,9 @@ pub(crate) fn decode_output(ctx: &Context, dims: &Dims, v: &Tensor, o: &Tensor) 
     shape(
         "o",
         o,
-        &[dims.b, dims.h, dims.e],
+        &[dims.b, dims.h * group, dims.e],
         ["batch", "heads", "e", ""],
-        "v",
+        "v with q's heads",
     )
 }
 
@@ -411,7 +500,8 @@ fn slots(slots: &[i32], cache_slots: usize) -> Result<()> {
     Ok(())
 }
 
-/// Checks every input of a decode step and returns its sizes (`n` = 1).
+/// Checks every input of a decode step and returns its sizes (`n` = 1, `h`
+/// the kv heads) and the q heads per kv head.
 pub(crate) fn decode(
     ctx: &Context,
     q: &Tensor,
@@ -420,7 +510,7 @@ pub(crate) fn decode(
     cache: &Tensor,
     slot_map: &[i32],
     opts: &DecodeOptions,
-) -> Result<Dims> {
+) -> Result<(Dims, usize)> {
     ctx.rt().check_lost()?;
     for (arg, t) in [("q", q), ("k", k), ("v", v)] {
         tensor(ctx, arg, t, q.dtype())?;
@@ -442,13 +532,27 @@ pub(crate) fn decode(
             dim: names[i],
         });
     }
-    let (batch, h, d) = (qs[0], qs[1], qs[2]);
-    shape("k", k, qs, ["batch", "heads", "d", ""], "q")?;
+    let (batch, hq, d) = (qs[0], qs[1], qs[2]);
+    // Grouped heads: k and v may have a divisor of q's heads.
+    let h = match *k.shape() {
+        [_, h, _] if h > 0 && hq.is_multiple_of(h) => h,
+        [_, h, _] => {
+            return Err(Error::ShapeMismatch {
+                arg: "k",
+                dim: "heads",
+                got: h,
+                reference: GROUPED,
+                expected: hq,
+            })
+        }
+        _ => hq,
+    };
+    shape("k", k, &[batch, h, d], ["batch", "heads", "d", ""], "q")?;
     let e = v.shape().get(2).copied().unwrap_or(0);
     if v.shape().len() == 3 && e == 0 {
         return Err(Error::Empty { arg: "v", dim: "e" });
     }
-    shape("v", v, &[batch, h, e], ["batch", "heads", "e", ""], "q")?;
+    shape("v", v, &[batch, h, e], ["batch", "heads", "e", ""], "k")?;
     head_dims(d, e)?;
     let cache_slots = cache.shape().first().copied().unwrap_or(0);
     shape(
@@ -477,11 +581,12 @@ pub(crate) fn decode(
             reason: "batch x heads must be below 2^32",
         });
     }
-    Ok(Dims {
+    let dims = Dims {
         b: batch,
         h,
         n: 1,
         d,
         e,
-    })
+    };
+    Ok((dims, hq / h))
 }

@@ -7,7 +7,7 @@ use std::num::NonZeroU64;
 use super::params::Params;
 use super::Storage;
 use crate::layout::{Dims, Layout};
-use crate::plan::{Segment, Window};
+use crate::plan::{HeadView, Segment, Window};
 use crate::runtime::recorder::Recorder;
 
 /// One call of the attention kernels, planned.
@@ -29,6 +29,8 @@ pub(crate) struct Launch<'a> {
     pub transposed_state: bool,
     /// The chunked forward stops after the states: no output pass.
     pub states_only: bool,
+    /// The heads q, k, v and o are read (written) at (as planned).
+    pub heads: [HeadView; 4],
     pub segments: Vec<Segment>,
 }
 
@@ -52,6 +54,7 @@ impl<'a> Launch<'a> {
             reversed: [false; 4],
             transposed_state: false,
             states_only: false,
+            heads: Default::default(),
             segments,
         }
     }
@@ -59,8 +62,8 @@ impl<'a> Launch<'a> {
     /// The uniform block of segment `s`.
     pub(crate) fn params(&self, s: &Segment) -> Params {
         let dims = &self.dims;
-        let stride = |width: usize, w: &Window, reversed: bool| {
-            let (sb, sh, sn) = self.layout.strides(dims.h, dims.n, width);
+        let stride = |width: usize, w: &Window, reversed: bool, view: HeadView| {
+            let ((sb, sh, sn), _) = view.strides(self.layout, dims.h, dims.n, width);
             // Truncation is intended: the kernels compute offsets modulo 2^32
             // and every true offset inside a window is below 2^32; so is a
             // reversed view's negative row stride.
@@ -72,6 +75,7 @@ impl<'a> Launch<'a> {
             [sb as u32, sh as u32, row, w.base]
         };
         let [rq, rk, rv, ro] = self.reversed;
+        let [hq, hk, hv, ho] = self.heads;
         Params {
             heads: dims.h as u32,
             rows: s.rows as u32,
@@ -81,10 +85,10 @@ impl<'a> Launch<'a> {
             bh_start: s.bh_start as u32,
             bh_count: s.bh_count as u32,
             b_first: (s.bh_start / dims.h) as u32,
-            q_stride: stride(dims.d, &s.q, rq),
-            k_stride: stride(dims.d, &s.k, rk),
-            v_stride: stride(dims.e, &s.v, rv),
-            o_stride: stride(dims.e, &s.o, ro),
+            q_stride: stride(dims.d, &s.q, rq, hq),
+            k_stride: stride(dims.d, &s.k, rk, hk),
+            v_stride: stride(dims.e, &s.v, rv, hv),
+            o_stride: stride(dims.e, &s.o, ro, ho),
             state_base: s.state_base,
             has_state: u32::from(self.starts_from_state || s.n0 > s.seq_start),
             scale: self.scale,

@@ -87,17 +87,53 @@ fn spec() -> KernelSpec {
     KernelSpec::new(Kernel::PackOutput, Storage::F32, BlockConfig::default())
 }
 
+/// What a pass of the pack kernel makes of f32 values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    F16 = 0,
+    Bf16 = 1,
+    /// Adds them into f32 values.
+    Add = 2,
+}
+
 /// Records packing the f32 elements of `wide` (a buffer and the element at
 /// which they start) into `target`'s f16 or bf16 words, in windows that fit
 /// one binding on both sides.
 pub(crate) async fn pack(
     rec: &mut Recorder<'_>,
-    (wide, wide_first): (&wgpu::Buffer, u64),
+    wide: (&wgpu::Buffer, u64),
     target: &Tensor,
+) -> Result<()> {
+    let mode = match target.dtype() {
+        DType::BF16 => Mode::Bf16,
+        _ => Mode::F16,
+    };
+    let to = (target.buffer(), target.offset());
+    record(rec, wide, to, target.len() as u64, mode).await
+}
+
+/// Records `out += x` over `elements` f32 values, each side a buffer and
+/// the element at which its values start.
+pub(crate) async fn accumulate(
+    rec: &mut Recorder<'_>,
+    x: (&wgpu::Buffer, u64),
+    (out, out_first): (&wgpu::Buffer, u64),
+    elements: u64,
+) -> Result<()> {
+    record(rec, x, (out, out_first * 4), elements, Mode::Add).await
+}
+
+/// Records the pack kernel over `elements` f32 values of `wide` into `to`
+/// (a buffer and the byte at which the target starts).
+async fn record(
+    rec: &mut Recorder<'_>,
+    (wide, wide_first): (&wgpu::Buffer, u64),
+    (target, target_offset): (&wgpu::Buffer, u64),
+    elements: u64,
+    mode: Mode,
 ) -> Result<()> {
     let rt: &Runtime = rec.runtime();
     let kernel = spec().compile(rt).await?;
-    let elements = target.len() as u64;
     // Windows of a multiple of 128 elements, each bound from the aligned
     // offset at or below its start on both sides, the rest in its `base`.
     let align = rt.limits().min_storage_buffer_offset_alignment as u64;
@@ -108,17 +144,21 @@ pub(crate) async fn pack(
         .collect();
     let size = std::mem::size_of::<PackJob>() as u64;
     let stride = size.next_multiple_of(rt.limits().min_uniform_buffer_offset_alignment as u64);
-    let bf16 = u32::from(target.dtype() == DType::BF16);
+    // Target elements per word: two halves, or one f32.
+    let (per_word, target_bytes) = match mode {
+        Mode::Add => (1, 4),
+        _ => (2, 2),
+    };
     let mut bytes = vec![0u8; (stride * windows.len() as u64) as usize];
     // Each window's bindings, aligned down, and where its elements start in them.
     let from_at = |e0: u64| (wide_first + e0) * 4;
-    let to_at = |e0: u64| target.offset() + e0 * 2;
+    let to_at = |e0: u64| target_offset + e0 * target_bytes;
     let down = |byte: u64| byte / align * align;
     for (i, &(e0, n)) in windows.iter().enumerate() {
         let job = PackJob {
-            words: n.div_ceil(2) as u32,
+            words: n.div_ceil(per_word) as u32,
             elements: n as u32,
-            bf16,
+            mode: mode as u32,
             wide_base: ((from_at(e0) - down(from_at(e0))) / 4) as u32,
             packed_base: ((to_at(e0) - down(to_at(e0))) / 4) as u32,
             ..Default::default()
@@ -133,6 +173,7 @@ pub(crate) async fn pack(
             offset: i as u64 * stride,
             size: std::num::NonZeroU64::new(size),
         });
+        let words = n.div_ceil(per_word);
         let from = Window {
             offset: down(from_at(e0)),
             size: from_at(e0) + n * 4 - down(from_at(e0)),
@@ -140,18 +181,22 @@ pub(crate) async fn pack(
         };
         let to = Window {
             offset: down(to_at(e0)),
-            size: to_at(e0) + n.div_ceil(2) * 4 - down(to_at(e0)),
+            size: to_at(e0) + words * 4 - down(to_at(e0)),
             base: 0,
         };
         kernel.dispatch(
             rec,
-            "pack output",
+            if mode == Mode::Add {
+                "accumulate"
+            } else {
+                "pack output"
+            },
             &[
                 ("job", job),
                 ("wide", bind(wide, from)),
-                ("packed", bind(target.buffer(), to)),
+                ("packed", bind(target, to)),
             ],
-            n.div_ceil(2).div_ceil(256),
+            words.div_ceil(256),
         );
     }
     Ok(())

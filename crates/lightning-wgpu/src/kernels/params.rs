@@ -73,12 +73,13 @@ uniform_block! {
 
 uniform_block! {
     /// One window of the output packing: `words` u32 words from `elements`
-    /// f32 values (the last word may hold one).
+    /// f32 values (the last word may hold one); or, in mode 2, `elements`
+    /// f32 values added into as many f32 words.
     PackJob {
         words: u32 => "u32",
         elements: u32 => "u32",
-        /// 1: bf16, 0: f16.
-        bf16: u32 => "u32",
+        /// 0: pack to f16, 1: pack to bf16, 2: add into f32.
+        mode: u32 => "u32",
         /// Where the window's f32 elements start in their binding.
         wide_base: u32 => "u32",
         /// Where its words start in theirs.

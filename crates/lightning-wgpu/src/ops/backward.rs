@@ -25,7 +25,7 @@ use crate::kernels::launch::Launch;
 use crate::kernels::{pack, states};
 use crate::layout::{Dims, Layout};
 use crate::ops::forward::{ForwardOptions, Views};
-use crate::plan::{self, Needs};
+use crate::plan::{self, HeadView, Needs};
 use crate::runtime::recorder::Recorder;
 use crate::tensor::{DType, Tensor};
 use crate::validate::{self, Call};
@@ -37,7 +37,7 @@ pub struct BackwardOptions<'a> {
     /// The options the forward pass ran with (slopes, scale, layout, initial
     /// state, `cu_seqlens`).
     pub forward: ForwardOptions<'a>,
-    /// Incoming gradient of the final state `dS_n`, `(b, h, d, e)`; zero if `None`.
+    /// Incoming gradient of the final state `dS_n`, shaped like the states; zero if `None`.
     pub d_final_state: Option<&'a Tensor>,
 }
 
@@ -226,25 +226,64 @@ impl Context {
 
         // dk and dv: backward in time, through reversed views of q, k, v, dO
         // and of the outputs (no copies). With dS_n their outputs stay in
-        // f32 until its term is added.
+        // f32 until its term is added; with grouped heads, until every
+        // member's share is summed.
+        let group = call.group;
         let views = Views {
             reversed: [true; 4],
-            wide_output: opts.d_final_state.is_some(),
+            wide_output: opts.d_final_state.is_some() || group > 1,
             ..Views::default()
+        };
+        // Grouped heads: member m's pass reads the q and dO heads m, m +
+        // group, ... as the keys and values of a call with kv heads.
+        let member = |m: usize| Views {
+            heads: if group > 1 {
+                let view = HeadView {
+                    step: group,
+                    first: m,
+                };
+                [HeadView::default(), view, view, HeadView::default()]
+            } else {
+                Default::default()
+            },
+            ..views
         };
         let (dk, dv) = (&g.dk, &g.dv);
         let dk_wide = self
-            .record_forward(rec, v, d_o, q, &plain, dk, None, views)
+            .record_forward(rec, v, d_o, q, &plain, dk, None, member(0))
             .await?;
         let s_prime = self.new_f32(&call.state_shape, "state of the dv pass")?;
         let dv_wide = self
-            .record_forward(rec, k, q, d_o, &plain, dv, Some(&s_prime), views)
+            .record_forward(rec, k, q, d_o, &plain, dv, Some(&s_prime), member(0))
             .await?;
-        if let (Some(dsn), Some(dk_wide), Some(dv_wide)) = (opts.d_final_state, dk_wide, dv_wide) {
-            self.record_state_term(rec, call, fwd, v, dsn, true, (e, d), &dk_wide)
-                .await?;
-            self.record_state_term(rec, call, fwd, k, dsn, false, (d, e), &dv_wide)
-                .await?;
+        let mut temporaries = Vec::new();
+        if let (Some(dk_wide), Some(dv_wide)) = (dk_wide, dv_wide) {
+            if group > 1 {
+                let part_k = self.new_f32(k.shape(), "dk of one member")?;
+                let part_v = self.new_f32(v.shape(), "dv of one member")?;
+                let part_s = self.new_f32(&call.state_shape, "dv pass state of one member")?;
+                let state_len = call.state_shape.iter().product::<usize>() as u64;
+                for m in 1..group {
+                    self.record_forward(rec, v, d_o, q, &plain, &part_k, None, member(m))
+                        .await?;
+                    self.record_forward(rec, k, q, d_o, &plain, &part_v, Some(&part_s), member(m))
+                        .await?;
+                    for (part, (sum, first)) in [(&part_k, &dk_wide), (&part_v, &dv_wide)] {
+                        let x = (part.buffer(), part.first_element());
+                        pack::accumulate(rec, x, (sum, *first), part.len() as u64).await?;
+                    }
+                    let x = (part_s.buffer(), part_s.first_element());
+                    let sum = (s_prime.buffer(), s_prime.first_element());
+                    pack::accumulate(rec, x, sum, state_len).await?;
+                }
+                temporaries.extend([part_k, part_v, part_s]);
+            }
+            if let Some(dsn) = opts.d_final_state {
+                self.record_state_term(rec, call, fwd, v, dsn, true, (e, d), &dk_wide)
+                    .await?;
+                self.record_state_term(rec, call, fwd, k, dsn, false, (d, e), &dv_wide)
+                    .await?;
+            }
             for ((wide, first), t) in [(&dk_wide, dk), (&dv_wide, dv)] {
                 if t.dtype() != DType::F32 {
                     pack::pack(rec, (wide, *first), t).await?;
@@ -281,6 +320,7 @@ impl Context {
         for buffer in s0t
             .into_iter()
             .chain([s_prime])
+            .chain(temporaries)
             .filter_map(Tensor::into_buffer)
         {
             rec.keep(buffer);

@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::recurrent::{self, SlotMaps};
-use crate::layout::Layout;
-use crate::plan::{self, Needs, Segment, Sequence, Starts, Window};
+use crate::layout::{Dims, Layout};
+use crate::plan::{self, HeadView, Needs, Segment, Sequence, Starts, Window};
 use crate::runtime::recorder::Recorder;
 use crate::tensor::Tensor;
 use crate::validate;
@@ -66,8 +66,8 @@ impl Context {
         slots: &[i32],
         opts: &DecodeOptions<'_>,
     ) -> Result<Tensor> {
-        let dims = validate::decode(self, q, k, v, cache, slots, opts)?;
-        let mut o = self.new_tensor(&[dims.b, dims.h, dims.e], v.dtype(), "o")?;
+        let (dims, group) = validate::decode(self, q, k, v, cache, slots, opts)?;
+        let mut o = self.new_tensor(&[dims.b, dims.h * group, dims.e], v.dtype(), "o")?;
         self.decode_step_into_async(q, k, v, cache, slots, opts, &mut o)
             .await?;
         Ok(o)
@@ -158,21 +158,84 @@ impl Context {
         opts: &DecodeOptions<'_>,
         o: &Tensor,
     ) -> Result<()> {
-        let dims = validate::decode(self, q, k, v, cache, slots, opts)?;
-        validate::decode_output(self, &dims, v, o)?;
+        let (dims, group) = validate::decode(self, q, k, v, cache, slots, opts)?;
+        validate::decode_output(self, (&dims, group), v, o)?;
         cache.written();
         o.written();
-        let whole = [Sequence {
-            start: 0,
-            len: 1,
-            first_state: 0,
-        }];
         let output = if o.dtype() == crate::DType::F32 {
             Output::direct(o)
         } else {
             Output::new(rec, o)?
         };
+        let member = |first: usize| HeadView { step: group, first };
+        // Grouped heads: member m of every group reads its q heads (and
+        // writes its o heads) in place, one call each. All read the
+        // requests' states from before this step: members but 0 from a copy
+        // of them (request r in slot r, padding kept), member 0 from the
+        // cache, which it updates.
+        if group > 1 {
+            cache.needs("cache", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+            let shape = [dims.b, dims.h, dims.d, dims.e];
+            let taken = self.new_f32(&shape, "the requests' states")?;
+            let work = self.new_f32(&shape, "one member's states")?;
+            let slot_bytes = (dims.h * dims.d * dims.e * 4) as u64;
+            for (r, &s) in slots.iter().enumerate().filter(|(_, &s)| s >= 0) {
+                rec.copy(
+                    cache.buffer(),
+                    cache.offset() + s as u64 * slot_bytes,
+                    taken.buffer(),
+                    taken.offset() + r as u64 * slot_bytes,
+                    slot_bytes,
+                );
+            }
+            let own: Vec<i32> = (0..dims.b as i32)
+                .zip(slots)
+                .map(|(r, &s)| if s < 0 { -1 } else { r })
+                .collect();
+            for m in 1..group {
+                rec.copy(
+                    taken.buffer(),
+                    taken.offset(),
+                    work.buffer(),
+                    work.offset(),
+                    slot_bytes * dims.b as u64,
+                );
+                let call = ((q, k, v), (dims, member(m)), &output);
+                self.record_slotted(rec, call, &work, &own, opts).await?;
+            }
+            for t in [taken, work] {
+                if let Some(buffer) = t.into_buffer() {
+                    rec.keep(buffer);
+                }
+            }
+        }
+        let call = ((q, k, v), (dims, member(0)), &output);
+        self.record_slotted(rec, call, cache, slots, opts).await?;
+        output.finish(rec).await
+    }
+
+    /// Records one slotted recurrent call of `dims` (kv heads) against
+    /// `cache`, q and o read (written) at `heads`.
+    #[allow(clippy::type_complexity)]
+    async fn record_slotted(
+        &self,
+        rec: &mut Recorder<'_>,
+        ((q, k, v), (dims, heads), output): (
+            (&Tensor, &Tensor, &Tensor),
+            (Dims, HeadView),
+            &Output<'_>,
+        ),
+        cache: &Tensor,
+        slots: &[i32],
+        opts: &DecodeOptions<'_>,
+    ) -> Result<()> {
+        let whole = [Sequence {
+            start: 0,
+            len: 1,
+            first_state: 0,
+        }];
         let mut limits = super::limits(self, q.dtype(), output.element_bytes(), 4);
+        limits.heads = [heads, HeadView::default(), HeadView::default(), heads];
         limits.at = Starts {
             q: q.first_element(),
             k: k.first_element(),
@@ -205,6 +268,7 @@ impl Context {
             slopes: opts.slopes,
             starts_from_state: true,
             slotted: true,
+            heads: limits.heads,
             ..Launch::new(dims, Layout::Bhnd, setup.storage(q.dtype()), segments)
         };
         let io = Io {
@@ -214,8 +278,7 @@ impl Context {
             o: output.buffer(),
             state: cache.buffer(),
         };
-        recurrent::record(rec, &setup, &launch, &io, Some(&maps)).await?;
-        output.finish(rec).await
+        recurrent::record(rec, &setup, &launch, &io, Some(&maps)).await
     }
 }
 

@@ -104,7 +104,8 @@ impl Context {
                 x.dtype(),
             )
         };
-        // The caller's slots against the real cache: range, duplicates, shapes.
+        // The caller's slots against the real cache: range, duplicates, shapes
+        // (draft_dims took q, k and v with the same heads).
         crate::validate::decode(
             self,
             &token(q, 0, d)?,

@@ -9,7 +9,7 @@ use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::{recurrent, OutStore};
 use crate::layout::{Dims, Layout};
-use crate::plan::{self, Needs, Starts};
+use crate::plan::{self, HeadView, Needs, Starts};
 use crate::runtime::io::TENSOR_USAGE;
 use crate::runtime::recorder::Recorder;
 use crate::tensor::{DType, Tensor};
@@ -101,6 +101,9 @@ pub(crate) struct Views {
     /// Only the final state (chunked method): the output pass is skipped
     /// and o, which must still be shaped like v, is never written.
     pub states_only: bool,
+    /// The heads of q, k, v and o the call reads (writes), for a call of
+    /// the same heads throughout (the backward's per-member passes).
+    pub heads: [HeadView; 4],
 }
 
 impl Context {
@@ -203,7 +206,7 @@ impl Context {
         opts: &ForwardOptions<'_>,
     ) -> Result<ForwardOutput> {
         let call = validate::forward(self, q, k, v, opts)?;
-        let mut o = self.new_tensor(v.shape(), v.dtype(), "o")?;
+        let mut o = self.new_tensor(&call.output_shape(opts.layout), v.dtype(), "o")?;
         let mut state = if opts.output_final_state {
             Some(self.new_f32(&call.state_shape, "final_state")?)
         } else {
@@ -275,7 +278,7 @@ impl Context {
             });
         }
         let checkpoints = self.new_f32(&shape, "checkpoints")?;
-        let o = self.new_tensor(v.shape(), v.dtype(), "o")?;
+        let o = self.new_tensor(&call.output_shape(opts.layout), v.dtype(), "o")?;
         let state = match opts.output_final_state {
             true => Some(self.new_f32(&call.state_shape, "final_state")?),
             false => None,
@@ -453,8 +456,15 @@ impl Context {
         views: Views,
         checkpoints: Option<(usize, &Tensor)>,
     ) -> Result<Option<(wgpu::Buffer, u64)>> {
-        let call = validate::forward(self, q, k, v, opts)?;
-        validate::forward_outputs(self, &call, opts.layout, v, o, final_state)?;
+        let call = validate::forward_viewed(self, q, k, v, opts, &views.heads)?;
+        validate::forward_outputs(
+            self,
+            &call,
+            opts.layout,
+            v,
+            (o, views.heads[3]),
+            final_state,
+        )?;
         // o is v's stand-in when only the states are computed, and stays unwritten.
         if !views.states_only {
             o.written();
@@ -488,26 +498,6 @@ impl Context {
             }
             Method::Recurrent => (Needs::recurrent(recurrent::max_rows(dims.d)), 4),
         };
-        let mut limits = super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes);
-        limits.reversed = views.reversed;
-        limits.at = Starts {
-            q: q.first_element(),
-            k: k.first_element(),
-            v: v.first_element(),
-            o: output.first_element(),
-            state: final_state.map_or(0, Tensor::first_element),
-        };
-        // In reversed time a packed batch's sequences are mirrored too: the
-        // one at rows [a, b) is read as rows [n - b, n - a), its states
-        // where they were.
-        let mut sequences = call.sequences.clone();
-        if views.reversed == [true; 4] {
-            for s in &mut sequences {
-                s.start = dims.n - s.start - s.len;
-            }
-        }
-        let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
-
         let state_bytes = (call.state_shape.iter().product::<usize>() * 4) as u64;
         let (state, state_offset) = match final_state {
             Some(t) => (t.buffer().clone(), t.offset()),
@@ -521,47 +511,66 @@ impl Context {
             if let Some(t) = final_state {
                 t.needs("final_state", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
             }
-            rec.copy(s0.buffer(), s0.offset(), &state, state_offset, state_bytes);
         }
-        let launch = Launch {
-            scale: opts.scale,
-            slopes: opts.slopes,
-            starts_from_state: opts.initial_state.is_some(),
-            reversed: views.reversed,
-            states_only: views.states_only,
-            ..Launch::new(dims, opts.layout, storage, segments)
-        };
-        let io = Io {
-            q: q.buffer(),
-            k: k.buffer(),
-            v: v.buffer(),
-            o: output.buffer(),
-            state: &state,
-        };
-        match opts.method {
-            Method::Chunk => {
-                let mut copier =
-                    checkpoints.map(|(every, out)| Checkpointer::new(&call, every, out, &state));
-                let mut after = |rec: &mut Recorder<'_>, s: &plan::Segment| {
-                    if let Some(c) = copier.as_mut() {
-                        c.after(rec, s);
-                    }
-                };
-                chunk::record(
-                    rec,
-                    &setup,
-                    path,
-                    &launch,
-                    &io,
-                    store.unwrap_or(OutStore::F32),
-                    Some(&mut after),
-                )
-                .await?;
-                if let Some(c) = &copier {
-                    c.check()?;
-                }
+        // Grouped heads: one call per member of every group, viewing that
+        // member's q and o heads in place; all of them carry the same kv
+        // states, so the members but the last carry theirs in a scratch and
+        // the last (member 0) writes the final state and the checkpoints.
+        let group = call.group;
+        let member_state = (group > 1 && !views.states_only)
+            .then(|| rec.keep(self.rt().buffer("member state", state_bytes, TENSOR_USAGE)));
+        let members = if views.states_only { 0..1 } else { 0..group };
+        for member in members.rev() {
+            let (state, state_offset) = match (&member_state, member) {
+                (Some(scratch), 1..) => (scratch, 0),
+                _ => (&state, state_offset),
+            };
+            if let Some(s0) = opts.initial_state {
+                rec.copy(s0.buffer(), s0.offset(), state, state_offset, state_bytes);
             }
-            Method::Recurrent => recurrent::record(rec, &setup, &launch, &io, None).await?,
+            let mut heads = views.heads;
+            if group > 1 {
+                let view = HeadView {
+                    step: group,
+                    first: member,
+                };
+                heads[0] = view;
+                heads[3] = view;
+            }
+            let checkpoints = checkpoints.filter(|_| member == 0);
+            let limits = plan::Limits {
+                reversed: views.reversed,
+                heads,
+                at: Starts {
+                    q: q.first_element(),
+                    k: k.first_element(),
+                    v: v.first_element(),
+                    o: output.first_element(),
+                    state: if member == 0 {
+                        final_state.map_or(0, Tensor::first_element)
+                    } else {
+                        0
+                    },
+                },
+                ..super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes)
+            };
+            self.record_member(
+                rec,
+                &call,
+                opts,
+                (&setup, storage, path, store),
+                (limits, needs),
+                views,
+                &Io {
+                    q: q.buffer(),
+                    k: k.buffer(),
+                    v: v.buffer(),
+                    o: output.buffer(),
+                    state,
+                },
+                checkpoints,
+            )
+            .await?;
         }
         if views.states_only {
             return Ok(None);
@@ -571,6 +580,75 @@ impl Context {
         }
         output.finish(rec).await?;
         Ok(None)
+    }
+}
+
+impl Context {
+    /// Records the passes of one forward call (of one member of every group
+    /// of heads) planned with `limits`, carrying the state in `io.state`.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_member(
+        &self,
+        rec: &mut Recorder<'_>,
+        call: &validate::Call,
+        opts: &ForwardOptions<'_>,
+        (setup, storage, path, store): (
+            &crate::kernels::Setup,
+            crate::kernels::Storage,
+            &'static dyn ChunkPath,
+            Option<OutStore>,
+        ),
+        (limits, needs): (plan::Limits, Needs),
+        views: Views,
+        io: &Io<'_>,
+        checkpoints: Option<(usize, &Tensor)>,
+    ) -> Result<()> {
+        let dims = call.dims;
+        // In reversed time a packed batch's sequences are mirrored too: the
+        // one at rows [a, b) is read as rows [n - b, n - a), its states
+        // where they were.
+        let mut sequences = call.sequences.clone();
+        if views.reversed == [true; 4] {
+            for s in &mut sequences {
+                s.start = dims.n - s.start - s.len;
+            }
+        }
+        let segments = plan::plan(opts.layout, &dims, &limits, &sequences, needs)?;
+        let launch = Launch {
+            scale: opts.scale,
+            slopes: opts.slopes,
+            starts_from_state: opts.initial_state.is_some(),
+            reversed: views.reversed,
+            states_only: views.states_only,
+            heads: limits.heads,
+            ..Launch::new(dims, opts.layout, storage, segments)
+        };
+        match opts.method {
+            Method::Chunk => {
+                let mut copier =
+                    checkpoints.map(|(every, out)| Checkpointer::new(call, every, out, io.state));
+                let mut after = |rec: &mut Recorder<'_>, s: &plan::Segment| {
+                    if let Some(c) = copier.as_mut() {
+                        c.after(rec, s);
+                    }
+                };
+                chunk::record(
+                    rec,
+                    setup,
+                    path,
+                    &launch,
+                    io,
+                    store.unwrap_or(OutStore::F32),
+                    Some(&mut after),
+                )
+                .await?;
+                if let Some(c) = &copier {
+                    c.check()?;
+                }
+            }
+            Method::Recurrent => recurrent::record(rec, setup, &launch, io, None).await?,
+        }
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) fn limits(
         block_state_bytes,
         reversed: [false; 4],
         at: Default::default(),
+        heads: Default::default(),
         max_binding: rt.max_binding(),
         offset_align: rt.limits().min_storage_buffer_offset_alignment as u64,
         max_groups: rt.limits().max_compute_workgroups_per_dimension as u64,

@@ -2,7 +2,7 @@
 //! baseline Lightning Attention is compared with, on the same GPU and API.
 
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::softmax;
@@ -66,6 +66,17 @@ impl Context {
             ..Default::default()
         };
         let call = validate::forward(self, q, k, v, &as_forward)?;
+        if call.group > 1 {
+            return Err(Error::InvalidValue {
+                arg: "k",
+                value: format!(
+                    "{} heads against q's {}",
+                    call.dims.h,
+                    call.dims.h * call.group
+                ),
+                reason: "softmax attention takes q, k and v with the same heads",
+            });
+        }
         let dims = call.dims;
         let scale = opts.scale.unwrap_or(1.0 / (dims.d as f32).sqrt());
         validate::scale(scale)?;
