@@ -82,6 +82,9 @@ sweep)
         --dtype f32,bf16 --reps 5 --json "$OUT/backward.json"
     timeout 60 $B bench --decode --decode-batches 1,64,256,1024,2048 --json "$OUT/decode.json"
     timeout 60 $B bench --decode --decode-batches 64,256 --decode-tokens 1,4,16 --json "$OUT/drafts.json"
+    # Issue 22: grouped heads (32 q heads over 8 kv heads) beside one head each.
+    timeout 90 $B bench --providers lightning-chunk --b 4 --lengths 32768 --h 32 --kv-heads 8 --d 128 \
+        --dtype f32,bf16 --backward --reps 5 --json "$OUT/gqa.json"
     ;;
 tests)
     # The tests that need the tensor cores or a large binding, on the H200:

@@ -121,14 +121,16 @@ pub struct Measurement {
     pub passes_ms: Vec<(&'static str, f64)>,
 }
 
-/// Inputs of a sweep: q, k and v for `tokens = b * n` tokens of `h` heads,
-/// reshaped for each case without a copy (every case of a sweep has the same
-/// `b * n`). Values are deterministic, O(1/sqrt(d)).
+/// Inputs of a sweep: q, k and v for `tokens = b * n` tokens of `h` heads
+/// (k and v of `kv_heads`, grouped heads, where that is fewer), reshaped for
+/// each case without a copy (every case of a sweep has the same `b * n`).
+/// Values are deterministic, O(1/sqrt(d)).
 pub struct Inputs {
     q: Tensor,
     k: Tensor,
     v: Tensor,
     tokens: usize,
+    kv_heads: usize,
 }
 
 /// Whether a tensor of `shape` stored as `dtype` fits the device, checked
@@ -178,14 +180,42 @@ impl Inputs {
         e: usize,
         dtype: DType,
     ) -> Result<Inputs> {
+        Self::grouped(ctx, tokens, (h, h), d, e, dtype)
+    }
+
+    /// Inputs with grouped heads: q of `heads.0` heads, k and v of `heads.1`
+    /// (a divisor of it; the library refuses others when a case runs).
+    pub fn grouped(
+        ctx: &Context,
+        tokens: usize,
+        (h, kv): (usize, usize),
+        d: usize,
+        e: usize,
+        dtype: DType,
+    ) -> Result<Inputs> {
         let s = 1.0 / (d as f32).sqrt();
         // Sizes are checked before the host allocates anything for them.
         fits(ctx, "q", &[tokens, h, d], dtype)?;
-        fits(ctx, "v", &[tokens, h, e], dtype)?;
+        fits(ctx, "v", &[tokens, kv, e], dtype)?;
         let q = ctx.tensor_as(&pattern(tokens * h * d, 1, s), &[1, h, tokens, d], dtype)?;
-        let k = ctx.tensor_as(&pattern(tokens * h * d, 2, s), &[1, h, tokens, d], dtype)?;
-        let v = ctx.tensor_as(&pattern(tokens * h * e, 3, 1.0), &[1, h, tokens, e], dtype)?;
-        Ok(Inputs { q, k, v, tokens })
+        let k = ctx.tensor_as(&pattern(tokens * kv * d, 2, s), &[1, kv, tokens, d], dtype)?;
+        let v = ctx.tensor_as(
+            &pattern(tokens * kv * e, 3, 1.0),
+            &[1, kv, tokens, e],
+            dtype,
+        )?;
+        Ok(Inputs {
+            q,
+            k,
+            v,
+            tokens,
+            kv_heads: kv,
+        })
+    }
+
+    /// Heads of k and v (q's but for grouped heads).
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
     }
 
     /// Storage type of the inputs (and so of the outputs).
@@ -208,9 +238,10 @@ impl Inputs {
                 reason: "a case must have the tokens (b * n), heads and widths of its inputs",
             });
         }
+        let kv = self.kv_heads;
         self.q.reshape(&[dims.b, dims.h, dims.n, dims.d])?;
-        self.k.reshape(&[dims.b, dims.h, dims.n, dims.d])?;
-        self.v.reshape(&[dims.b, dims.h, dims.n, dims.e])
+        self.k.reshape(&[dims.b, kv, dims.n, dims.d])?;
+        self.v.reshape(&[dims.b, kv, dims.n, dims.e])
     }
 }
 
@@ -263,7 +294,7 @@ pub async fn measure(
     repeat: Repeat,
 ) -> Result<Measurement> {
     inputs.view(dims)?;
-    let slopes = alibi_slopes(dims.h);
+    let slopes = alibi_slopes(inputs.kv_heads);
     ctx.reset_peak_memory();
     let inputs = &*inputs;
     time_runs(ctx, repeat, async || {
@@ -376,10 +407,12 @@ pub async fn measure_forward_backward(
     repeat: Repeat,
 ) -> Result<Measurement> {
     inputs.view(dims)?;
-    let slopes = alibi_slopes(dims.h);
+    let slopes = alibi_slopes(inputs.kv_heads);
+    // dO is shaped like o: v's width, q's heads.
+    let o_shape = [dims.b, dims.h, dims.n, dims.e];
     let d_o = ctx.tensor_as(
-        &pattern(inputs.v.len(), 8, 1.0),
-        inputs.v.shape(),
+        &pattern(o_shape.iter().product(), 8, 1.0),
+        &o_shape,
         inputs.dtype(),
     )?;
     ctx.reset_peak_memory();
@@ -446,7 +479,7 @@ pub async fn measure_checkpoints(
     repeat: Repeat,
 ) -> Result<(f64, f64)> {
     inputs.view(dims)?;
-    let slopes = alibi_slopes(dims.h);
+    let slopes = alibi_slopes(inputs.kv_heads);
     let opts = ForwardOptions {
         slopes: Some(&slopes),
         ..Default::default()

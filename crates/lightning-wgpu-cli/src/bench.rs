@@ -32,9 +32,12 @@ pub struct Args {
     /// Fixed batch size instead of a fixed number of tokens.
     #[arg(long, conflicts_with = "tokens")]
     pub b: Option<usize>,
-    /// Heads.
+    /// Heads (of q).
     #[arg(long)]
     pub h: Option<usize>,
+    /// Heads of k and v, a divisor of --h: grouped heads (GQA); default --h.
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
     /// Width of q and k.
     #[arg(long)]
     pub d: Option<usize>,
@@ -109,6 +112,7 @@ impl Default for Args {
             tokens: None,
             b: None,
             h: None,
+            kv_heads: None,
             d: None,
             e: None,
             providers: Vec::new(),
@@ -138,6 +142,9 @@ pub struct Row {
     pub dtype: String,
     pub b: usize,
     pub h: usize,
+    /// Heads of k and v where fewer than q's (grouped heads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
     pub n: usize,
     pub d: usize,
     pub e: usize,
@@ -251,6 +258,7 @@ fn read_anchors(path: &Path) -> Result<(Vec<Row>, serde_json::Value)> {
                 },
                 b: a.b,
                 h: a.h,
+                kv_heads: None,
                 n: a.n,
                 d: a.d,
                 e: a.d,
@@ -271,10 +279,16 @@ fn read_anchors(path: &Path) -> Result<(Vec<Row>, serde_json::Value)> {
 }
 
 fn providers(args: &Args) -> Result<Vec<Provider>> {
+    // Softmax attention takes one head each: grouped runs leave it out.
+    let grouped = args.kv_heads.is_some_and(|kv| Some(kv) != args.h);
     if args.providers.is_empty() {
-        return Ok(Provider::ALL.to_vec());
+        return Ok(Provider::ALL
+            .into_iter()
+            .filter(|&p| !(grouped && p == Provider::Softmax))
+            .collect());
     }
-    args.providers
+    let chosen: Vec<Provider> = args
+        .providers
         .iter()
         .map(|p| {
             Provider::parse(p.trim()).with_context(|| {
@@ -282,7 +296,11 @@ fn providers(args: &Args) -> Result<Vec<Provider>> {
                 format!("unknown provider `{p}` (known: {})", known.join(", "))
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    if grouped && chosen.contains(&Provider::Softmax) {
+        bail!("--kv-heads: the softmax provider takes q, k and v with the same heads");
+    }
+    Ok(chosen)
 }
 
 fn sweep(args: &Args, ctx: &Context) -> Result<(Sweep, Option<usize>)> {
@@ -472,9 +490,8 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                 // cases, so each peak counts only this case's buffers.
                 drop(inputs.take());
                 ctx.trim_pool();
-                inputs = Some(Inputs::with_dtype(
-                    &ctx, tokens, dims.h, dims.d, dims.e, dtype,
-                )?);
+                let heads = (dims.h, args.kv_heads.unwrap_or(dims.h));
+                inputs = Some(Inputs::grouped(&ctx, tokens, heads, dims.d, dims.e, dtype)?);
             }
             let Some(inputs) = inputs.as_mut() else {
                 continue;
@@ -523,6 +540,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
                     dtype: dtype.to_string(),
                     b: dims.b,
                     h: dims.h,
+                    kv_heads: args.kv_heads.filter(|&kv| kv != dims.h),
                     n: dims.n,
                     d: dims.d,
                     e: dims.e,
@@ -575,6 +593,7 @@ fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Res
                 dtype: "f32".into(),
                 b: batch,
                 h,
+                kv_heads: None,
                 n: tokens,
                 d,
                 e,

@@ -735,6 +735,82 @@ fn forward_in_half_precision() {
     );
 }
 
+/// Grouped heads through the files' shapes: q and dO with 3 heads over one
+/// kv head. `forward` equals the reference with k and v repeated; `backward`
+/// writes dk, dv shaped like k, v (the numerics are the library's tests').
+#[test]
+fn grouped_heads_come_from_the_shapes() {
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let dims = Dims {
+        b: 1,
+        h: 1,
+        n: 70,
+        d: 12,
+        e: 6,
+    };
+    let group = 3;
+    let case = Case::new(dims, Layout::Bhnd, &mut rng);
+    let q = common::random(&mut rng, group * 70 * 12, 12);
+    let q_shape = [1, group, 70, 12];
+    write_npy(&case.path("q.npy"), &q_shape, &q);
+    let out = case.forward(&["--alibi"]);
+    assert_success(&out);
+    let repeat = |x: &[f32]| x.repeat(group);
+    let full = Dims { h: group, ..dims };
+    let slopes = vec![alibi_slopes(1)[0]; group];
+    let want = reference::forward(
+        full,
+        Layout::Bhnd,
+        &q,
+        &repeat(&case.k),
+        &repeat(&case.v),
+        &slopes,
+        1.0,
+        None,
+    );
+    let (o_shape, o) = read_npy(&case.path("o.npy"));
+    assert_eq!(o_shape, [1, group, 70, 6]);
+    let err = reference::relative_error(&o, &want.o);
+    assert!(err <= 1e-5, "relative error {err} (seed {seed})");
+
+    let d_o = common::random(&mut rng, group * 70 * 6, 1);
+    let a = |n: &str| case.arg(n);
+    let (qa, ka, va, dov, dq, dk, dv) = (
+        a("q.npy"),
+        a("k.npy"),
+        a("v.npy"),
+        a("do.npy"),
+        a("dq.npy"),
+        a("dk.npy"),
+        a("dv.npy"),
+    );
+    let backward = |d_o_shape: &[usize]| {
+        write_npy(&case.path("do.npy"), d_o_shape, &d_o);
+        run(&[
+            "backward", "--q", &qa, "--k", &ka, "--v", &va, "--alibi", "--do", &dov, "--dq", &dq,
+            "--dk", &dk, "--dv", &dv,
+        ])
+    };
+    assert_success(&backward(&o_shape));
+    for (file, shape) in [
+        ("dq.npy", q_shape),
+        ("dk.npy", case.qk_shape()),
+        ("dv.npy", case.v_shape()),
+    ] {
+        let (got, values) = read_npy(&case.path(file));
+        assert_eq!(got, shape, "{file}");
+        assert!(values.iter().all(|x| x.is_finite()), "{file}");
+    }
+    // dO shaped like v (one head) is refused, naming the output's shape.
+    assert_fails(&backward(&case.v_shape()), &["do", "q's heads"]);
+    // 2 q heads over 3 kv heads cannot group.
+    write_npy(&case.path("k.npy"), &[1, 3, 70, 12], &repeat(&case.k));
+    write_npy(&case.path("v.npy"), &[1, 3, 70, 6], &repeat(&case.v));
+    write_npy(&case.path("q.npy"), &[1, 2, 70, 12], &q[..2 * 70 * 12]);
+    assert_fails(&case.forward(&[]), &["heads", "multiple"]);
+}
+
 /// `backward` writes dq, dk, dv and dS0 matching the f64 reference backward.
 #[test]
 fn backward_matches_reference() {

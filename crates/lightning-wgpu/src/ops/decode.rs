@@ -41,6 +41,10 @@ impl Context {
     /// step reads and writes each used state once: memory stays flat
     /// however long the conversation. Returns `o`, `(batch, h, e)`.
     ///
+    /// Grouped heads: q (and o) may have `G` times the heads of k, v and
+    /// the cache; q heads `g G .. (g + 1) G` read kv head g's state, which
+    /// the step updates once.
+    ///
     /// A new request starts from a zeroed slot (write zeros, or the state a
     /// prefill returned, into the cache).
     #[cfg(not(target_arch = "wasm32"))]
