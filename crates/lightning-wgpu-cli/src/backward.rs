@@ -71,7 +71,7 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
     let d_o = npy::read(&args.d_o, "do")?;
     if d_o.shape != output_shape {
         bail!(
-            "`do` ({}) must be shaped like the output (v with q's heads) {:?}, got {:?}",
+            "`do` ({}) must be shaped like v with q's heads (the output) {:?}, got {:?}",
             args.d_o.display(),
             output_shape,
             d_o.shape
