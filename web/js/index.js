@@ -324,7 +324,7 @@ export class LightningAttention {
     try {
       const [o, draft] = await guard(
         this.engine.decodeDraft(
-          use(q, qs, 'q').native, use(k, ks, 'k').native, use(v, vs, 'v').native,
+          use(q, qk, 'q').native, use(k, qk, 'k').native, use(v, vs, 'v').native,
           cache.tensor.native, Int32Array.from(slots), Uint32Array.from(tokens),
           slopes === undefined || slopes === null ? undefined : Float32Array.from(slopes), scale,
         ),
