@@ -87,6 +87,18 @@ impl Grouped {
         self.dims.h * self.group
     }
 
+    /// q, k, v and the initial state on the GPU, in f32.
+    fn upload(&self, ctx: &Context) -> [lightning_wgpu::Tensor; 4] {
+        let Dims { h, d, e, .. } = self.dims;
+        [
+            (&self.q, self.shape(self.hq(), d)),
+            (&self.k, self.shape(h, d)),
+            (&self.v, self.shape(h, e)),
+            (&self.s0, self.state_shape()),
+        ]
+        .map(|(x, shape)| ctx.tensor(x, &shape).unwrap())
+    }
+
     fn state_shape(&self) -> [usize; 4] {
         let seqs = self.cu.as_ref().map_or(self.dims.b, |c| c.len() - 1);
         [seqs, self.dims.h, self.dims.d, self.dims.e]
@@ -206,11 +218,8 @@ fn forward_equals_the_repeated_heads_reference() {
             for method in [Method::Chunk, Method::Recurrent] {
                 let p = Grouped::random(&mut rng, layout, packed);
                 let Dims { d, e, .. } = p.dims;
-                let (hq, h) = (p.hq(), p.dims.h);
-                let q = ctx.tensor(&p.q, &p.shape(hq, d)).unwrap();
-                let k = ctx.tensor(&p.k, &p.shape(h, d)).unwrap();
-                let v = ctx.tensor(&p.v, &p.shape(h, e)).unwrap();
-                let s0 = ctx.tensor(&p.s0, &p.state_shape()).unwrap();
+                let hq = p.hq();
+                let [q, k, v, s0] = p.upload(&ctx);
                 let opts = ForwardOptions {
                     slopes: Some(&p.slopes),
                     scale: p.scale,
@@ -272,11 +281,8 @@ fn backward_sums_each_group() {
             let p = Grouped::random(&mut rng, layout, packed);
             let Dims { d, e, .. } = p.dims;
             let (hq, h) = (p.hq(), p.dims.h);
-            let q = ctx.tensor(&p.q, &p.shape(hq, d)).unwrap();
-            let k = ctx.tensor(&p.k, &p.shape(h, d)).unwrap();
-            let v = ctx.tensor(&p.v, &p.shape(h, e)).unwrap();
+            let [q, k, v, s0] = p.upload(&ctx);
             let d_o = ctx.tensor(&p.d_o, &p.shape(hq, e)).unwrap();
-            let s0 = ctx.tensor(&p.s0, &p.state_shape()).unwrap();
             let dsn = ctx.tensor(&p.dsn, &p.state_shape()).unwrap();
             let opts = BackwardOptions {
                 forward: ForwardOptions {
@@ -457,6 +463,18 @@ fn checkpoints_are_the_kv_heads_states() {
     check("checkpoints", &ctx.read(&got).unwrap(), &want, 1e-6, seed);
 }
 
+/// The error of k heads that do not divide q's.
+fn k_heads(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::ShapeMismatch {
+            arg: "k",
+            dim: "heads",
+            ..
+        }
+    )
+}
+
 #[test]
 fn shapes_that_do_not_group_are_refused() {
     let ctx = ctx();
@@ -464,16 +482,6 @@ fn shapes_that_do_not_group_are_refused() {
     let t = |shape: [usize; 4]| {
         ctx.tensor(&vec![0.5; shape.iter().product()], &shape)
             .unwrap()
-    };
-    let k_heads = |err: &Error| {
-        matches!(
-            err,
-            Error::ShapeMismatch {
-                arg: "k",
-                dim: "heads",
-                ..
-            }
-        )
     };
     // 6 q heads over 4 kv heads.
     let (q, k, v) = (t([1, 6, 10, 8]), t([1, 4, 10, 8]), t([1, 4, 10, 8]));
@@ -597,17 +605,7 @@ fn decode_reads_each_kv_state_once_per_step() {
     let err = ctx
         .decode_step(&bad, &k, &v, &mut cache, &slot_of, &Default::default())
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::ShapeMismatch {
-                arg: "k",
-                dim: "heads",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(k_heads(&err), "{err}");
     // Drafts and softmax attention take one head each.
     let opts = DecodeOptions::default();
     let tq = ctx

@@ -183,15 +183,7 @@ impl Context {
             let taken = self.new_f32(&shape, "the requests' states")?;
             let work = self.new_f32(&shape, "one member's states")?;
             let slot_bytes = (dims.h * dims.d * dims.e * 4) as u64;
-            for (r, &s) in slots.iter().enumerate().filter(|(_, &s)| s >= 0) {
-                rec.copy(
-                    cache.buffer(),
-                    cache.offset() + s as u64 * slot_bytes,
-                    taken.buffer(),
-                    taken.offset() + r as u64 * slot_bytes,
-                    slot_bytes,
-                );
-            }
+            take_states(rec, cache, slots, &taken);
             let own: Vec<i32> = (0..dims.b as i32)
                 .zip(slots)
                 .map(|(r, &s)| if s < 0 { -1 } else { r })
@@ -283,6 +275,21 @@ impl Context {
             state: cache.buffer(),
         };
         recurrent::record(rec, &setup, &launch, &io, Some(&maps)).await
+    }
+}
+
+/// Records copying the state of each request from its slot of `cache` to
+/// slot r of `to` (one state per request); padding requests are skipped.
+pub(crate) fn take_states(rec: &mut Recorder<'_>, cache: &Tensor, slots: &[i32], to: &Tensor) {
+    let slot_bytes = (cache.shape()[1..].iter().product::<usize>() * 4) as u64;
+    for (r, &s) in slots.iter().enumerate().filter(|(_, &s)| s >= 0) {
+        rec.copy(
+            cache.buffer(),
+            cache.offset() + s as u64 * slot_bytes,
+            to.buffer(),
+            to.offset() + r as u64 * slot_bytes,
+            slot_bytes,
+        );
     }
 }
 

@@ -117,15 +117,7 @@ impl Context {
         )?;
         let mut rec = Recorder::new(self.rt(), "decode draft");
         let slot_bytes = (size * 4) as u64;
-        for (r, &s) in slots.iter().enumerate().filter(|(_, &s)| s >= 0) {
-            rec.copy(
-                cache.buffer(),
-                cache.offset() + s as u64 * slot_bytes,
-                scratch.buffer(),
-                scratch.offset() + r as u64 * slot_bytes,
-                slot_bytes,
-            );
-        }
+        super::decode::take_states(&mut rec, cache, slots, &scratch);
         for i in 0..t {
             // Request r in slot r of the scratch while it has tokens left.
             let step: Vec<i32> = (0..batch)
