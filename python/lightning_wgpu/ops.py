@@ -63,7 +63,8 @@ def attention(
     ``"bnhd"``; states are float32 ``(b, h, d, e)`` (``(N, h, d, e)`` with
     ``cu_seqlens``). Returns ``(o, final_state)``, ``final_state`` None
     unless asked for. Torch tensors that require grad get gradients through
-    the library's backward kernels.
+    the library's backward kernels. Grouped heads: q (and o) may have a
+    multiple of k's and v's heads; slopes and states are then per kv head.
 
     With ``checkpoint_every=C`` (a multiple of the device's block rows) it
     returns ``(o, final_state, checkpoints)``: the float32 state after every
