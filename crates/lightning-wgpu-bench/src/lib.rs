@@ -213,11 +213,6 @@ impl Inputs {
         })
     }
 
-    /// Heads of k and v (q's but for grouped heads).
-    pub fn kv_heads(&self) -> usize {
-        self.kv_heads
-    }
-
     /// Storage type of the inputs (and so of the outputs).
     pub fn dtype(&self) -> DType {
         self.q.dtype()

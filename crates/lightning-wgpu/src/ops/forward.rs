@@ -513,20 +513,15 @@ impl Context {
             }
         }
         // Grouped heads: one call per member of every group, viewing that
-        // member's q and o heads in place; all of them carry the same kv
-        // states, so the members but the last carry theirs in a scratch and
-        // the last (member 0) writes the final state and the checkpoints.
+        // member's q and o heads in place. All of them carry the same kv
+        // states through the one state buffer, each starting afresh from
+        // the initial state; the last (member 0) leaves the final state and
+        // alone writes the checkpoints.
         let group = call.group;
-        let member_state = (group > 1 && !views.states_only)
-            .then(|| rec.keep(self.rt().buffer("member state", state_bytes, TENSOR_USAGE)));
         let members = if views.states_only { 0..1 } else { 0..group };
         for member in members.rev() {
-            let (state, state_offset) = match (&member_state, member) {
-                (Some(scratch), 1..) => (scratch, 0),
-                _ => (&state, state_offset),
-            };
             if let Some(s0) = opts.initial_state {
-                rec.copy(s0.buffer(), s0.offset(), state, state_offset, state_bytes);
+                rec.copy(s0.buffer(), s0.offset(), &state, state_offset, state_bytes);
             }
             let mut heads = views.heads;
             if group > 1 {
@@ -546,11 +541,7 @@ impl Context {
                     k: k.first_element(),
                     v: v.first_element(),
                     o: output.first_element(),
-                    state: if member == 0 {
-                        final_state.map_or(0, Tensor::first_element)
-                    } else {
-                        0
-                    },
+                    state: final_state.map_or(0, Tensor::first_element),
                 },
                 ..super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes)
             };
@@ -566,7 +557,7 @@ impl Context {
                     k: k.buffer(),
                     v: v.buffer(),
                     o: output.buffer(),
-                    state,
+                    state: &state,
                 },
                 checkpoints,
             )
