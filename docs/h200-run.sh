@@ -18,7 +18,7 @@
 #   .whl/      onnxruntime-webgpu 1.27.0 for Python 3.12 (pip download, see ../shared/GPU.md)
 #   anchors_src/  lightning_attn/ and fla/ from OpenNLPLab/lightning-attention
 #                 and fla-org/flash-linear-attention (ignored, never committed)
-# Usage there: bash docs/h200-run.sh together | sweep | tests | serving | python | burn
+# Usage there: bash docs/h200-run.sh together | ab | sweep | tests | serving | python | burn
 # (one mode per call fits the device's 10-minute limit; several do when short)
 set -o pipefail
 
@@ -72,6 +72,18 @@ PY
     timeout 30 $B --coop off bench --providers lightning-chunk --b 4 --lengths 32768 --dtype f16,bf16 \
         $A --json "$OUT/portable.json"
     ;;
+ab)
+    vulkan
+    # Issue 16: per-kernel times before the restructuring (207d154, built from
+    # that commit as .device/lightning-wgpu-207d154) and now, alternating in one call.
+    for round in 1 2; do
+        for bin in $B-207d154 $B; do
+            tag=$(basename $bin)-$round
+            timeout 60 $bin bench --providers lightning-chunk --b 4 --h 32 --d 128 --e 128 --lengths 32768 \
+                --dtype f32,bf16 --backward --passes --reps 5 --json "$OUT/ab-$tag.json" | tail -12 | tee -a "$OUT/ab.txt"
+        done
+    done
+    ;;
 sweep)
     vulkan
     # Constant speed 1K..128K at fixed b*n, the portable path, other head
@@ -81,7 +93,10 @@ sweep)
     timeout 90 $B bench --backward --providers lightning-chunk --b 4 --lengths 4096,32768 \
         --dtype f32,bf16 --reps 5 --json "$OUT/backward.json"
     timeout 60 $B bench --decode --decode-batches 1,64,256,1024,2048 --json "$OUT/decode.json"
-    timeout 60 $B bench --decode --decode-batches 64,256 --decode-tokens 1,4,16 --json "$OUT/drafts.json"
+    timeout 90 $B bench --decode --decode-batches 1,16,64,256,1024 --decode-tokens 1,4,8 --json "$OUT/drafts.json"
+    # Issue 22: checkpoints every 1024 tokens against the plain forward.
+    timeout 60 $B bench --providers lightning-chunk --b 4 --h 32 --d 128 --e 128 --lengths 32768 \
+        --dtype f32,bf16 --checkpoint-every 1024 --reps 5 --json "$OUT/checkpoints.json"
     # Issue 22: grouped heads (32 q heads over 8 kv heads) beside one head each.
     timeout 90 $B bench --providers lightning-chunk --b 4 --lengths 32768 --h 32 --kv-heads 8 --d 128 \
         --dtype f32,bf16 --backward --reps 5 --json "$OUT/gqa.json"
@@ -89,16 +104,20 @@ sweep)
 tests)
     # The tests that need the tensor cores or a large binding, on the H200:
     # bf16 beyond f16's range on the default path beside the portable one.
+    # One test at a time: with libtest's parallel threads some suites did not finish in 60 s there.
+    vulkan
     for t in .device/tests/*; do
         echo "== $t" | tee -a "$OUT/tests.txt"
-        timeout 60 "$t" 2>&1 | grep -E "^test |test result|panicked|FAILED" | tee -a "$OUT/tests.txt"
+        timeout 60 "$t" --test-threads=1 2>&1 | grep -E "^test |test result|panicked|FAILED" | tee -a "$OUT/tests.txt"
     done
     ;;
 python)
     vulkan
     # Issue 19: the package's tests with torch 2.11, and FLA side by side.
     # No network there: the wheel alone; pytest and ml_dtypes where the machine has them.
-    pip install --no-deps .device/lightning_wgpu-*.whl >/dev/null 2>&1
+    # Into a folder of its own: the machine's Python refuses system-wide installs.
+    pip install --no-deps --target /tmp/lw .device/lightning_wgpu-*.whl 2>&1 | tail -2
+    export PYTHONPATH=/tmp/lw
     timeout 150 python3 tools/compare_fla.py --src anchors_src --out "$OUT/compare-fla.json"
     (cd python/tests && timeout 120 python3 -m pytest -q -x 2>&1 | tail -15) | tee "$OUT/pytest.txt"
     ;;
@@ -128,7 +147,7 @@ burn)
     timeout 150 .device/train_lm --steps ${STEPS:-2000} --batch 32 --context 256 | tee "$OUT/train_lm.txt"
     ;;
 *)
-    echo "usage: bash docs/h200-run.sh together|sweep|python|serving|burn" >&2
+    echo "usage: bash docs/h200-run.sh together|ab|sweep|tests|python|serving|burn" >&2
     exit 2
     ;;
 esac
