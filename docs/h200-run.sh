@@ -87,13 +87,15 @@ ab)
 sweep)
     vulkan
     # Constant speed 1K..128K at fixed b*n, the portable path, other head
-    # sizes, forward + backward, decode from 64 to 2048 requests.
+    # sizes, forward + backward, decode from 1 to 1024 requests.
     timeout 100 $B bench --providers lightning-chunk --tokens 131072 --lengths 1024,4096,16384,32768,131072 \
         --dtype f32,f16,bf16 --reps 5 --json "$OUT/constant.json"
     timeout 90 $B bench --backward --providers lightning-chunk --b 4 --lengths 4096,32768 \
         --dtype f32,bf16 --reps 5 --json "$OUT/backward.json"
-    timeout 60 $B bench --decode --decode-batches 1,64,256,1024,2048 --json "$OUT/decode.json"
-    timeout 90 $B bench --decode --decode-batches 1,16,64,256,1024 --decode-tokens 1,4,8 --json "$OUT/drafts.json"
+    # 2048 requests (a 4 GiB cache) and drafts past 128 requests at t = 8 pass
+    # the H200's largest buffer and are refused, which ends the whole run.
+    timeout 60 $B bench --decode --decode-batches 1,64,256,1024 --json "$OUT/decode.json"
+    timeout 90 $B bench --decode --decode-batches 1,16,64,128 --decode-tokens 1,4,8 --json "$OUT/drafts.json"
     # Issue 22: checkpoints every 1024 tokens against the plain forward.
     timeout 60 $B bench --providers lightning-chunk --b 4 --h 32 --d 128 --e 128 --lengths 32768 \
         --dtype f32,bf16 --checkpoint-every 1024 --reps 5 --json "$OUT/checkpoints.json"
