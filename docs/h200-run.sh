@@ -12,6 +12,7 @@
 #   cargo build --release -p lightning-wgpu --features mpi --example sequence_parallel
 #   cargo test --release --no-run -p lightning-wgpu --features mpi --test coop ...   (the GPU tests)
 #   cargo build --release -p lightning-wgpu --features burn --example train_lm
+#   the CLI of 207d154 (git worktree, same target dir) as .device/lightning-wgpu-207d154, for `ab`
 #   .device/   those binaries (stripped), tests/ under it, and the wheel
 #              (`pip wheel . --no-deps -w .device/`, abi3)
 #   .gl/       Debian's Vulkan loader packages (see ../shared/GPU.md)
@@ -117,10 +118,11 @@ python)
     vulkan
     # Issue 19: the package's tests with torch 2.11, and FLA side by side.
     # No network there: the wheel alone; pytest and ml_dtypes where the machine has them.
-    # Into a folder of its own: the machine's Python refuses system-wide installs.
+    # A folder of its own on PYTHONPATH: a plain install left the package unimportable there.
     pip install --no-deps --target /tmp/lw .device/lightning_wgpu-*.whl 2>&1 | tail -2
     export PYTHONPATH=/tmp/lw
-    timeout 150 python3 tools/compare_fla.py --src anchors_src --out "$OUT/compare-fla.json"
+    # FLA compiles its Triton kernels first: the f32 cases took about 300 s there.
+    timeout 450 python3 tools/compare_fla.py --src anchors_src --out "$OUT/compare-fla.json"
     (cd python/tests && timeout 120 python3 -m pytest -q -x 2>&1 | tail -15) | tee "$OUT/pytest.txt"
     ;;
 serving)
