@@ -99,7 +99,7 @@ sweep)
     timeout 90 $B bench --decode --decode-batches 1,16,64,128 --decode-tokens 1,4,8 --json "$OUT/drafts.json"
     # Issue 22: checkpoints every 1024 tokens against the plain forward.
     timeout 60 $B bench --providers lightning-chunk --b 4 --h 32 --d 128 --e 128 --lengths 32768 \
-        --dtype f32,bf16 --checkpoint-every 1024 --reps 5 --json "$OUT/checkpoints.json"
+        --dtype f32,bf16 --checkpoint-every 1024 --passes --reps 5 --json "$OUT/checkpoints.json"
     # Issue 22: grouped heads (32 q heads over 8 kv heads) beside one head each.
     timeout 90 $B bench --providers lightning-chunk --b 4 --lengths 32768 --h 32 --kv-heads 8 --d 128 \
         --dtype f32,bf16 --backward --reps 5 --json "$OUT/gqa.json"
@@ -109,7 +109,10 @@ tests)
     # bf16 beyond f16's range on the default path beside the portable one.
     # One test at a time: with libtest's parallel threads some suites did not finish in 60 s there.
     vulkan
-    for t in .device/tests/*; do
+    # TESTS="name ..." runs only those suites.
+    list='.device/tests/*'
+    [ -n "${TESTS:-}" ] && list=$(printf '.device/tests/%s ' $TESTS)
+    for t in $list; do
         echo "== $t" | tee -a "$OUT/tests.txt"
         timeout 60 "$t" --test-threads=1 2>&1 | grep -E "^test |test result|panicked|FAILED" | tee -a "$OUT/tests.txt"
     done
@@ -122,7 +125,9 @@ python)
     pip install --no-deps --target /tmp/lw .device/lightning_wgpu-*.whl 2>&1 | tail -2
     export PYTHONPATH=/tmp/lw
     # FLA compiles its Triton kernels first: the f32 cases took about 300 s there.
-    timeout 450 python3 tools/compare_fla.py --src anchors_src --out "$OUT/compare-fla.json"
+    # DTYPES=bfloat16 runs only the bf16 cases.
+    timeout 450 python3 -u tools/compare_fla.py --src anchors_src --dtypes "${DTYPES:-float32,bfloat16}" \
+        --out "$OUT/compare-fla.json" | tee "$OUT/compare-fla.jsonl"
     (cd python/tests && timeout 120 python3 -m pytest -q -x 2>&1 | tail -15) | tee "$OUT/pytest.txt"
     ;;
 serving)

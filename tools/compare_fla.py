@@ -18,6 +18,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--src", default="anchors_src")
     p.add_argument("--out", required=True)
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes, in the order run")
     args = p.parse_args()
     sys.path.insert(0, args.src)
     import torch
@@ -26,7 +27,7 @@ def main():
     import lightning_wgpu as lw
 
     results = {"adapter": lw.device().info["name"], "device": torch.cuda.get_device_name(), "cases": []}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in [getattr(torch, name) for name in args.dtypes.split(",")]:
         for b, t, h, d in [(2, 1000, 4, 64), (1, 4096, 8, 128)]:
             gen = torch.Generator().manual_seed(t)
             make = lambda *s: (torch.randn(*s, generator=gen) * 0.2).to(dtype)  # noqa: E731
