@@ -6,8 +6,10 @@ fn decay(slope: f32, k: u32) -> f32 {
 // A map over `map.count` states of rows x cols, state i of head i % heads:
 //     out = x_factor X + y_factor Y,   factor = exp(-slope steps) scale
 // with X read transposed (cols x rows in memory) when map.transpose is 1,
-// and Y left out when y_scale is 0. The backward's small state work: S0^T
-// for the dq pass, dS0 = lambda scale S' + lambda^n dS_n. Each factor is
+// and Y left out when y_scale is 0, state i of out `map.out_step` states
+// after state i - 1 (0 counts as 1). The backward's small state work: S0^T
+// for the dq pass, dS0 = lambda scale S' + lambda^n dS_n; the forward's
+// checkpoints, carried states copied out to every head's run of them. Each factor is
 // one exp of the whole exponent, never a product of decays, so it
 // underflows to 0 rather than overflowing.
 //
@@ -35,5 +37,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if map.y_scale != 0.0 {
         value += y[map.y_base + i] * (decay(slope, map.y_steps) * map.y_scale);
     }
-    out[map.out_base + i] = value;
+    out[map.out_base + state * max(map.out_step, 1u) * size + within] = value;
 }

@@ -11,8 +11,14 @@ use lightning_wgpu::{alibi_slopes, reference, Dims, Error, ForwardOptions, Layou
 
 const TOL: f64 = 1e-5;
 
-fn check(layout: Layout, every_blocks: usize, seed: u64, checked: bool) {
-    let ctx = common::context(checked);
+/// `max_binding`: bindings that small split the heads over segments and the
+/// checkpoints' copies over windows.
+fn check(layout: Layout, every_blocks: usize, seed: u64, checked: bool, max_binding: Option<u64>) {
+    let ctx = common::context_with(lightning_wgpu::ContextOptions {
+        checked: checked.then_some(true),
+        max_binding_bytes: max_binding,
+        ..Default::default()
+    });
     let every = every_blocks * ctx.block_rows() as usize;
     let dims = Dims {
         b: 2,
@@ -47,7 +53,8 @@ fn check(layout: Layout, every_blocks: usize, seed: u64, checked: bool) {
     let ck = ctx.read(&ck).unwrap();
     let whole = ctx.read(&out.o).unwrap();
     let size = d * e;
-    let tag = format!("{layout:?} every={every} seed={seed} checked={checked}");
+    let tag =
+        format!("{layout:?} every={every} seed={seed} checked={checked} binding={max_binding:?}");
     for j in 0..count {
         let end = (j + 1) * every;
         let part = Dims { n: end, ..dims };
@@ -91,8 +98,18 @@ fn check(layout: Layout, every_blocks: usize, seed: u64, checked: bool) {
 fn checkpoints_are_the_prefix_states_and_resume_the_run() {
     let s = seed();
     let checked = std::env::var_os("LIGHTNING_CHECKED").is_some();
-    check(Layout::Bhnd, 1, s, checked);
-    check(Layout::Bnhd, 2, s + 1, checked);
+    check(Layout::Bhnd, 1, s, checked, None);
+    check(Layout::Bnhd, 2, s + 1, checked, None);
+}
+
+#[test]
+fn checkpoints_survive_small_bindings() {
+    // 16 KiB bindings: one head's q, k and v per segment, so each segment's
+    // copy writes its heads' checkpoints from a head other than the first.
+    let s = seed();
+    let checked = std::env::var_os("LIGHTNING_CHECKED").is_some();
+    check(Layout::Bhnd, 1, s, checked, Some(16384));
+    check(Layout::Bnhd, 1, s + 1, checked, Some(16384));
 }
 
 #[test]

@@ -111,7 +111,7 @@ uniform_block! {
         x_scale: f32 => "f32",
         y_steps: u32 => "u32",
         y_scale: f32 => "f32",
-        pad0: u32 => "",
+        out_step: u32 => "u32",
         pad1: u32 => "",
         pad2: u32 => "",
     }

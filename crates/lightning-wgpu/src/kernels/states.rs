@@ -3,7 +3,7 @@
 
 use super::launch::{bind, whole};
 use super::params::StateMap;
-use super::{BlockConfig, Kernel, KernelSpec, Storage};
+use super::{BlockConfig, Compiled, Kernel, KernelSpec, Storage};
 use crate::error::{Error, Result};
 use crate::plan::Window;
 use crate::runtime::recorder::Recorder;
@@ -15,6 +15,20 @@ pub(crate) struct Term<'a> {
     pub states: (&'a wgpu::Buffer, u64),
     pub steps: u32,
     pub scale: f32,
+}
+
+/// The state-map kernel, compiled for reading `x` and `y` and writing `out`.
+pub(crate) async fn kernel(
+    rt: &crate::runtime::Runtime,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Compiled> {
+    let shared = super::shared_reads(&[("x", x), ("y", y)], &[out]);
+    KernelSpec::new(Kernel::StateMap, Storage::F32, BlockConfig::default())
+        .sharing(&shared)
+        .compile(rt)
+        .await
 }
 
 /// Records `out = x_term (transposed when asked) + y_term` over the states
@@ -32,11 +46,49 @@ pub(crate) async fn record(
     y: Option<Term<'_>>,
     (out, out_first): (&wgpu::Buffer, u64),
 ) -> Result<()> {
+    let y_buffer = y.map_or(x.states.0, |t| t.states.0);
+    let kernel = kernel(rec.runtime(), x.states.0, y_buffer, out).await?;
+    let map = Map {
+        slopes,
+        states,
+        shape: (rows, cols),
+        transpose,
+    };
+    record_with(rec, &kernel, &map, x, y, (out, out_first, 1))
+}
+
+/// What a state map covers.
+pub(crate) struct Map<'a> {
+    pub slopes: &'a [f32],
+    pub states: std::ops::Range<usize>,
+    /// `(rows, cols)` of each state of out.
+    pub shape: (usize, usize),
+    pub transpose: bool,
+}
+
+/// [`record`] with the kernel compiled beforehand (by [`kernel`], for these
+/// buffers), state i of out `out_step` states after state i - 1.
+pub(crate) fn record_with(
+    rec: &mut Recorder<'_>,
+    kernel: &Compiled,
+    map: &Map<'_>,
+    x: Term<'_>,
+    y: Option<Term<'_>>,
+    (out, out_first, out_step): (&wgpu::Buffer, u64, u64),
+) -> Result<()> {
     let rt = rec.runtime();
+    let (rows, cols) = map.shape;
+    let slopes = map.slopes;
     let size = (rows * cols) as u64;
+    let step = out_step.max(1);
     let align = rt.limits().min_storage_buffer_offset_alignment as u64;
-    // Whole states per window, leaving room for the alignment of its start.
-    let per = (rt.max_binding().saturating_sub(align) / (size * 4)).min(u32::MAX as u64 / size);
+    // Whole states per window, leaving room for the alignment of its start
+    // (out's states spread `step` apart).
+    let fit = rt.max_binding().saturating_sub(align) / (size * 4);
+    let per = match fit {
+        0 => 0,
+        f => ((f - 1) / step + 1).min(u32::MAX as u64 / (size * step)),
+    };
     if per == 0 {
         return Err(Error::TooLarge {
             arg: "state",
@@ -45,37 +97,32 @@ pub(crate) async fn record(
             which: "max_storage_buffer_binding_size",
         });
     }
-    let y_buffer = y.map_or(x.states.0, |t| t.states.0);
-    let shared = super::shared_reads(&[("x", x.states.0), ("y", y_buffer)], &[out]);
-    let kernel = KernelSpec::new(Kernel::StateMap, Storage::F32, BlockConfig::default())
-        .sharing(&shared)
-        .compile(rt)
-        .await?;
     let slope_buffer = rec.upload(
         "slopes",
         bytemuck::cast_slice(slopes),
         wgpu::BufferUsages::STORAGE,
     );
-    // A window of whole states `[first, first + n)` of a buffer whose states
-    // start at element `at`, bound from the aligned offset below them.
-    let window = |at: u64, first: u64, n: u64| {
-        let lo = (at + first * size) * 4;
+    // A window of states `[first, first + n)`, `step` apart, of a buffer
+    // whose states start at element `at`, bound from the aligned offset
+    // below them.
+    let window = |at: u64, first: u64, n: u64, step: u64| {
+        let lo = (at + first * step * size) * 4;
         let start = lo / align * align;
         let w = Window {
             offset: start,
-            size: lo + n * size * 4 - start,
+            size: lo + ((n - 1) * step + 1) * size * 4 - start,
             base: 0,
         };
         (w, ((lo - start) / 4) as u32)
     };
-    let mut first = states.start as u64;
-    while first < states.end as u64 {
-        let n = per.min(states.end as u64 - first);
-        let (xw, x_base) = window(x.states.1, first, n);
+    let mut first = map.states.start as u64;
+    while first < map.states.end as u64 {
+        let n = per.min(map.states.end as u64 - first);
+        let (xw, x_base) = window(x.states.1, first, n, 1);
         let y_at = y.map_or(x.states, |t| t.states);
-        let (yw, y_base) = window(y_at.1, first, n);
-        let (ow, out_base) = window(out_first, first, n);
-        let map = StateMap {
+        let (yw, y_base) = window(y_at.1, first, n, 1);
+        let (ow, out_base) = window(out_first, first, n, step);
+        let params = StateMap {
             heads: slopes.len() as u32,
             first: first as u32,
             count: n as u32,
@@ -84,16 +131,17 @@ pub(crate) async fn record(
             out_base,
             rows: rows as u32,
             cols: cols as u32,
-            transpose: u32::from(transpose),
+            transpose: u32::from(map.transpose),
             x_steps: x.steps,
             x_scale: x.scale,
             y_steps: y.map_or(0, |t| t.steps),
             y_scale: y.map_or(0.0, |t| t.scale),
+            out_step: step as u32,
             ..Default::default()
         };
         let uniform = rec.upload(
             "state map",
-            bytemuck::bytes_of(&map),
+            bytemuck::bytes_of(&params),
             wgpu::BufferUsages::UNIFORM,
         );
         kernel.dispatch(

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernels::chunk::{self, ChunkPath, Magnitudes};
 use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
-use crate::kernels::{recurrent, OutStore};
+use crate::kernels::{recurrent, states, OutStore};
 use crate::layout::{Dims, Layout};
 use crate::plan::{self, HeadView, Needs, Starts};
 use crate::runtime::io::TENSOR_USAGE;
@@ -616,8 +616,15 @@ impl Context {
         };
         match opts.method {
             Method::Chunk => {
-                let mut copier =
-                    checkpoints.map(|(every, out)| Checkpointer::new(call, every, out, io.state));
+                let copy = match checkpoints {
+                    Some((_, out)) => {
+                        Some(states::kernel(self.rt(), io.state, io.state, out.buffer()).await?)
+                    }
+                    None => None,
+                };
+                let mut copier = checkpoints.zip(copy.as_ref()).map(|((every, out), copy)| {
+                    Checkpointer::new(call, every, out, io.state, copy)
+                });
                 let mut after = |rec: &mut Recorder<'_>, s: &plan::Segment| {
                     if let Some(c) = copier.as_mut() {
                         c.after(rec, s);
@@ -633,7 +640,7 @@ impl Context {
                     Some(&mut after),
                 )
                 .await?;
-                if let Some(c) = &copier {
+                if let Some(c) = copier.as_mut() {
                     c.check()?;
                 }
             }
@@ -656,11 +663,16 @@ fn checkpoint_shape(call: &validate::Call, every: usize) -> Vec<usize> {
 }
 
 /// Copies the carried state into the checkpoints at the end of every
-/// segment that ends on a multiple of `every`.
+/// segment that ends on a multiple of `every`: one dispatch of the state
+/// map for all of the segment's heads (copies, one per head, cost more
+/// than the passes at small `every`).
 struct Checkpointer<'a> {
     every: usize,
     out: &'a Tensor,
     carry: &'a wgpu::Buffer,
+    copy: &'a crate::kernels::Compiled,
+    /// The first error of a copy's recording, returned by `check`.
+    failed: Option<Error>,
     dims: Dims,
     packed: bool,
     /// Per sequence (by first row): its first checkpoint, sequence after sequence.
@@ -670,7 +682,13 @@ struct Checkpointer<'a> {
 }
 
 impl<'a> Checkpointer<'a> {
-    fn new(call: &validate::Call, every: usize, out: &'a Tensor, carry: &'a wgpu::Buffer) -> Self {
+    fn new(
+        call: &validate::Call,
+        every: usize,
+        out: &'a Tensor,
+        carry: &'a wgpu::Buffer,
+        copy: &'a crate::kernels::Compiled,
+    ) -> Self {
         let mut at = 0;
         let firsts = call
             .sequences
@@ -689,6 +707,8 @@ impl<'a> Checkpointer<'a> {
             every,
             out,
             carry,
+            copy,
+            failed: None,
             dims,
             packed: call.packed,
             firsts,
@@ -703,36 +723,45 @@ impl<'a> Checkpointer<'a> {
             return;
         }
         let j = end / self.every - 1;
-        let size = self.dims.d * self.dims.e;
-        let bytes = (size * 4) as u64;
+        let size = (self.dims.d * self.dims.e) as u64;
         let first = self
             .firsts
             .iter()
             .find(|(start, _)| *start == s.seq_start)
             .map_or(0, |&(_, f)| f);
-        let per_bh = self.dims.n / self.every;
-        for bh in s.bh_start..s.bh_start + s.bh_count {
-            let src =
-                s.state.offset + (u64::from(s.state_base) + ((bh - s.bh_start) * size) as u64) * 4;
-            // Packed batches have b = 1: bh is the head.
-            let slot = if self.packed {
-                (first + j) * self.dims.h + bh
-            } else {
-                bh * per_bh + j
-            };
-            rec.copy(
-                self.carry,
-                src,
-                self.out.buffer(),
-                self.out.offset() + slot as u64 * bytes,
-                bytes,
-            );
-            self.written += 1;
+        // Head bh's checkpoint j: packed batches have b = 1 and keep a
+        // sequence's heads together, (first + j, h); otherwise (bh, j).
+        let (slot, step) = if self.packed {
+            (((first + j) * self.dims.h + s.bh_start) as u64, 1)
+        } else {
+            let per_bh = (self.dims.n / self.every) as u64;
+            (s.bh_start as u64 * per_bh + j as u64, per_bh)
+        };
+        let map = states::Map {
+            slopes: &[0.0],
+            states: 0..s.bh_count,
+            shape: (self.dims.d, self.dims.e),
+            transpose: false,
+        };
+        let carry = states::Term {
+            states: (self.carry, s.state.offset / 4 + u64::from(s.state_base)),
+            steps: 0,
+            scale: 1.0,
+        };
+        let out = (self.out.buffer(), self.out.offset() / 4 + slot * size, step);
+        match states::record_with(rec, self.copy, &map, carry, None, out) {
+            Ok(()) => self.written += s.bh_count,
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
         }
     }
 
     /// Every checkpoint was written (segments ended where they fall).
-    fn check(&self) -> Result<()> {
+    fn check(&mut self) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         if self.written == self.expected {
             Ok(())
         } else {
