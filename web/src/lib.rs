@@ -338,7 +338,7 @@ impl Engine {
                     &q.borrow(),
                     &k.borrow(),
                     &v.borrow(),
-                    &mut cache,
+                    &mut *cache,
                     &slots,
                     &opts,
                 )
@@ -377,7 +377,7 @@ impl Engine {
                     &q.borrow(),
                     &k.borrow(),
                     &v.borrow(),
-                    &cache.borrow(),
+                    &*cache.borrow(),
                     &slots,
                     &tokens,
                     &opts,
@@ -402,7 +402,7 @@ impl Engine {
                 .try_borrow_mut()
                 .map_err(|_| bad("`cache` is in use by another call".into()))?;
             let accepted: Vec<usize> = accepted.iter().map(|&t| t as usize).collect();
-            ctx.commit_draft_async(&mut cache, &draft, &accepted)
+            ctx.commit_draft_async(&mut *cache, &draft, &accepted)
                 .await
                 .map_err(js)?;
             Ok(JsValue::UNDEFINED)

@@ -506,8 +506,14 @@ pub async fn measure_checkpoints(
     Ok((median(plain), median(kept)))
 }
 
+/// The most buffers of the device's largest size a decode benchmark's cache
+/// may take.
+const CACHE_BUFFERS: u64 = 4;
+
 /// Measures one decoding step ([`Context::decode_step`]) for `batch` requests
-/// of `h` heads against a cache of `batch` states (`d x e`, f32): warm-up,
+/// of `h` heads against a cache of `batch` states (`d x e`, f32; a
+/// [`lightning_wgpu::StateCache`], over several buffers where one cannot
+/// hold them): warm-up,
 /// then the median of timed steps. Each step reads and writes every state
 /// once, so `2 * batch * h * d * e * 4` bytes over the step time is the state
 /// traffic rate.
@@ -526,12 +532,36 @@ pub async fn measure_decode(
     };
     ctx.reset_peak_memory();
     fits(ctx, "q", &[batch, h, d], DType::F32)?;
-    fits(ctx, "cache", &[batch, h, d, e], DType::F32)?;
+    // The cache may span buffers, but not the host or the GPU: at most
+    // CACHE_BUFFERS of the largest buffer (16 GiB on the H200).
+    let cap = ctx.limits().max_buffer_size.saturating_mul(CACHE_BUFFERS);
+    let bytes = [batch, h, d, e]
+        .iter()
+        .try_fold(4usize, |acc, &x| acc.checked_mul(x))
+        .map_or(u64::MAX, |b| b as u64);
+    if bytes > cap {
+        return Err(Error::TooLarge {
+            arg: "cache",
+            bytes,
+            limit: cap,
+            which: "4 x max_buffer_size, the benchmark's cap",
+        });
+    }
     let s = 1.0 / (d as f32).sqrt();
     let q = ctx.tensor(&pattern(batch * h * d, 4, s), &[batch, h, d])?;
     let k = ctx.tensor(&pattern(batch * h * d, 5, s), &[batch, h, d])?;
     let v = ctx.tensor(&pattern(batch * h * e, 6, 1.0), &[batch, h, e])?;
-    let mut cache = ctx.tensor(&pattern(batch * h * d * e, 7, 0.1), &[batch, h, d, e])?;
+    let mut cache = ctx.state_cache_async(batch, h, d, e).await?;
+    // Filled a run of slots at a time: the whole cache may pass one buffer.
+    let run = (64 << 20) / (h * d * e * 4).max(1);
+    for first in (0..batch).step_by(run.max(1)) {
+        let count = run.max(1).min(batch - first);
+        let states = ctx.tensor(
+            &pattern(count * h * d * e, 7 + first as u32, 0.1),
+            &[count, h, d, e],
+        )?;
+        ctx.write_slots_async(&mut cache, first, &states).await?;
+    }
     let slots: Vec<i32> = (0..batch as i32).collect();
     let cache = &mut cache;
     time_runs(ctx, repeat, async || {

@@ -569,17 +569,27 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
 }
 
 /// Decode steps for each batch size of `--decode-batches` and each token
-/// count of `--decode-tokens`.
+/// count of `--decode-tokens`. A size past the device's limits is reported
+/// and skipped, keeping the rows measured; it is an error only when every
+/// size is.
 fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Result<Vec<Row>> {
     let (h, d, e) = (sweep.h, sweep.d, sweep.e);
     let mut rows = Vec::new();
+    let (mut skipped, mut last) = (Vec::new(), None);
     for &tokens in &args.decode_tokens {
         for &batch in &args.decode_batches {
             let m = match tokens {
                 1 => pollster::block_on(measure_decode(ctx, batch, h, d, e, repeat)),
                 t => pollster::block_on(measure_decode_draft(ctx, batch, t, h, d, e, repeat)),
-            }
-            .with_context(|| format!("decode with batch {batch}, {tokens} tokens"))?;
+            };
+            let m = match m {
+                Err(err @ lightning_wgpu::Error::TooLarge { .. }) => {
+                    skipped.push(format!("batch {batch}, {tokens} tokens: {err}"));
+                    last = Some(err);
+                    continue;
+                }
+                m => m.with_context(|| format!("decode with batch {batch}, {tokens} tokens"))?,
+            };
             // Each token's pass reads and writes every state; a draft also
             // copies the states in, after each token, and the accepted ones back.
             let passes = if tokens == 1 { 2 } else { 4 * tokens + 4 };
@@ -609,6 +619,12 @@ fn decode_rows(args: &Args, ctx: &Context, sweep: &Sweep, repeat: Repeat) -> Res
                 passes_ms: pass_times(&m.passes_ms),
             });
         }
+    }
+    if let (true, Some(err)) = (rows.is_empty(), last) {
+        return Err(err).context("every decode size was skipped");
+    }
+    for s in skipped {
+        eprintln!("bench: skipped decode with {s}");
     }
     Ok(rows)
 }

@@ -1488,3 +1488,42 @@ fn bench_measures_decode_drafts() {
     let out = run(&["bench", "--decode", "--decode-tokens", "0"]);
     assert_fails(&out, &["--decode-tokens"]);
 }
+
+#[test]
+fn bench_decode_skips_a_size_past_the_limits_and_keeps_the_rest() {
+    // 1e6 requests of 2 MiB states pass any device; 2 requests do not.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("decode.json").display().to_string();
+    let big = [
+        "--h", "32", "--d", "128", "--e", "128", "--reps", "1", "--warmup", "0",
+    ];
+    let mut args = vec![
+        "bench",
+        "--decode",
+        "--decode-batches",
+        "2,1000000",
+        "--json",
+        &json,
+    ];
+    args.extend(big);
+    let out = run(&args);
+    assert_success(&out);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("skipped decode with batch 1000000, 1 tokens"),
+        "{stderr}"
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON")).expect("JSON");
+    let batches: Vec<u64> = value["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["b"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(batches, [2], "{value}");
+    // Every size skipped: an error naming the cache.
+    let mut args = vec!["bench", "--decode", "--decode-batches", "1000000"];
+    args.extend(big);
+    assert_fails(&run(&args), &["cache"]);
+}

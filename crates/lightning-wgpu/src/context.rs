@@ -39,6 +39,10 @@ pub struct ContextOptions {
     /// beyond it are processed in several dispatches over windows; useful to
     /// bound scratch memory, and to test that path on small tensors.
     pub max_binding_bytes: Option<u64>,
+    /// Lowers the largest buffer the host will allocate (bytes, at least
+    /// 4096): tensors beyond it are refused, and a [`crate::StateCache`]
+    /// spreads over more buffers; useful to test that on small caches.
+    pub max_buffer_bytes: Option<u64>,
     /// Run f16 and bf16 forwards (and backwards) on the tensor cores
     /// (cooperative matrices, f16 operands): `Some(true)` requires them (an
     /// error where the adapter lacks them), `Some(false)` never uses them;
@@ -294,9 +298,11 @@ impl Context {
         let features = device.features();
         let limits = device.limits();
         let checked = checked || info.backend == wgpu::Backend::BrowserWebGpu;
-        let mut max_binding = limits
-            .max_storage_buffer_binding_size
+        let max_buffer = options
+            .max_buffer_bytes
+            .map_or(limits.max_buffer_size, |cap| cap.max(4096))
             .min(limits.max_buffer_size);
+        let mut max_binding = limits.max_storage_buffer_binding_size.min(max_buffer);
         if let Some(cap) = options.max_binding_bytes {
             max_binding = max_binding.min(cap.max(1024));
         }
@@ -309,6 +315,7 @@ impl Context {
             limits,
             checked,
             max_binding,
+            max_buffer,
             adopted,
         });
         Ok(Context {

@@ -39,6 +39,7 @@
 #[cfg(feature = "burn")]
 #[cfg_attr(docsrs, doc(cfg(feature = "burn")))]
 pub mod burn;
+mod cache;
 mod context;
 mod error;
 mod kernels;
@@ -54,6 +55,7 @@ mod slopes;
 mod tensor;
 mod validate;
 
+pub use cache::{Cache, StateCache};
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::adapters;
 pub use context::{adapters_async, Context, ContextOptions};

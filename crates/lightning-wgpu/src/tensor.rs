@@ -497,7 +497,7 @@ impl Context {
         let bytes = elements
             .and_then(|e| e.checked_mul(dtype.size()))
             .and_then(|b| u64::try_from(b).ok());
-        let limit = rt.limits().max_buffer_size;
+        let limit = rt.max_buffer();
         let bytes = match bytes {
             Some(b) if b <= limit => b,
             _ => {

@@ -135,6 +135,56 @@ pub(crate) fn shape(
     }
 }
 
+/// A decode cache's shards: f32 tensors `(slots_i, h, d, e)`, the same but
+/// for their slots, every one but the last holding the first's slots and
+/// the last no more. Returns `(h, d, e)`.
+pub(crate) fn cache_shards(ctx: &Context, shards: &[Tensor]) -> Result<[usize; 3]> {
+    let Some(first) = shards.first() else {
+        return Err(Error::Empty {
+            arg: "cache",
+            dim: "slots",
+        });
+    };
+    let names = ["slots", "heads", "d", "e"];
+    let what = "(slots, heads, d, e)";
+    for t in shards {
+        tensor(ctx, "cache", t, DType::F32)?;
+    }
+    let [per, h, d, e] = match *first.shape() {
+        [per, h, d, e] => [per, h, d, e],
+        _ => {
+            return Err(Error::Rank {
+                arg: "cache",
+                expected: 4,
+                what,
+                got: first.shape().to_vec(),
+            })
+        }
+    };
+    let last = shards.len() - 1;
+    for (i, t) in shards.iter().enumerate() {
+        let slots = if i < last {
+            per
+        } else {
+            t.shape().first().copied().unwrap_or(0).min(per)
+        };
+        shape(
+            "cache",
+            t,
+            &[slots, h, d, e],
+            names,
+            "the first shard (slots, heads, d, e); the last may hold fewer slots",
+        )?;
+        if let Some(i) = t.shape().iter().position(|&x| x == 0) {
+            return Err(Error::Empty {
+                arg: "cache",
+                dim: names[i],
+            });
+        }
+    }
+    Ok([h, d, e])
+}
+
 /// `t` is an f32 state tensor of shape `want`.
 pub(crate) fn state(ctx: &Context, arg: &'static str, t: &Tensor, want: &[usize; 4]) -> Result<()> {
     tensor(ctx, arg, t, DType::F32)?;
@@ -507,7 +557,7 @@ pub(crate) fn decode(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    cache: &Tensor,
+    cache: &[Tensor],
     slot_map: &[i32],
     opts: &DecodeOptions,
 ) -> Result<(Dims, usize)> {
@@ -515,7 +565,6 @@ pub(crate) fn decode(
     for (arg, t) in [("q", q), ("k", k), ("v", v)] {
         tensor(ctx, arg, t, q.dtype())?;
     }
-    tensor(ctx, "cache", cache, DType::F32)?;
     let names = ["batch", "heads", "d", "e"];
     let qs = q.shape();
     if qs.len() != 3 {
@@ -554,14 +603,21 @@ pub(crate) fn decode(
     }
     shape("v", v, &[batch, h, e], ["batch", "heads", "e", ""], "k")?;
     head_dims(d, e)?;
-    let cache_slots = cache.shape().first().copied().unwrap_or(0);
-    shape(
-        "cache",
-        cache,
-        &[cache_slots, h, d, e],
-        names,
-        "(slots, heads, d, e)",
-    )?;
+    let [ch, cd, ce] = cache_shards(ctx, cache)?;
+    for (dim, got, expected, reference) in
+        [("heads", ch, h, "k"), ("d", cd, d, "k"), ("e", ce, e, "v")]
+    {
+        if got != expected {
+            return Err(Error::ShapeMismatch {
+                arg: "cache",
+                dim,
+                got,
+                reference,
+                expected,
+            });
+        }
+    }
+    let cache_slots = crate::cache::slot_count(cache);
     if slot_map.len() != batch {
         return Err(Error::ShapeMismatch {
             arg: "slots",

@@ -5,8 +5,8 @@
 mod common;
 
 use lightning_wgpu::{
-    alibi_slopes, reference, Context, DecodeOptions, Dims, Error, ForwardOptions, Layout, Method,
-    Tensor,
+    alibi_slopes, reference, Cache, Context, DType, DecodeOptions, Dims, Error, ForwardOptions,
+    Layout, Method, Tensor,
 };
 use rand::rngs::StdRng;
 use rand::RngExt;
@@ -552,40 +552,83 @@ fn bad_slots_and_offsets_are_refused() {
 
 /// Decode steps against a cache of `slots` slots, on `ctx`, for requests at
 /// `at` (negative: padding), checked per request against the recurrence
-/// and, for a sample of the other slots, left as they were.
+/// and, for a sample of the other slots, left as they were. `sharded`: the
+/// cache is a [`StateCache`] that must span several buffers.
 fn decode_against_a_large_cache(
     ctx: &Context,
-    slots: usize,
-    h: usize,
-    d: usize,
-    e: usize,
+    (slots, h, d, e): (usize, usize, usize, usize),
     at: &[i32],
+    sharded: bool,
 ) {
     let seed = common::seed();
     let mut rng = common::rng(seed);
     let size = h * d * e;
     let start = common::random(&mut rng, slots * size, 1);
-    let mut cache = ctx.tensor(&start, &[slots, h, d, e]).unwrap();
-    let batch = at.len();
-    let q = common::random(&mut rng, batch * h * d, d);
-    let k = common::random(&mut rng, batch * h * d, d);
-    let v = common::random(&mut rng, batch * h * e, 1);
-    let slopes = alibi_slopes(h);
-    let o = ctx
-        .decode_step(
-            &ctx.tensor(&q, &[batch, h, d]).unwrap(),
-            &ctx.tensor(&k, &[batch, h, d]).unwrap(),
-            &ctx.tensor(&v, &[batch, h, e]).unwrap(),
+    if sharded {
+        let mut cache = ctx.state_cache(slots, h, d, e).unwrap();
+        assert!(cache.shards().len() > 2, "{} shards", cache.shards().len());
+        // Written in runs that straddle the shards' ends.
+        for first in (0..slots).step_by(7) {
+            let count = 7.min(slots - first);
+            let run = &start[first * size..(first + count) * size];
+            let states = ctx.tensor(run, &[count, h, d, e]).unwrap();
+            ctx.write_slots(&mut cache, first, &states).unwrap();
+        }
+        check_decode(
+            ctx,
             &mut cache,
+            (slots, h, d, e),
+            &start,
             at,
-            &DecodeOptions {
-                slopes: Some(&slopes),
-                scale: 0.5,
-            },
-        )
-        .unwrap();
+            seed,
+            &mut rng,
+        );
+    } else {
+        let mut cache = ctx.tensor(&start, &[slots, h, d, e]).unwrap();
+        check_decode(
+            ctx,
+            &mut cache,
+            (slots, h, d, e),
+            &start,
+            at,
+            seed,
+            &mut rng,
+        );
+    }
+}
+
+fn check_decode(
+    ctx: &Context,
+    cache: &mut impl Cache,
+    (slots, h, d, e): (usize, usize, usize, usize),
+    start: &[f32],
+    at: &[i32],
+    seed: u64,
+    rng: &mut StdRng,
+) {
+    let size = h * d * e;
+    let batch = at.len();
+    let q = common::random(rng, batch * h * d, d);
+    let k = common::random(rng, batch * h * d, d);
+    let v = common::random(rng, batch * h * e, 1);
+    let slopes = alibi_slopes(h);
+    // Poisoned: padding's zeros and every request's output must be written.
+    let mut o = common::poisoned(ctx, &[batch, h, e]);
+    ctx.decode_step_into(
+        &ctx.tensor(&q, &[batch, h, d]).unwrap(),
+        &ctx.tensor(&k, &[batch, h, d]).unwrap(),
+        &ctx.tensor(&v, &[batch, h, e]).unwrap(),
+        cache,
+        at,
+        &DecodeOptions {
+            slopes: Some(&slopes),
+            scale: 0.5,
+        },
+        &mut o,
+    )
+    .unwrap();
     let o = ctx.read(&o).unwrap();
-    let after = ctx.read(&cache).unwrap();
+    let after = ctx.read_slots(cache, 0, slots).unwrap();
     let one = Dims {
         b: 1,
         h,
@@ -647,11 +690,9 @@ fn a_decode_cache_larger_than_one_binding_is_windowed() {
     let middle = slots as i32 / 2;
     decode_against_a_large_cache(
         &ctx,
-        slots,
-        h,
-        d,
-        e,
+        (slots, h, d, e),
         &[0, middle, -1, last, middle / 3, middle - 1],
+        false,
     );
 }
 
@@ -663,5 +704,211 @@ fn decode_windows_hold_whole_slots_at_any_alignment() {
         max_binding_bytes: Some(4096),
         ..Default::default()
     });
-    decode_against_a_large_cache(&ctx, 97, 3, 5, 7, &[96, -1, 0, 9, 10, 41, 88]);
+    decode_against_a_large_cache(&ctx, (97, 3, 5, 7), &[96, -2, 0, 9, 10, 41, 88, -1], false);
+}
+
+#[test]
+fn a_decode_cache_larger_than_one_buffer_spans_several() {
+    // Buffers of 16 KiB: 39 slots of 420 bytes each, three shards for 97
+    // slots, each bound in windows of 4 KiB; requests on both sides of the
+    // shards' ends, and padding.
+    let ctx = common::context_with(lightning_wgpu::ContextOptions {
+        max_binding_bytes: Some(4096),
+        max_buffer_bytes: Some(16 << 10),
+        ..Default::default()
+    });
+    assert!(
+        ctx.empty(&[97, 3, 5, 7], DType::F32).is_err(),
+        "one buffer holds the cache"
+    );
+    decode_against_a_large_cache(
+        &ctx,
+        (97, 3, 5, 7),
+        &[96, -1, 0, 38, 39, 77, 78, 41, -2, -3],
+        true,
+    );
+}
+
+#[test]
+fn grouped_heads_and_drafts_on_a_cache_over_several_buffers_equal_one_buffer() {
+    // The same steps against one tensor and against a cache of three
+    // shards (the caller's own, through the Cache trait) on the same
+    // device: every output and state bit for bit.
+    struct Shards(Vec<Tensor>);
+    impl Cache for Shards {
+        fn shards(&self) -> &[Tensor] {
+            &self.0
+        }
+    }
+    let ctx = common::context(false);
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let (slots, hkv, group, d, e) = (50, 2, 3, 6, 5);
+    let size = hkv * d * e;
+    let start = common::random(&mut rng, slots * size, 1);
+    let mut one = ctx.tensor(&start, &[slots, hkv, d, e]).unwrap();
+    let mut sharded = Shards(
+        [0, 17, 34]
+            .map(|first: usize| {
+                let end = (first + 17).min(slots);
+                let part = &start[first * size..end * size];
+                ctx.tensor(part, &[end - first, hkv, d, e]).unwrap()
+            })
+            .into(),
+    );
+    let at = [49, -1, 0, 16, 17, 33, 34];
+    let batch = at.len();
+    let slopes = alibi_slopes(hkv);
+    let opts = DecodeOptions {
+        slopes: Some(&slopes),
+        scale: 0.7,
+    };
+    for step in 0..2 {
+        let q = common::random(&mut rng, batch * hkv * group * d, d);
+        let k = common::random(&mut rng, batch * hkv * d, d);
+        let v = common::random(&mut rng, batch * hkv * e, 1);
+        let q = ctx.tensor(&q, &[batch, hkv * group, d]).unwrap();
+        let k = ctx.tensor(&k, &[batch, hkv, d]).unwrap();
+        let v = ctx.tensor(&v, &[batch, hkv, e]).unwrap();
+        let a = ctx.decode_step(&q, &k, &v, &mut one, &at, &opts).unwrap();
+        let b = ctx
+            .decode_step(&q, &k, &v, &mut sharded, &at, &opts)
+            .unwrap();
+        assert_eq!(
+            ctx.read(&a).unwrap(),
+            ctx.read(&b).unwrap(),
+            "grouped o, step {step} (seed {seed})"
+        );
+    }
+    // Drafts of up to three tokens (one head each), two accepted.
+    let (t, tokens, accepted) = (3, [3, 0, 1, 2, 3, 1, 2], [2, 0, 1, 1, 2, 0, 2]);
+    let q = common::random(&mut rng, t * batch * hkv * d, d);
+    let v = common::random(&mut rng, t * batch * hkv * e, 1);
+    let q = ctx.tensor(&q, &[t, batch, hkv, d]).unwrap();
+    let v = ctx.tensor(&v, &[t, batch, hkv, e]).unwrap();
+    let (oa, da) = ctx
+        .decode_draft(&q, &q, &v, &one, &at, &tokens, &opts)
+        .unwrap();
+    let (ob, db) = ctx
+        .decode_draft(&q, &q, &v, &sharded, &at, &tokens, &opts)
+        .unwrap();
+    assert_eq!(
+        ctx.read(&oa).unwrap(),
+        ctx.read(&ob).unwrap(),
+        "draft o (seed {seed})"
+    );
+    ctx.commit_draft(&mut one, &da, &accepted).unwrap();
+    ctx.commit_draft(&mut sharded, &db, &accepted).unwrap();
+    let want = ctx.read(&one).unwrap();
+    assert_ne!(want, start, "the steps changed nothing");
+    assert_eq!(
+        ctx.read_slots(&sharded, 0, slots).unwrap(),
+        want,
+        "states (seed {seed})"
+    );
+}
+
+#[test]
+fn state_cache_slots_are_checked() {
+    let ctx = common::context_with(lightning_wgpu::ContextOptions {
+        max_buffer_bytes: Some(16 << 10),
+        ..Default::default()
+    });
+    let (h, d, e) = (3, 5, 7);
+    let mut cache = ctx.state_cache(97, h, d, e).unwrap();
+    assert_eq!(cache.shape(), [97, h, d, e]);
+    let fresh = ctx.read_slots(&cache, 0, 97).unwrap();
+    assert!(fresh.iter().all(|&x| x == 0.0), "a new cache is zeroed");
+    // A run over two shards' ends comes back as written, its neighbours zero.
+    let mut rng = common::rng(common::seed());
+    let run = common::random(&mut rng, 30 * h * d * e, 1);
+    ctx.write_slots(&mut cache, 25, &ctx.tensor(&run, &[30, h, d, e]).unwrap())
+        .unwrap();
+    assert_eq!(ctx.read_slots(&cache, 25, 30).unwrap(), run);
+    assert!(ctx
+        .read_slots(&cache, 24, 1)
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0.0));
+    assert!(ctx
+        .read_slots(&cache, 55, 1)
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0.0));
+    let state = |n: usize, dims: [usize; 3]| {
+        let len = n * dims.iter().product::<usize>();
+        ctx.tensor(&vec![1.0; len], &[n, dims[0], dims[1], dims[2]])
+            .unwrap()
+    };
+    let err = ctx
+        .write_slots(&mut cache, 90, &state(8, [h, d, e]))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidValue { arg: "first", .. }),
+        "{err}"
+    );
+    let err = ctx
+        .write_slots(&mut cache, 0, &state(1, [h, d, 6]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ShapeMismatch {
+                arg: "states",
+                dim: "e",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = ctx.read_slots(&cache, 97, 1).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidValue { arg: "first", .. }),
+        "{err}"
+    );
+    let err = ctx.read_slots(&cache, 0, 0).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidValue { arg: "first", .. }),
+        "{err}"
+    );
+    // A slot no buffer can hold, and empty caches.
+    let err = ctx.state_cache(2, 64, 16, 16).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                arg: "cache slot",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = ctx.state_cache(0, h, d, e).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Empty {
+                arg: "cache",
+                dim: "slots"
+            }
+        ),
+        "{err}"
+    );
+    // Requests past the last slot of the last shard.
+    let q = ctx.tensor(&[0.5; 15], &[1, h, d]).unwrap();
+    let v = ctx.tensor(&[0.5; 21], &[1, h, e]).unwrap();
+    let err = ctx
+        .decode_step(&q, &q, &v, &mut cache, &[97], &DecodeOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SlotOutOfRange {
+                slot: 97,
+                slots: 97,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -26,7 +26,7 @@ impl<'a> Output<'a> {
             DType::F32 => None,
             DType::F16 | DType::BF16 => {
                 let bytes = (target.len() as u64).saturating_mul(4);
-                let limit = rec.runtime().limits().max_buffer_size;
+                let limit = rec.runtime().max_buffer();
                 if bytes > limit {
                     return Err(Error::TooLarge {
                         arg: "o (f32 while computed)",

@@ -1,6 +1,7 @@
 //! Decoding: one new token for each of a batch of requests, against a cache
 //! of their states.
 
+use crate::cache::{self, Cache};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::launch::{Io, Launch};
@@ -35,8 +36,9 @@ impl Context {
     /// `h`, with `S = cache[slots[r], h]`,
     /// `S = lambda_h S + k^T v; o = scale q S`, the state updated in place.
     ///
-    /// `q`, `k`: `(batch, h, d)`; `v`: `(batch, h, e)`; `cache`:
-    /// `(cache_slots, h, d, e)` in f32; `slots`: one per request, a negative
+    /// `q`, `k`: `(batch, h, d)`; `v`: `(batch, h, e)`; `cache`: an f32
+    /// tensor `(cache_slots, h, d, e)`, or a [`crate::StateCache`] where
+    /// one buffer cannot hold them all; `slots`: one per request, a negative
     /// slot marks padding (its output is zero, no state is touched). Each
     /// step reads and writes each used state once: memory stays flat
     /// however long the conversation. Returns `o`, `(batch, h, e)`.
@@ -53,7 +55,7 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         slots: &[i32],
         opts: &DecodeOptions,
     ) -> Result<Tensor> {
@@ -66,11 +68,11 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         slots: &[i32],
         opts: &DecodeOptions<'_>,
     ) -> Result<Tensor> {
-        let (dims, group) = validate::decode(self, q, k, v, cache, slots, opts)?;
+        let (dims, group) = validate::decode(self, q, k, v, cache.shards(), slots, opts)?;
         let mut o = self.new_tensor(&[dims.b, dims.h * group, dims.e], v.dtype(), "o")?;
         self.decode_step_into_async(q, k, v, cache, slots, opts, &mut o)
             .await?;
@@ -86,7 +88,7 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         slots: &[i32],
         opts: &DecodeOptions,
         o: &mut Tensor,
@@ -101,13 +103,13 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         slots: &[i32],
         opts: &DecodeOptions<'_>,
         o: &mut Tensor,
     ) -> Result<()> {
         let mut rec = Recorder::new(self.rt(), "decode");
-        self.record_decode(&mut rec, q, k, v, cache, slots, opts, o)
+        self.record_decode(&mut rec, q, k, v, cache.shards(), slots, opts, o)
             .await?;
         rec.submit().await
     }
@@ -123,7 +125,7 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         slots: &[i32],
         opts: &DecodeOptions,
         o: &mut Tensor,
@@ -139,13 +141,13 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         slots: &[i32],
         opts: &DecodeOptions<'_>,
         o: &mut Tensor,
     ) -> Result<()> {
         let mut rec = Recorder::into_encoder(self.rt(), "decode", encoder);
-        self.record_decode(&mut rec, q, k, v, cache, slots, opts, o)
+        self.record_decode(&mut rec, q, k, v, cache.shards(), slots, opts, o)
             .await?;
         rec.finish().await
     }
@@ -157,14 +159,16 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &Tensor,
+        cache: &[Tensor],
         slots: &[i32],
         opts: &DecodeOptions<'_>,
         o: &Tensor,
     ) -> Result<()> {
         let (dims, group) = validate::decode(self, q, k, v, cache, slots, opts)?;
         validate::decode_output(self, (&dims, group), v, o)?;
-        cache.written();
+        for shard in cache {
+            shard.written();
+        }
         o.written();
         let output = if o.dtype() == crate::DType::F32 {
             Output::direct(o)
@@ -178,7 +182,9 @@ impl Context {
         // of them (request r in slot r, padding kept), member 0 from the
         // cache, which it updates.
         if group > 1 {
-            cache.needs("cache", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+            for shard in cache {
+                shard.needs("cache", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+            }
             let shape = [dims.b, dims.h, dims.d, dims.e];
             let taken = self.new_f32(&shape, "the requests' states")?;
             let work = self.new_f32(&shape, "one member's states")?;
@@ -205,8 +211,28 @@ impl Context {
                 }
             }
         }
-        let call = ((q, k, v), (dims, member(0)), &output);
-        self.record_slotted(rec, call, cache, slots, opts).await?;
+        // A cache over several buffers: one call per shard, each updating
+        // the requests whose slots it holds (the first writing the padding's
+        // zero outputs) and skipping the rest.
+        let per = cache[0].shape()[0];
+        for (i, shard) in cache.iter().enumerate() {
+            // Every negative slot the caller gave is padding (-1): SKIP
+            // (-2) must mean only "another shard's".
+            let first = i * per;
+            let local: Vec<i32> = slots
+                .iter()
+                .map(|&s| match s {
+                    s if s < 0 && i == 0 => -1,
+                    s if s < 0 => SKIP,
+                    s if (first..first + shard.shape()[0]).contains(&(s as usize)) => {
+                        (s as usize - first) as i32
+                    }
+                    _ => SKIP,
+                })
+                .collect();
+            let call = ((q, k, v), (dims, member(0)), &output);
+            self.record_slotted(rec, call, shard, &local, opts).await?;
+        }
         output.finish(rec).await
     }
 
@@ -278,20 +304,26 @@ impl Context {
     }
 }
 
-/// Records copying the state of each request from its slot of `cache` to
-/// slot r of `to` (one state per request); padding requests are skipped.
-pub(crate) fn take_states(rec: &mut Recorder<'_>, cache: &Tensor, slots: &[i32], to: &Tensor) {
-    let slot_bytes = (cache.shape()[1..].iter().product::<usize>() * 4) as u64;
+/// Records copying the state of each request from its slot of `cache` (its
+/// shards) to slot r of `to` (one state per request); padding is skipped.
+pub(crate) fn take_states(rec: &mut Recorder<'_>, cache: &[Tensor], slots: &[i32], to: &Tensor) {
+    let slot_bytes = (cache[0].shape()[1..].iter().product::<usize>() * 4) as u64;
     for (r, &s) in slots.iter().enumerate().filter(|(_, &s)| s >= 0) {
+        let (shard, within) = cache::locate(cache, s as usize);
+        let from = &cache[shard];
         rec.copy(
-            cache.buffer(),
-            cache.offset() + s as u64 * slot_bytes,
+            from.buffer(),
+            from.offset() + within as u64 * slot_bytes,
             to.buffer(),
             to.offset() + r as u64 * slot_bytes,
             slot_bytes,
         );
     }
 }
+
+/// A request slot a call skips: its slot is in another shard (or, past the
+/// first shard, it is padding whose zero output the first wrote).
+const SKIP: i32 = -2;
 
 /// A window of the cache: slots `[first, end)` bound at an aligned offset,
 /// `base` the element offset of slot `first` inside it.
@@ -307,14 +339,17 @@ impl CacheWindow {
     /// window's first, -1 for padding (in the first window only, which
     /// writes its zero output), and -2 for a slot elsewhere (skipped).
     fn local(&self, slot: i32, first_window: bool) -> i32 {
+        if slot == SKIP {
+            return SKIP;
+        }
         if slot < 0 {
-            return if first_window { -1 } else { -2 };
+            return if first_window { -1 } else { SKIP };
         }
         let s = slot as usize;
         if (self.first..self.end).contains(&s) {
             (s - self.first) as i32
         } else {
-            -2
+            SKIP
         }
     }
 }

@@ -7,6 +7,7 @@
 //! It runs the decode kernel once per draft position on a scratch copy of
 //! the requests' states, keeping a copy after each, all in one submission.
 
+use crate::cache::Cache;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ops::decode::DecodeOptions;
@@ -52,7 +53,7 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &Tensor,
+        cache: &(impl Cache + ?Sized),
         slots: &[i32],
         tokens: &[usize],
         opts: &DecodeOptions,
@@ -67,7 +68,7 @@ impl Context {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &Tensor,
+        cache: &(impl Cache + ?Sized),
         slots: &[i32],
         tokens: &[usize],
         opts: &DecodeOptions<'_>,
@@ -111,13 +112,13 @@ impl Context {
             &token(q, 0, d)?,
             &token(k, 0, d)?,
             &token(v, 0, e)?,
-            cache,
+            cache.shards(),
             slots,
             opts,
         )?;
         let mut rec = Recorder::new(self.rt(), "decode draft");
         let slot_bytes = (size * 4) as u64;
-        super::decode::take_states(&mut rec, cache, slots, &scratch);
+        super::decode::take_states(&mut rec, cache.shards(), slots, &scratch);
         for i in 0..t {
             // Request r in slot r of the scratch while it has tokens left.
             let step: Vec<i32> = (0..batch)
@@ -141,7 +142,7 @@ impl Context {
                 &token(q, i, d)?,
                 &token(k, i, d)?,
                 &token(v, i, e)?,
-                &scratch,
+                std::slice::from_ref(&scratch),
                 &step,
                 opts,
                 &o_i,
@@ -170,7 +171,7 @@ impl Context {
     /// `tokens[r]`).
     pub fn commit_draft(
         &self,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         draft: &Draft,
         accepted: &[usize],
     ) -> Result<()> {
@@ -180,19 +181,21 @@ impl Context {
     /// Async form of [`Context::commit_draft`].
     pub async fn commit_draft_async(
         &self,
-        cache: &mut Tensor,
+        cache: &mut (impl Cache + ?Sized),
         draft: &Draft,
         accepted: &[usize],
     ) -> Result<()> {
         let [h, d, e] = draft.state_dims;
-        let cs = cache.shape();
-        if cache.dtype() != DType::F32 || cs.len() != 4 || cs[1..] != [h, d, e] {
+        let shards = cache.shards();
+        let slot_shape = crate::validate::cache_shards(self, shards)?;
+        if slot_shape != [h, d, e] {
             return Err(Error::InvalidValue {
                 arg: "cache",
-                value: format!("{cs:?} {}", cache.dtype()),
+                value: format!("slots of {slot_shape:?}"),
                 reason: "must be the f32 (slots, h, d, e) cache the draft was decoded from",
             });
         }
+        let cache_slots = crate::cache::slot_count(shards);
         if accepted.len() != draft.tokens.len() {
             return Err(Error::ShapeMismatch {
                 arg: "accepted",
@@ -216,25 +219,28 @@ impl Context {
         }
         let batch = draft.tokens.len();
         let slot_bytes = (h * d * e * 4) as u64;
-        cache.written();
+        for shard in shards {
+            shard.written();
+        }
         let mut rec = Recorder::new(self.rt(), "commit draft");
         for (r, (&a, &slot)) in accepted.iter().zip(&draft.slots).enumerate() {
             if a == 0 || slot < 0 {
                 continue;
             }
-            if slot as usize >= cs[0] {
+            if slot as usize >= cache_slots {
                 return Err(Error::SlotOutOfRange {
                     request: r,
                     slot: slot as i64,
-                    slots: cs[0],
+                    slots: cache_slots,
                 });
             }
+            let (shard, within) = crate::cache::locate(shards, slot as usize);
             let at = ((a - 1) * batch + r) as u64 * slot_bytes;
             rec.copy(
                 draft.states.buffer(),
                 draft.states.offset() + at,
-                cache.buffer(),
-                cache.offset() + slot as u64 * slot_bytes,
+                shards[shard].buffer(),
+                shards[shard].offset() + within as u64 * slot_bytes,
                 slot_bytes,
             );
         }

@@ -29,6 +29,8 @@ pub(crate) struct Runtime {
     checked: bool,
     /// The largest storage binding the host plans with (bytes).
     max_binding: u64,
+    /// The largest buffer the host allocates (bytes).
+    max_buffer: u64,
     pool: Arc<BufferPool>,
     pipelines: pipelines::PipelineCache,
     lost: Arc<Mutex<Option<String>>>,
@@ -48,6 +50,7 @@ pub(crate) struct Opened {
     pub limits: wgpu::Limits,
     pub checked: bool,
     pub max_binding: u64,
+    pub max_buffer: u64,
     /// The caller opened the device and keeps its error handler and
     /// lost-device callback; ours are installed only on devices we open.
     pub adopted: bool,
@@ -76,6 +79,7 @@ impl Runtime {
             limits: o.limits,
             checked: o.checked,
             max_binding: o.max_binding,
+            max_buffer: o.max_buffer,
             pool: Arc::new(BufferPool::default()),
             pipelines: Default::default(),
             lost,
@@ -124,6 +128,10 @@ impl Runtime {
 
     pub(crate) fn max_binding(&self) -> u64 {
         self.max_binding
+    }
+
+    pub(crate) fn max_buffer(&self) -> u64 {
+        self.max_buffer
     }
 
     pub(crate) fn pool(&self) -> &BufferPool {

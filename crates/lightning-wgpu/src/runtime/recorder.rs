@@ -195,6 +195,12 @@ impl<'a> Recorder<'a> {
             .copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
     }
 
+    /// Zeroes `bytes` bytes of `buffer` from `offset` (both multiples of 4).
+    pub(crate) fn clear(&mut self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) {
+        self.pass = None;
+        self.encoder().clear_buffer(buffer, offset, Some(bytes));
+    }
+
     /// Submits everything recorded, under error scopes, so that a GPU-side
     /// failure comes back as an [`Error`] rather than a panic.
     pub(crate) async fn submit(mut self) -> Result<()> {
