@@ -162,15 +162,15 @@ impl Context {
         states.needs("states", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
         let slot_bytes = (slot.iter().product::<usize>() * 4) as u64;
         let mut rec = Recorder::new(self.rt(), "write slots");
-        for (shard, at, n) in range {
-            let t = &shards[shard];
+        for run in range {
+            let t = &shards[run.shard];
             t.needs("cache", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
             rec.copy(
                 states.buffer(),
-                states.offset() + (at.1 as u64) * slot_bytes,
+                states.offset() + run.from as u64 * slot_bytes,
                 t.buffer(),
-                t.offset() + at.0 as u64 * slot_bytes,
-                n as u64 * slot_bytes,
+                t.offset() + run.within as u64 * slot_bytes,
+                run.slots as u64 * slot_bytes,
             );
             t.written();
         }
@@ -200,14 +200,20 @@ impl Context {
         let slot = self.slot_shape(shards)?;
         let size = slot.iter().product::<usize>();
         let mut out = Vec::with_capacity(count.saturating_mul(size).min(1 << 28));
-        for (shard, at, n) in self.slot_range(shards, first, count)? {
+        for Run {
+            shard,
+            within,
+            slots: n,
+            ..
+        } in self.slot_range(shards, first, count)?
+        {
             let t = &shards[shard];
             t.needs("cache", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
             let bytes = self
                 .rt()
                 .read_bytes(
                     t.buffer(),
-                    t.offset() + (at.0 * size * 4) as u64,
+                    t.offset() + (within * size * 4) as u64,
                     (n * size * 4) as u64,
                     "cache",
                 )
@@ -222,14 +228,8 @@ impl Context {
         crate::validate::cache_shards(self, shards)
     }
 
-    /// Slots `first .. first + count` as runs within shards: (shard, (slot
-    /// in the shard, slot in the range), slots).
-    fn slot_range(
-        &self,
-        shards: &[Tensor],
-        first: usize,
-        count: usize,
-    ) -> Result<Vec<(usize, (usize, usize), usize)>> {
+    /// Slots `first .. first + count` as runs within shards.
+    fn slot_range(&self, shards: &[Tensor], first: usize, count: usize) -> Result<Vec<Run>> {
         let total = slot_count(shards);
         if first.checked_add(count).is_none_or(|end| end > total) || count == 0 {
             return Err(Error::InvalidValue {
@@ -243,10 +243,25 @@ impl Context {
         let mut slot = first;
         while slot < first + count {
             let (shard, within) = (slot / per, slot % per);
-            let n = (shards[shard].shape()[0] - within).min(first + count - slot);
-            runs.push((shard, (within, slot - first), n));
-            slot += n;
+            let slots = (shards[shard].shape()[0] - within).min(first + count - slot);
+            runs.push(Run {
+                shard,
+                within,
+                from: slot - first,
+                slots,
+            });
+            slot += slots;
         }
         Ok(runs)
     }
+}
+
+/// Consecutive slots of a range that lie in one shard.
+struct Run {
+    shard: usize,
+    /// The first's slot within the shard.
+    within: usize,
+    /// The first's place in the range.
+    from: usize,
+    slots: usize,
 }
