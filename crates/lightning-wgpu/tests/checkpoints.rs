@@ -104,8 +104,9 @@ fn checkpoints_are_the_prefix_states_and_resume_the_run() {
 
 #[test]
 fn checkpoints_survive_small_bindings() {
-    // 16 KiB bindings: one head's q, k and v per segment, so each segment's
-    // copy writes its heads' checkpoints from a head other than the first.
+    // 16 KiB bindings: in bhnd three of the six heads per segment, so the
+    // second segment's copy starts at head 3; in bnhd segments of one block
+    // of rows for all heads.
     let s = seed();
     let checked = std::env::var_os("LIGHTNING_CHECKED").is_some();
     check(Layout::Bhnd, 1, s, checked, Some(16384));
