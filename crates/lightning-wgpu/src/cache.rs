@@ -102,16 +102,9 @@ impl Context {
             .and_then(|x| x.checked_mul(e))
             .and_then(|x| x.checked_mul(4))
             .map_or(u64::MAX, |b| b as u64);
-        // Shards of whole binding windows: a step dispatches once per window
-        // of every shard, and a short window costs nearly a full one.
-        let per_buffer = limit / slot_bytes;
-        let align = self.rt().limits().min_storage_buffer_offset_alignment as u64;
-        let per_window = self.rt().max_binding().saturating_sub(align) / slot_bytes;
-        let per = match per_window {
-            w if w > 0 && per_buffer >= w => per_buffer / w * w,
-            _ => per_buffer,
-        };
-        let per = per.min(slots as u64) as usize;
+        // As many slots per buffer as fit: each further buffer's call costs
+        // more than a short binding window (docs/perf-log.md).
+        let per = (limit / slot_bytes).min(slots as u64) as usize;
         if per == 0 {
             return Err(Error::TooLarge {
                 arg: "cache slot",

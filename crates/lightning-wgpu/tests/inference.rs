@@ -718,9 +718,9 @@ fn decode_windows_hold_whole_slots_at_any_alignment() {
 
 #[test]
 fn a_decode_cache_larger_than_one_buffer_spans_several() {
-    // Buffers of 16 KiB: 39 slots of 420 bytes each, taken as 36 (four
-    // whole windows of 4 KiB, 9 slots each), three shards for 97 slots;
-    // requests on both sides of the shards' ends, and padding.
+    // Buffers of 16 KiB: 39 slots of 420 bytes each, three shards for 97
+    // slots, each bound in windows of 4 KiB (9 slots); requests on both
+    // sides of the shards' ends, and padding.
     let ctx = common::context_with(lightning_wgpu::ContextOptions {
         max_binding_bytes: Some(4096),
         max_buffer_bytes: Some(16 << 10),
@@ -733,7 +733,7 @@ fn a_decode_cache_larger_than_one_buffer_spans_several() {
     decode_against_a_large_cache(
         &ctx,
         (97, 3, 5, 7),
-        &[96, -1, 0, 35, 36, 71, 72, 41, -2, -3],
+        &[96, -1, 0, 38, 39, 77, 78, 41, -2, -3],
         true,
     );
 }
