@@ -137,6 +137,17 @@ pub struct Inputs {
 /// before the host allocates its data.
 pub fn fits(ctx: &Context, arg: &'static str, shape: &[usize], dtype: DType) -> Result<()> {
     let limit = ctx.limits().max_buffer_size;
+    fits_within(arg, shape, dtype, (limit, "max_buffer_size"))
+}
+
+/// Whether a tensor of `shape` stored as `dtype` takes at most `limit`
+/// bytes (`which` names the limit in the error).
+fn fits_within(
+    arg: &'static str,
+    shape: &[usize],
+    dtype: DType,
+    (limit, which): (u64, &'static str),
+) -> Result<()> {
     let bytes = shape
         .iter()
         .try_fold(dtype.size(), |acc, &x| acc.checked_mul(x))
@@ -147,7 +158,7 @@ pub fn fits(ctx: &Context, arg: &'static str, shape: &[usize], dtype: DType) -> 
             arg,
             bytes: bytes.unwrap_or(u64::MAX),
             limit,
-            which: "max_buffer_size",
+            which,
         }),
     }
 }
@@ -535,27 +546,17 @@ pub async fn measure_decode(
     // The cache may span buffers, but not the host or the GPU: at most
     // CACHE_BUFFERS of the largest buffer (16 GiB on the H200).
     let cap = ctx.limits().max_buffer_size.saturating_mul(CACHE_BUFFERS);
-    let bytes = [batch, h, d, e]
-        .iter()
-        .try_fold(4usize, |acc, &x| acc.checked_mul(x))
-        .map_or(u64::MAX, |b| b as u64);
-    if bytes > cap {
-        return Err(Error::TooLarge {
-            arg: "cache",
-            bytes,
-            limit: cap,
-            which: "4 x max_buffer_size, the benchmark's cap",
-        });
-    }
+    let which = "4 x max_buffer_size, the benchmark's cap";
+    fits_within("cache", &[batch, h, d, e], DType::F32, (cap, which))?;
     let s = 1.0 / (d as f32).sqrt();
     let q = ctx.tensor(&pattern(batch * h * d, 4, s), &[batch, h, d])?;
     let k = ctx.tensor(&pattern(batch * h * d, 5, s), &[batch, h, d])?;
     let v = ctx.tensor(&pattern(batch * h * e, 6, 1.0), &[batch, h, e])?;
     let mut cache = ctx.state_cache_async(batch, h, d, e).await?;
     // Filled a run of slots at a time: the whole cache may pass one buffer.
-    let run = (64 << 20) / (h * d * e * 4).max(1);
-    for first in (0..batch).step_by(run.max(1)) {
-        let count = run.max(1).min(batch - first);
+    let run = ((64 << 20) / (h * d * e * 4)).max(1);
+    for first in (0..batch).step_by(run) {
+        let count = run.min(batch - first);
         let states = ctx.tensor(
             &pattern(count * h * d * e, 7 + first as u32, 0.1),
             &[count, h, d, e],

@@ -214,20 +214,18 @@ impl Context {
         // A cache over several buffers: one call per shard, each updating
         // the requests whose slots it holds (the first writing the padding's
         // zero outputs) and skipping the rest.
-        let per = cache[0].shape()[0];
         for (i, shard) in cache.iter().enumerate() {
             // Every negative slot the caller gave is padding (-1): SKIP
             // (-2) must mean only "another shard's".
-            let first = i * per;
             let local: Vec<i32> = slots
                 .iter()
                 .map(|&s| match s {
                     s if s < 0 && i == 0 => -1,
                     s if s < 0 => SKIP,
-                    s if (first..first + shard.shape()[0]).contains(&(s as usize)) => {
-                        (s as usize - first) as i32
-                    }
-                    _ => SKIP,
+                    s => match cache::locate(cache, s as usize) {
+                        (j, within) if j == i => within as i32,
+                        _ => SKIP,
+                    },
                 })
                 .collect();
             let call = ((q, k, v), (dims, member(0)), &output);
