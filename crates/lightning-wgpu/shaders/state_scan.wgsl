@@ -8,7 +8,8 @@
 // Bindings: states (the per-stripe part, [bh][stripe][d][e], from
 // stripe_states()), carry ([bh][d][e]): the state before the first block on
 // entry (ignored when params.has_state is 0), the state after the last
-// block on exit.
+// block on exit. With params.scan_keeps 1 only the carry is written: the
+// stripes' own states stay for a later scan from another carry.
 
 @compute @workgroup_size(THREADS)
 fn main(grid: Grid, @builtin(local_invocation_index) tid: u32) {
@@ -52,21 +53,21 @@ fn scan(idx: u32, size: u32) {
         let c5 = states[at + 5u * size];
         let c6 = states[at + 6u * size];
         let c7 = states[at + 7u * size];
-        states[at] = s;
+        put(at, s);
         s = fma(full, s, c0);
-        states[at + size] = s;
+        put(at + size, s);
         s = fma(full, s, c1);
-        states[at + 2u * size] = s;
+        put(at + 2u * size, s);
         s = fma(full, s, c2);
-        states[at + 3u * size] = s;
+        put(at + 3u * size, s);
         s = fma(full, s, c3);
-        states[at + 4u * size] = s;
+        put(at + 4u * size, s);
         s = fma(full, s, c4);
-        states[at + 5u * size] = s;
+        put(at + 5u * size, s);
         s = fma(full, s, c5);
-        states[at + 6u * size] = s;
+        put(at + 6u * size, s);
         s = fma(full, s, c6);
-        states[at + 7u * size] = s;
+        put(at + 7u * size, s);
         s = fma(full, s, c7);
     }
     // The rest, the last stripe among them (at most eight, the last
@@ -82,9 +83,17 @@ fn scan(idx: u32, size: u32) {
         if u < rest {
             let jj = j + u;
             let rows = min(STRIPE * BLOCK, params.rows - jj * STRIPE * BLOCK);
-            states[first + jj * size] = s;
+            put(first + jj * size, s);
             s = decay(slope, rows) * s + c[u];
         }
     }
     carry[params.state_base + idx] = s;
+}
+
+// Slot `at` of the scratch takes the state before its stripe, unless the
+// scan only carries.
+fn put(at: u32, s: f32) {
+    if params.scan_keeps == 0u {
+        states[at] = s;
+    }
 }

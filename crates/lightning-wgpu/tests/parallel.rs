@@ -253,6 +253,38 @@ fn split_runs_equal_one_run() {
 }
 
 #[test]
+fn split_runs_equal_one_run_on_small_bindings() {
+    // 16 KiB bindings: in bhnd a segment holds a few of the six heads, in
+    // bnhd a few rows of all of them, so each rank keeps the block states
+    // of several segments between the halves of its forward.
+    let ctx = common::context_with(lightning_wgpu::ContextOptions {
+        max_binding_bytes: Some(16384),
+        ..Default::default()
+    });
+    let seed = seed();
+    let dims = Dims {
+        b: 2,
+        h: 3,
+        n: 301,
+        d: 8,
+        e: 12,
+    };
+    let cases = [
+        (vec![150, 151], Layout::Bhnd),
+        (vec![70, 1, 230], Layout::Bnhd),
+    ];
+    for (i, (slices, layout)) in cases.into_iter().enumerate() {
+        let case = Case {
+            dims,
+            layout,
+            dtype: DType::F32,
+            slices,
+        };
+        check(&ctx, &case, seed + i as u64);
+    }
+}
+
+#[test]
 fn bad_calls_are_errors() {
     let ctx = common::context(false);
     let t = |shape: &[usize]| {

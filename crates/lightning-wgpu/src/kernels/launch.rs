@@ -11,6 +11,7 @@ use crate::plan::{HeadView, Segment, Window};
 use crate::runtime::recorder::Recorder;
 
 /// One call of the attention kernels, planned.
+#[derive(Clone)]
 pub(crate) struct Launch<'a> {
     pub dims: Dims,
     pub layout: Layout,
@@ -29,6 +30,9 @@ pub(crate) struct Launch<'a> {
     pub transposed_state: bool,
     /// The chunked forward stops after the states: no output pass.
     pub states_only: bool,
+    /// The stripe scan leaves the stripes' own states in place (see
+    /// `chunk::Scratch::Keep`).
+    pub scan_keeps: bool,
     /// The heads q, k, v and o are read (written) at (as planned).
     pub heads: [HeadView; 4],
     pub segments: Vec<Segment>,
@@ -54,6 +58,7 @@ impl<'a> Launch<'a> {
             reversed: [false; 4],
             transposed_state: false,
             states_only: false,
+            scan_keeps: false,
             heads: Default::default(),
             segments,
         }
@@ -97,6 +102,8 @@ impl<'a> Launch<'a> {
             seq_rows: s.seq_len as u32,
             row_start: (s.n0 - s.seq_start) as u32,
             transposed: u32::from(self.transposed_state),
+            scan_keeps: u32::from(self.scan_keeps),
+            ..Params::default()
         }
     }
 }

@@ -68,6 +68,13 @@ uniform_block! {
         row_start: u32 => "u32",
         /// The state term reads its state transposed.
         transposed: u32 => "u32",
+        /// 1: the stripe scan leaves the stripes' own states in place and
+        /// writes only the carry out (a forward split at an exchange of
+        /// states scans them again from the state it learns).
+        scan_keeps: u32 => "u32",
+        pad0: u32 => "",
+        pad1: u32 => "",
+        pad2: u32 => "",
     }
 }
 

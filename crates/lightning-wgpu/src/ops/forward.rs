@@ -4,13 +4,14 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::chunk::{self, ChunkPath, Magnitudes};
+use crate::kernels::chunk::{self, ChunkPath, Magnitudes, Scratch};
 use crate::kernels::launch::{Io, Launch};
 use crate::kernels::pack::Output;
 use crate::kernels::{recurrent, states, OutStore};
 use crate::layout::{Dims, Layout};
 use crate::plan::{self, HeadView, Needs, Starts};
 use crate::runtime::io::TENSOR_USAGE;
+use crate::runtime::pool::PooledBuffer;
 use crate::runtime::recorder::Recorder;
 use crate::tensor::{DType, Tensor};
 use crate::validate;
@@ -294,6 +295,7 @@ impl Context {
             state.as_ref(),
             Views::default(),
             Some((every, &checkpoints)),
+            Scratch::Shared,
         )
         .await?;
         rec.submit().await?;
@@ -422,6 +424,106 @@ impl Context {
         Ok(state)
     }
 
+    /// The first half of a forward whose initial state is not known yet
+    /// (a rank of the sequence-parallel forward): the block states and a
+    /// scan that carries `opts.initial_state` (zero without one) to the
+    /// returned final state, the block states kept for
+    /// [`Context::forward_resume_async`]. `o` is the output the second half
+    /// writes. Returns the kept states (empty past `chunk::KEEP_BUDGET`:
+    /// then the second half is a whole forward) and the path they are on.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) async fn forward_keep_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &Tensor,
+    ) -> Result<(Tensor, Kept)> {
+        let call = validate::forward(self, q, k, v, opts)?;
+        let state = self.new_f32(&call.state_shape, "final_state")?;
+        let opts = ForwardOptions {
+            method: Method::Chunk,
+            output_final_state: true,
+            ..*opts
+        };
+        let views = Views {
+            states_only: true,
+            ..Views::default()
+        };
+        let mut kept = Vec::new();
+        let mut rec = Recorder::new(self.rt(), "forward");
+        self.record_forward_with(
+            &mut rec,
+            q,
+            k,
+            v,
+            &opts,
+            o,
+            Some(&state),
+            views,
+            None,
+            Scratch::Keep(&mut kept),
+        )
+        .await?;
+        rec.submit().await?;
+        let path = self.path_of(&call, q, k, v, &opts).name();
+        Ok((
+            state,
+            Kept {
+                buffers: kept,
+                path,
+            },
+        ))
+    }
+
+    /// The second half of a forward begun by
+    /// [`Context::forward_keep_async`] on the same q, k, v and o, now from
+    /// `opts.initial_state`: the scan from it and the outputs. Runs the
+    /// whole forward instead where nothing was kept or where this initial
+    /// state puts the call on another path than the kept states'.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) async fn forward_resume_async(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &Tensor,
+        kept: Kept,
+    ) -> Result<()> {
+        let opts = ForwardOptions {
+            method: Method::Chunk,
+            output_final_state: false,
+            ..*opts
+        };
+        let call = validate::forward(self, q, k, v, &opts)?;
+        let same_path = self.path_of(&call, q, k, v, &opts).name() == kept.path;
+        let scratch = match kept.buffers.is_empty() || !same_path {
+            true => Scratch::Shared,
+            false => Scratch::Resume(&kept.buffers),
+        };
+        let mut rec = Recorder::new(self.rt(), "forward");
+        self.record_forward_with(
+            &mut rec,
+            q,
+            k,
+            v,
+            &opts,
+            o,
+            None,
+            Views::default(),
+            None,
+            scratch,
+        )
+        .await?;
+        rec.submit().await?;
+        // The kept states go back to the pool only now that the work
+        // reading them is submitted.
+        drop(kept);
+        Ok(())
+    }
+
     /// Records a forward pass into `rec`: validation, the initial state's
     /// copy, the passes and the packing of a half-precision output.
     /// Returns the f32 buffer o was written to when `views.wide_output`
@@ -438,11 +540,24 @@ impl Context {
         final_state: Option<&Tensor>,
         views: Views,
     ) -> Result<Option<(wgpu::Buffer, u64)>> {
-        self.record_forward_with(rec, q, k, v, opts, o, final_state, views, None)
-            .await
+        self.record_forward_with(
+            rec,
+            q,
+            k,
+            v,
+            opts,
+            o,
+            final_state,
+            views,
+            None,
+            Scratch::Shared,
+        )
+        .await
     }
 
-    /// [`Context::record_forward`], writing checkpoints when asked.
+    /// [`Context::record_forward`], writing checkpoints when asked, its
+    /// block states where `scratch` says (a half of a split call with
+    /// `Keep` or `Resume`).
     #[allow(clippy::too_many_arguments)]
     async fn record_forward_with(
         &self,
@@ -455,6 +570,7 @@ impl Context {
         final_state: Option<&Tensor>,
         views: Views,
         checkpoints: Option<(usize, &Tensor)>,
+        scratch: Scratch<'_>,
     ) -> Result<Option<(wgpu::Buffer, u64)>> {
         let call = validate::forward_viewed(self, q, k, v, opts, &views.heads)?;
         validate::forward_outputs(
@@ -498,6 +614,12 @@ impl Context {
             }
             Method::Recurrent => (Needs::recurrent(recurrent::max_rows(dims.d)), 4),
         };
+        // The first half of a split call plans as its second will, whose
+        // passes write o in f32 where it is packed afterwards.
+        let output_bytes = match (&scratch, store) {
+            (Scratch::Keep(_), None) => 4,
+            _ => output.element_bytes(),
+        };
         let state_bytes = (call.state_shape.iter().product::<usize>() * 4) as u64;
         let (state, state_offset) = match final_state {
             Some(t) => (t.buffer().clone(), t.offset()),
@@ -519,7 +641,13 @@ impl Context {
         // alone writes the checkpoints.
         let group = call.group;
         let members = if views.states_only { 0..1 } else { 0..group };
+        // Only member 0's states are kept (split calls have no groups).
+        let mut scratch = Some(scratch);
         for member in members.rev() {
+            let scratch = match member {
+                0 => scratch.take().unwrap_or(Scratch::Shared),
+                _ => Scratch::Shared,
+            };
             if let Some(s0) = opts.initial_state {
                 rec.copy(s0.buffer(), s0.offset(), &state, state_offset, state_bytes);
             }
@@ -543,7 +671,7 @@ impl Context {
                     o: output.first_element(),
                     state: final_state.map_or(0, Tensor::first_element),
                 },
-                ..super::limits(self, q.dtype(), output.element_bytes(), block_state_bytes)
+                ..super::limits(self, q.dtype(), output_bytes, block_state_bytes)
             };
             self.record_member(
                 rec,
@@ -560,6 +688,7 @@ impl Context {
                     state: &state,
                 },
                 checkpoints,
+                scratch,
             )
             .await?;
         }
@@ -593,6 +722,7 @@ impl Context {
         views: Views,
         io: &Io<'_>,
         checkpoints: Option<(usize, &Tensor)>,
+        scratch: Scratch<'_>,
     ) -> Result<()> {
         let dims = call.dims;
         // In reversed time a packed batch's sequences are mirrored too: the
@@ -638,6 +768,7 @@ impl Context {
                     io,
                     store.unwrap_or(OutStore::F32),
                     Some(&mut after),
+                    scratch,
                 )
                 .await?;
                 if let Some(c) = copier.as_mut() {
@@ -648,6 +779,13 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// The block states the first half of a split forward leaves for its
+/// second, and the path they were computed on.
+pub(crate) struct Kept {
+    buffers: Vec<PooledBuffer>,
+    path: &'static str,
 }
 
 /// The checkpoints' shape: `(b, h, n / every, d, e)`, or `(sum of len_i /

@@ -76,19 +76,33 @@ struct Decay {
 }
 
 impl Decay {
+    /// `lambda_h^steps * factor` of every head (one exp each, not one per
+    /// element: a state has `d e` of them).
+    fn factors(&self, factor: f64, steps: usize) -> Vec<f64> {
+        self.slopes
+            .iter()
+            .map(|s| (-s * steps as f64).exp() * factor)
+            .collect()
+    }
+
     /// `acc += lambda^steps * state` per head, over a `(b, h, d, e)` state.
     fn add_decayed(&self, acc: &mut [f64], state: &[f64], steps: usize) {
-        for (i, (a, s)) in acc.iter_mut().zip(state).enumerate() {
-            let head = (i / self.per_head) % self.heads;
-            *a += (-self.slopes[head] * steps as f64).exp() * s;
+        let factors = self.factors(1.0, steps);
+        let heads = acc
+            .chunks_exact_mut(self.per_head)
+            .zip(state.chunks_exact(self.per_head));
+        for (i, (a, s)) in heads.enumerate() {
+            let f = factors[i % self.heads];
+            a.iter_mut().zip(s).for_each(|(a, s)| *a += f * s);
         }
     }
 
     /// `state *= factor * lambda^steps` per head.
     fn scale(&self, state: &mut [f32], factor: f64, steps: usize) {
-        for (i, s) in state.iter_mut().enumerate() {
-            let head = (i / self.per_head) % self.heads;
-            *s = (*s as f64 * factor * (-self.slopes[head] * steps as f64).exp()) as f32;
+        let factors = self.factors(factor, steps);
+        for (i, head) in state.chunks_exact_mut(self.per_head).enumerate() {
+            let f = factors[i % self.heads];
+            head.iter_mut().for_each(|s| *s = (*s as f64 * f) as f32);
         }
     }
 }
@@ -186,40 +200,47 @@ impl<'a> Split<'a> {
     }
 
     /// The incoming state of this rank (None on rank 0: its own initial
-    /// state) and the final state of the whole sequence; with `outputs`,
-    /// rank 0's forward too (it starts from the initial state, so its run
-    /// is its answer).
+    /// state) and the final state of the whole sequence, from every rank's
+    /// `contribution` (the final state of its slice from a zero state, rank
+    /// 0's from the initial state).
+    fn combined(&self, contribution: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
+        let rank = self.exchange.rank();
+        let ranks = self.gather(contribution)?;
+        let all = ranks.len();
+        let incoming = (rank > 0)
+            .then(|| self.upload(&self.combine(&ranks, 0..rank, rank)))
+            .transpose()?;
+        let final_state = self.upload(&self.combine(&ranks, 0..all, all))?;
+        Ok((incoming, final_state))
+    }
+
+    /// This rank's contribution from a states-only pass (no outputs), then
+    /// [`Split::combined`].
     fn states(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         opts: &ForwardOptions,
-        outputs: bool,
-    ) -> Result<(Option<Tensor>, Tensor, Option<ForwardOutput>)> {
-        let rank = self.exchange.rank();
-        let local = ForwardOptions {
-            initial_state: if rank == 0 { opts.initial_state } else { None },
+    ) -> Result<(Option<Tensor>, Tensor)> {
+        let local = self.local(opts);
+        let contribution =
+            pollster::block_on(self.ctx.final_state_only_async(q, k, v, &local, false))?;
+        self.combined(&contribution)
+    }
+
+    /// The options of this rank's own pass before the exchange: from the
+    /// initial state on rank 0, from zero elsewhere.
+    fn local<'o>(&self, opts: &ForwardOptions<'o>) -> ForwardOptions<'o> {
+        ForwardOptions {
+            initial_state: if self.exchange.rank() == 0 {
+                opts.initial_state
+            } else {
+                None
+            },
             output_final_state: true,
             ..*opts
-        };
-        // Elsewhere only the slice's state is needed now: no output pass.
-        let (contribution, out) = if rank == 0 && outputs {
-            let mut out = self.ctx.forward(q, k, v, &local)?;
-            let state = out.final_state.take().expect("asked for");
-            (state, Some(out))
-        } else {
-            let state =
-                pollster::block_on(self.ctx.final_state_only_async(q, k, v, &local, false))?;
-            (state, None)
-        };
-        let ranks = self.gather(&contribution)?;
-        let all = ranks.len();
-        let incoming = (rank > 0)
-            .then(|| self.upload(&self.combine(&ranks, 0..rank, rank)))
-            .transpose()?;
-        let final_state = self.upload(&self.combine(&ranks, 0..all, all))?;
-        Ok((incoming, final_state, out))
+        }
     }
 }
 
@@ -242,18 +263,21 @@ impl Context {
         exchange: &dyn Exchange,
     ) -> Result<ForwardOutput> {
         let split = Split::new(self, exchange, q, k, v, opts)?;
-        let (incoming, final_state, first) = split.states(q, k, v, opts, true)?;
-        let o = match (first, &incoming) {
-            (Some(out), _) => out.o,
-            (None, incoming) => {
-                let from = ForwardOptions {
-                    initial_state: incoming.as_ref(),
-                    output_final_state: false,
-                    ..*opts
-                };
-                self.forward(q, k, v, &from)?.o
-            }
+        let call = validate::forward(self, q, k, v, opts)?;
+        let o = self.new_tensor(&call.output_shape(opts.layout), v.dtype(), "o")?;
+        // Block states and a scan to this slice's contribution; the block
+        // states wait on the GPU while the ranks exchange, then a second
+        // scan from the incoming state and the outputs finish the forward.
+        let local = split.local(opts);
+        let (contribution, kept) =
+            pollster::block_on(self.forward_keep_async(q, k, v, &local, &o))?;
+        let (incoming, final_state) = split.combined(&contribution)?;
+        let from = ForwardOptions {
+            initial_state: incoming.as_ref().or(local.initial_state),
+            output_final_state: false,
+            ..*opts
         };
+        pollster::block_on(self.forward_resume_async(q, k, v, &from, &o, kept))?;
         Ok(ForwardOutput {
             o,
             final_state: opts.output_final_state.then_some(final_state),
@@ -280,7 +304,7 @@ impl Context {
         let fwd = &opts.forward;
         let split = Split::new(self, exchange, q, k, v, fwd)?;
         let (rank, all) = (exchange.rank(), exchange.ranks());
-        let (incoming, _, _) = split.states(q, k, v, fwd, false)?;
+        let (incoming, _) = split.states(q, k, v, fwd)?;
         let initial = if rank == 0 {
             fwd.initial_state
         } else {

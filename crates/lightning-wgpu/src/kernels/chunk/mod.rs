@@ -9,9 +9,10 @@ pub(crate) mod tensor_core;
 
 use super::launch::{bind, Io, Launch, Uniforms};
 use super::{Compiled, KernelSpec, OutStore, Setup, Storage};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::Dims;
 use crate::plan::{Segment, Window};
+use crate::runtime::pool::PooledBuffer;
 use crate::runtime::recorder::Recorder;
 use crate::tensor::DType;
 
@@ -72,11 +73,33 @@ pub(crate) fn choose(
     }
 }
 
+/// Most bytes of block states [`Scratch::Keep`] holds between the halves of
+/// a split forward; past it the forward is not split (it runs whole once the
+/// carry is known).
+pub(crate) const KEEP_BUDGET: u64 = 4 << 30;
+
+/// Where the per-stripe states of a call live between its passes.
+pub(crate) enum Scratch<'k> {
+    /// One buffer that every segment reuses: each segment's passes run
+    /// together.
+    Shared,
+    /// Block states and a scan that only carries, each segment's states in
+    /// a buffer of its own pushed here, kept for [`Scratch::Resume`]: the
+    /// first half of a forward whose carry in is not known yet. Nothing is
+    /// pushed (and the call runs as states-only) past [`KEEP_BUDGET`].
+    Keep(&'k mut Vec<PooledBuffer>),
+    /// The other half, on the states kept by `Keep` for the same plan: the
+    /// scan from the carry now in `io.state`, then the outputs.
+    Resume(&'k [PooledBuffer]),
+}
+
 /// What to record after each segment's passes (the state carried out of it
 /// is then in `io.state`).
 pub(crate) type AfterSegment<'f> = &'f mut dyn FnMut(&mut Recorder<'_>, &Segment);
 
-/// Records the three passes of every segment of `launch`, then `after`.
+/// Records the three passes of every segment of `launch` (those `scratch`
+/// asks for), then `after`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn record(
     rec: &mut Recorder<'_>,
     setup: &Setup,
@@ -85,8 +108,34 @@ pub(crate) async fn record(
     io: &Io<'_>,
     out: OutStore,
     mut after: Option<AfterSegment<'_>>,
+    scratch: Scratch<'_>,
 ) -> Result<()> {
     let rt = rec.runtime();
+    let kept_bytes: u64 = launch.segments.iter().map(|s| s.scratch_bytes).sum();
+    let (keep, resume) = match scratch {
+        Scratch::Keep(kept) if kept_bytes <= KEEP_BUDGET => (Some(kept), None),
+        Scratch::Resume(kept) => {
+            let same = kept.len() == launch.segments.len()
+                && kept
+                    .iter()
+                    .zip(&launch.segments)
+                    .all(|(k, s)| k.buffer().size() >= s.scratch_bytes);
+            if !same {
+                return Err(Error::Gpu {
+                    op: "forward",
+                    reason: "the kept block states do not match this call's plan".into(),
+                });
+            }
+            (None, Some(kept))
+        }
+        Scratch::Keep(_) | Scratch::Shared => (None, None),
+    };
+    let keeping = keep.is_some();
+    let launch = &Launch {
+        scan_keeps: keeping,
+        states_only: launch.states_only || keeping,
+        ..launch.clone()
+    };
     let [state_spec, scan_spec, output_spec] = path.kernels(setup, launch.storage, out);
     let block_state: Compiled = state_spec.compile(rt).await?;
     let scan = scan_spec.compile(rt).await?;
@@ -96,20 +145,36 @@ pub(crate) async fn record(
         false => Some(output_spec.sharing(&shared).compile(rt).await?),
     };
     let uniforms = Uniforms::new(rec, launch);
-    let scratch_bytes = launch
-        .segments
-        .iter()
-        .map(|s| s.scratch_bytes)
-        .max()
-        .unwrap_or(4);
-    let scratch = rt.buffer("block states", scratch_bytes, wgpu::BufferUsages::STORAGE);
-    let scratch = rec.keep(scratch);
+    // Kept states take a buffer per segment; otherwise one serves them all.
+    let buffers: Vec<wgpu::Buffer> = match (keep, resume) {
+        (Some(kept), _) => launch
+            .segments
+            .iter()
+            .map(|s| {
+                let buffer =
+                    rt.buffer("block states", s.scratch_bytes, wgpu::BufferUsages::STORAGE);
+                let handle = buffer.buffer().clone();
+                kept.push(buffer);
+                handle
+            })
+            .collect(),
+        (None, Some(kept)) => kept.iter().map(|k| k.buffer().clone()).collect(),
+        (None, None) => {
+            let bytes = launch.segments.iter().map(|s| s.scratch_bytes).max();
+            let one = rt.buffer(
+                "block states",
+                bytes.unwrap_or(4),
+                wgpu::BufferUsages::STORAGE,
+            );
+            vec![rec.keep(one); launch.segments.len()]
+        }
+    };
     let dims = &launch.dims;
     let threads = u64::from(setup.config.threads());
-    for (i, s) in launch.segments.iter().enumerate() {
+    for (i, (s, scratch)) in launch.segments.iter().zip(&buffers).enumerate() {
         let states = || {
             bind(
-                &scratch,
+                scratch,
                 Window {
                     offset: 0,
                     size: s.scratch_bytes,
@@ -117,15 +182,17 @@ pub(crate) async fn record(
                 },
             )
         };
-        let mut state_pass = uniforms.named(i);
-        state_pass.extend(io.named(s, &["k", "v"]));
-        state_pass.push(("states", states()));
-        block_state.dispatch(
-            rec,
-            "block_state",
-            &state_pass,
-            path.state_groups(s, dims, setup),
-        );
+        if resume.is_none() {
+            let mut state_pass = uniforms.named(i);
+            state_pass.extend(io.named(s, &["k", "v"]));
+            state_pass.push(("states", states()));
+            block_state.dispatch(
+                rec,
+                "block_state",
+                &state_pass,
+                path.state_groups(s, dims, setup),
+            );
+        }
         let mut scan_pass = uniforms.named(i);
         scan_pass.push(("states", states()));
         scan_pass.extend(io.named(s, &["carry"]));
