@@ -1,5 +1,6 @@
-// lambda^k as lib/addressing.wgsl computes it (this kernel has no params).
-fn decay(slope: f32, k: u32) -> f32 {
+// lambda^k as lib/addressing.wgsl computes it (this kernel has no params),
+// k signed: -1 is the inverse of one step's decay.
+fn decay(slope: f32, k: i32) -> f32 {
     return exp(max(-slope * f32(k), -1e4));
 }
 

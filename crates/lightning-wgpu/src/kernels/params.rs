@@ -101,7 +101,8 @@ uniform_block! {
     /// A map over `count` states of `rows x cols` from state `first` (state
     /// `i` of head `i % heads`): `out = x_factor X + y_factor Y`, with X
     /// read transposed when `transpose` is 1 and each factor
-    /// `exp(-slope * steps) * scale` of its head (steps 0 and scale 1 for
+    /// `exp(-slope * steps) * scale` of its head (steps may be negative;
+    /// steps 0 and scale 1 for
     /// none; `y_scale` 0 leaves Y out). The bases: the element offset of
     /// state `first` in each bound window.
     StateMap {
@@ -114,9 +115,9 @@ uniform_block! {
         rows: u32 => "u32",
         cols: u32 => "u32",
         transpose: u32 => "u32",
-        x_steps: u32 => "u32",
+        x_steps: i32 => "i32",
         x_scale: f32 => "f32",
-        y_steps: u32 => "u32",
+        y_steps: i32 => "i32",
         y_scale: f32 => "f32",
         out_step: u32 => "u32",
         pad1: u32 => "",

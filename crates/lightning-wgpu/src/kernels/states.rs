@@ -9,11 +9,11 @@ use crate::plan::Window;
 use crate::runtime::recorder::Recorder;
 
 /// A term `exp(-slope steps) scale X` of a map: X's buffer and the
-/// element at which its states start.
+/// element at which its states start (`steps` -1 undoes a step's decay).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Term<'a> {
     pub states: (&'a wgpu::Buffer, u64),
-    pub steps: u32,
+    pub steps: i32,
     pub scale: f32,
 }
 

@@ -6,11 +6,14 @@
 //! - in reversed time, `dk = forward(q = v, k = dO, v = q)` and
 //!   `dv = forward(q = k, k = q, v = dO)`, both scaled like q;
 //! - the final-state gradient adds `lambda^(n-1-j) v_j dS_n^T` to dk and
-//!   `lambda^(n-1-j) k_j dS_n` to dv (a pass of its own, each factor one
-//!   exp: nothing is divided by a decay or by the scale, so any finite
-//!   slopes and scale give finite gradients);
+//!   `lambda^(n-1-j) k_j dS_n` to dv. Where its magnitude is known and
+//!   `dS_n / (scale lambda)` stays far inside f32, that is the reversed
+//!   passes' initial state (`dS_n^T / (scale lambda)` for dk), which costs
+//!   nothing more; otherwise a pass of its own, each factor one exp:
+//!   nothing is divided by a decay or by the scale, so any finite slopes
+//!   and scale give finite gradients;
 //! - `dS0 = lambda scale S' + lambda^n dS_n`, `S'` the final state of the
-//!   dv pass.
+//!   dv pass (with dS_n folded in as above, `dS0 = lambda scale S'`).
 //!
 //! Like the official kernels it recomputes block states instead of storing
 //! an n x d x e history: memory stays linear in n. Time is reversed without
@@ -29,6 +32,12 @@ use crate::plan::{self, HeadView, Needs};
 use crate::runtime::recorder::Recorder;
 use crate::tensor::{DType, Tensor};
 use crate::validate::{self, Call};
+
+/// Largest `1 / (scale lambda)` the final-state gradient is folded with.
+const FOLD_FACTOR: f64 = (1u64 << 20) as f64;
+
+/// Largest magnitude a folded final-state gradient may reach.
+const FOLD_MAGNITUDE: f64 = 1e30;
 
 /// Options of [`Context::backward`]: the forward's, plus the gradient of
 /// its final state.
@@ -226,12 +235,21 @@ impl Context {
 
         // dk and dv: backward in time, through reversed views of q, k, v, dO
         // and of the outputs (no copies). With dS_n their outputs stay in
-        // f32 until its term is added; with grouped heads, until every
-        // member's share is summed.
+        // f32 until its term is added (unless it is folded into their
+        // initial states); with grouped heads, until every member's share
+        // is summed.
         let group = call.group;
+        let folded = match opts.d_final_state {
+            Some(dsn) if group == 1 => {
+                self.fold_final_gradient(rec, call, fwd, &slopes, dsn)
+                    .await?
+            }
+            _ => None,
+        };
+        let term = opts.d_final_state.filter(|_| folded.is_none());
         let views = Views {
             reversed: [true; 4],
-            wide_output: opts.d_final_state.is_some() || group > 1,
+            wide_output: term.is_some() || group > 1,
             ..Views::default()
         };
         // Grouped heads: member m's pass reads the q and dO heads m, m +
@@ -249,12 +267,25 @@ impl Context {
             ..views
         };
         let (dk, dv) = (&g.dk, &g.dv);
+        let (for_dk, for_dv) = match &folded {
+            Some((sk, sv)) => (
+                ForwardOptions {
+                    initial_state: Some(sk),
+                    ..plain
+                },
+                ForwardOptions {
+                    initial_state: Some(sv),
+                    ..plain
+                },
+            ),
+            None => (plain, plain),
+        };
         let dk_wide = self
-            .record_forward(rec, v, d_o, q, &plain, dk, None, member(0))
+            .record_forward(rec, v, d_o, q, &for_dk, dk, None, member(0))
             .await?;
         let s_prime = self.new_f32(&call.state_shape, "state of the dv pass")?;
         let dv_wide = self
-            .record_forward(rec, k, q, d_o, &plain, dv, Some(&s_prime), member(0))
+            .record_forward(rec, k, q, d_o, &for_dv, dv, Some(&s_prime), member(0))
             .await?;
         let mut temporaries = Vec::new();
         if let (Some(dk_wide), Some(dv_wide)) = (dk_wide, dv_wide) {
@@ -278,7 +309,7 @@ impl Context {
                 }
                 temporaries.extend([part_k, part_v, part_s]);
             }
-            if let Some(dsn) = opts.d_final_state {
+            if let Some(dsn) = term {
                 self.record_state_term(rec, call, fwd, v, dsn, true, (e, d), &dk_wide)
                     .await?;
                 self.record_state_term(rec, call, fwd, k, dsn, false, (d, e), &dv_wide)
@@ -307,9 +338,9 @@ impl Context {
             None => vec![(0..states, call.dims.n)],
         };
         for (range, n) in runs {
-            let y = opts.d_final_state.map(|t| states::Term {
+            let y = term.map(|t| states::Term {
                 states: (t.buffer(), t.first_element()),
-                steps: n as u32,
+                steps: i32::try_from(n).unwrap_or(i32::MAX),
                 scale: 1.0,
             });
             let out = (d_initial_state.buffer(), d_initial_state.first_element());
@@ -317,8 +348,10 @@ impl Context {
         }
         // The temporaries (S0^T, S') are read by work not yet submitted:
         // they stay out of the pool until it is.
+        let folded = folded.into_iter().flat_map(|(sk, sv)| [sk, sv]);
         for buffer in s0t
             .into_iter()
+            .chain(folded)
             .chain([s_prime])
             .chain(temporaries)
             .filter_map(Tensor::into_buffer)
@@ -326,6 +359,62 @@ impl Context {
             rec.keep(buffer);
         }
         Ok(())
+    }
+
+    /// The initial states of the reversed dk and dv passes that carry the
+    /// final-state gradient: `dS_n^T / (scale lambda)` (e x d) and `dS_n /
+    /// (scale lambda)` (d x e), or `None` where that is not safely inside
+    /// f32 (dS_n's magnitude unknown, a tiny scale, a steep slope): then
+    /// the state term adds it.
+    async fn fold_final_gradient(
+        &self,
+        rec: &mut Recorder<'_>,
+        call: &Call,
+        fwd: &ForwardOptions<'_>,
+        slopes: &[f32],
+        dsn: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(magnitude) = dsn.max_abs() else {
+            return Ok(None);
+        };
+        // 1 / (scale lambda) for the steepest head; the bound keeps the
+        // folded states (and what the passes add to them) finite.
+        let steepest = slopes.iter().copied().fold(0.0f32, f32::max) as f64;
+        let factor = steepest.exp() / (fwd.scale as f64).abs();
+        if !(factor.is_finite()
+            && factor <= FOLD_FACTOR
+            && magnitude as f64 * factor <= FOLD_MAGNITUDE)
+        {
+            return Ok(None);
+        }
+        let Dims { h, d, e, .. } = call.dims;
+        let [count, heads, _, _] = call.state_shape;
+        let x = states::Term {
+            states: (dsn.buffer(), dsn.first_element()),
+            steps: -1,
+            scale: 1.0 / fwd.scale,
+        };
+        let mut folded = Vec::with_capacity(2);
+        for (shape, transpose) in [([count, heads, e, d], true), ([count, heads, d, e], false)] {
+            let t = self.new_f32(&shape, "final-state gradient, folded")?;
+            t.max_abs.set(Some((magnitude as f64 * factor) as f32));
+            let (rows, cols) = (shape[2], shape[3]);
+            states::record(
+                rec,
+                slopes,
+                0..count * h,
+                (rows, cols),
+                x,
+                transpose,
+                None,
+                (t.buffer(), 0),
+            )
+            .await?;
+            folded.push(t);
+        }
+        let sv = folded.pop().expect("two");
+        let sk = folded.pop().expect("two");
+        Ok(Some((sk, sv)))
     }
 
     /// Records `out_i += lambda^(n-1-i) x_i A`, A the final-state gradient
