@@ -51,6 +51,23 @@ struct Args {
     dtype: DType,
     reps: usize,
     backward: bool,
+    mode: Mode,
+    shared: bool,
+    warmup: usize,
+    passes: bool,
+}
+
+/// What each rank runs, to tell the split's own cost from the GPU's
+/// sharing: by default the sequence-parallel call (a plain one for one
+/// rank); the sequence-parallel call even for one rank (`parallel`); a
+/// plain call on its slice with no exchange (`split`), or that plain call
+/// one rank at a time (`serial`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Auto,
+    Parallel,
+    Split,
+    Serial,
 }
 
 fn parse() -> std::result::Result<Args, String> {
@@ -62,6 +79,10 @@ fn parse() -> std::result::Result<Args, String> {
         dtype: DType::BF16,
         reps: 10,
         backward: true,
+        mode: Mode::Auto,
+        shared: false,
+        warmup: 20,
+        passes: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +96,20 @@ fn parse() -> std::result::Result<Args, String> {
             "--reps" => a.reps = number(value()?)?.max(1),
             "--dtype" => a.dtype = value()?.parse().map_err(|e| format!("--dtype: {e}"))?,
             "--no-backward" => a.backward = false,
+            "--shared-device" => a.shared = true,
+            "--warmup" => a.warmup = number(value()?)?,
+            "--passes" => a.passes = true,
+            "--mode" => {
+                a.mode = match value()?.as_str() {
+                    "auto" => Mode::Auto,
+                    "parallel" => Mode::Parallel,
+                    "split" => Mode::Split,
+                    "serial" => Mode::Serial,
+                    other => {
+                        return Err(format!("--mode {other}: auto, parallel, split or serial"))
+                    }
+                }
+            }
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -97,20 +132,25 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median wall time in ms of `f`, every rank starting together.
+/// Waits for everything submitted to the context's device.
+fn wait(ctx: &Context) -> Result<()> {
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(|_| ())
+        .map_err(|e| lightning_wgpu::Error::DeviceLost(e.to_string()))
+}
+
+/// Median wall time in ms of `f` after `warmup` calls (the same count on
+/// every rank: each call may exchange), every rank starting together; with
+/// `passes`, the GPU time of one more call by kernel.
 fn median_ms(
     barrier: &Barrier,
     ctx: &Context,
-    reps: usize,
+    (reps, warmup, passes): (usize, usize, bool),
     mut f: impl FnMut() -> Result<()>,
-) -> Result<f64> {
-    let wait = || {
-        ctx.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| lightning_wgpu::Error::DeviceLost(e.to_string()))
-    };
-    for _ in 0..3 {
+) -> Result<(f64, Vec<(&'static str, f64)>)> {
+    let wait = || wait(ctx);
+    for _ in 0..warmup {
         f()?;
     }
     wait()?;
@@ -124,13 +164,39 @@ fn median_ms(
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[reps / 2])
+    let mut by_pass: Vec<(&'static str, f64)> = Vec::new();
+    if passes && ctx.can_time() {
+        barrier.wait();
+        ctx.start_timing(4096)?;
+        f()?;
+        for (name, seconds) in ctx.finish_timing_by_pass()? {
+            match by_pass.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, ms)) => *ms += seconds * 1e3,
+                None => by_pass.push((name, seconds * 1e3)),
+            }
+        }
+    }
+    Ok((times[reps / 2], by_pass))
+}
+
+/// Kernel times as a JSON object.
+fn passes_json(passes: &[(&str, f64)]) -> String {
+    let fields: Vec<String> = passes
+        .iter()
+        .map(|(n, ms)| format!("{n:?}: {ms:.3}"))
+        .collect();
+    format!("{{{}}}", fields.join(", "))
 }
 
 /// One rank: its slice, warm-up, then the timed forward and backward.
-/// One rank's (forward ms, backward ms, adapter name).
-fn rank_main(args: Args, room: Room, barrier: Arc<Barrier>) -> Result<(f64, Option<f64>, String)> {
-    let ctx = Context::new()?;
+/// One rank's (forward ms, backward ms, adapter name, its kernels' times).
+fn rank_main(
+    args: Args,
+    ctx: Arc<Context>,
+    room: Room,
+    barrier: Arc<Barrier>,
+    turn: Arc<Mutex<()>>,
+) -> Result<(f64, Option<f64>, String, String)> {
     let Args {
         ranks,
         n,
@@ -160,28 +226,58 @@ fn rank_main(args: Args, room: Room, barrier: Arc<Barrier>) -> Result<(f64, Opti
         forward: opts,
         d_final_state: None,
     };
-    // With one rank the baseline is the plain call, which exchanges nothing.
-    let forward_ms = median_ms(&barrier, &ctx, args.reps, || {
-        if ranks == 1 {
-            ctx.forward(&q, &k, &v, &opts).map(drop)
-        } else {
-            ctx.forward_sequence_parallel(&q, &k, &v, &opts, &room)
-                .map(drop)
-        }
-    })?;
-    let backward_ms = if args.backward {
-        Some(median_ms(&barrier, &ctx, args.reps, || {
-            if ranks == 1 {
-                ctx.backward(&q, &k, &v, &d_o, &bopts).map(drop)
-            } else {
-                ctx.backward_sequence_parallel(&q, &k, &v, &d_o, &bopts, &room)
-                    .map(drop)
-            }
-        })?)
-    } else {
-        None
+    let parallel = match args.mode {
+        Mode::Auto => ranks > 1,
+        Mode::Parallel => true,
+        Mode::Split | Mode::Serial => false,
     };
-    Ok((forward_ms, backward_ms, ctx.adapter_info().name.clone()))
+    // Serial: the plain call of each rank runs to its end alone.
+    let alone = |f: &mut dyn FnMut() -> Result<()>| {
+        if args.mode != Mode::Serial {
+            return f();
+        }
+        let _turn = turn.lock().expect("a rank panicked");
+        f()?;
+        wait(&ctx)
+    };
+    // With one rank the baseline is the plain call, which exchanges nothing.
+    let timing = (args.reps, args.warmup, args.passes);
+    let (forward_ms, forward_passes) = median_ms(&barrier, &ctx, timing, || {
+        alone(&mut || {
+            if parallel {
+                ctx.forward_sequence_parallel(&q, &k, &v, &opts, &room)
+                    .map(drop)
+            } else {
+                ctx.forward(&q, &k, &v, &opts).map(drop)
+            }
+        })
+    })?;
+    let (backward_ms, backward_passes) = if args.backward {
+        let (ms, passes) = median_ms(&barrier, &ctx, timing, || {
+            alone(&mut || {
+                if parallel {
+                    ctx.backward_sequence_parallel(&q, &k, &v, &d_o, &bopts, &room)
+                        .map(drop)
+                } else {
+                    ctx.backward(&q, &k, &v, &d_o, &bopts).map(drop)
+                }
+            })
+        })?;
+        (Some(ms), passes)
+    } else {
+        (None, Vec::new())
+    };
+    let passes = format!(
+        "{{\"rank\": {rank}, \"forward\": {}, \"backward\": {}}}",
+        passes_json(&forward_passes),
+        passes_json(&backward_passes)
+    );
+    Ok((
+        forward_ms,
+        backward_ms,
+        ctx.adapter_info().name.clone(),
+        passes,
+    ))
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -190,8 +286,13 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let slots = Arc::new(Mutex::new(vec![Vec::new(); ranks]));
     let (room_barrier, time_barrier) =
         (Arc::new(Barrier::new(ranks)), Arc::new(Barrier::new(ranks)));
+    let turn = Arc::new(Mutex::new(()));
+    // One device for every rank with --shared-device, else one each (as R
+    // processes would have).
+    let shared = args.shared.then(Context::new).transpose()?.map(Arc::new);
     let handles: Vec<_> = (0..ranks)
         .map(|rank| {
+            let (shared, turn) = (shared.clone(), turn.clone());
             let room = Room {
                 rank,
                 ranks,
@@ -200,7 +301,11 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             };
             let barrier = time_barrier.clone();
             std::thread::spawn(move || {
-                let result = rank_main(args, room, barrier);
+                let result = match shared {
+                    Some(ctx) => Ok(ctx),
+                    None => Context::new().map(Arc::new),
+                }
+                .and_then(|ctx| rank_main(args, ctx, room, barrier, turn));
                 // The other ranks would wait for this one at a barrier forever.
                 if let Err(e) = &result {
                     eprintln!("rank {rank}: {e}");
@@ -222,10 +327,13 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let bytes = 8 + 4 * h * d * d;
     println!(
         "{{\"ranks\": {ranks}, \"n\": {n}, \"h\": {h}, \"d\": {d}, \"dtype\": \"{dtype:?}\", \
-         \"adapter\": {:?}, \"forward_ms\": {forward_ms:.3}, \"backward_ms\": {}, \
-         \"bytes_per_rank_per_all_gather\": {bytes}}}",
+         \"mode\": \"{:?}\", \"shared_device\": {}, \"adapter\": {:?}, \"forward_ms\": {forward_ms:.3}, \"backward_ms\": {}, \
+         \"bytes_per_rank_per_all_gather\": {bytes}, \"gpu_ms_by_rank\": [{}]}}",
+        args.mode,
+        args.shared,
         results[0].2,
         backward_ms.map_or("null".into(), |b| format!("{b:.3}")),
+        results.iter().map(|r| r.3.as_str()).collect::<Vec<_>>().join(", "),
     );
     Ok(())
 }
