@@ -1,18 +1,21 @@
 //! Sequence parallelism (LASP-2): a sequence longer than one device holds is
 //! split into contiguous slices, one per rank. The ranks exchange one state
-//! each (`b h d e` f32, whatever n), so the communication does not grow with
-//! the sequence:
+//! each (`b h d e` f32, whatever n; two in the backward), so the
+//! communication does not grow with the sequence:
 //!
 //! - forward: rank r's contribution `M_r` is the final state of its slice
 //!   from a zero state (rank 0's from the initial state); one all-gather,
 //!   then rank r's incoming state is `S_r = sum_{r' < r} L(r'+1..r-1) M_r'`,
-//!   `L(a..b)` the decay over the ranks a..b, and its forward runs from
-//!   `S_r`. The final state, the same sum over every rank, lands on all.
+//!   `L(a..b)` the decay over the ranks a..b. `M_r` comes from the block
+//!   states and a scan; the block states wait on the GPU through the
+//!   exchange, then a second scan from `S_r` and the output pass finish the
+//!   forward. The final state, the same sum over every rank, lands on all.
 //! - backward: rank r's own gradient of its incoming state `G_r` (its
 //!   backward with no final-state gradient; the last rank's with the given
-//!   `dS_n`, which makes its `G` the whole gradient and its run the answer);
-//!   one all-gather; the gradient of rank r's final state is
-//!   `sum_{r' > r} L(r+1..r'-1) G_r'`, and its backward runs with that.
+//!   `dS_n`, which makes its `G` the whole gradient and its run the answer),
+//!   sent with the forward's `M_r` in one all-gather; the gradient of rank
+//!   r's final state is `sum_{r' > r} L(r+1..r'-1) G_r'`, and its backward
+//!   runs from `S_r` with that.
 //!
 //! The exchange is a trait, so any transport carries it: MPI (feature
 //! `mpi`), threads, a framework's collectives. The states are combined on
@@ -214,21 +217,6 @@ impl<'a> Split<'a> {
         Ok((incoming, final_state))
     }
 
-    /// This rank's contribution from a states-only pass (no outputs), then
-    /// [`Split::combined`].
-    fn states(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        opts: &ForwardOptions,
-    ) -> Result<(Option<Tensor>, Tensor)> {
-        let local = self.local(opts);
-        let contribution =
-            pollster::block_on(self.ctx.final_state_only_async(q, k, v, &local, false))?;
-        self.combined(&contribution)
-    }
-
     /// The options of this rank's own pass before the exchange: from the
     /// initial state on rank 0, from zero elsewhere.
     fn local<'o>(&self, opts: &ForwardOptions<'o>) -> ForwardOptions<'o> {
@@ -290,8 +278,9 @@ impl Context {
     /// sequence's final state, is read on the last rank. Returns this
     /// rank's slice of dq, dk, dv, and the initial state's gradient (that
     /// of the whole sequence on rank 0; elsewhere, that of the rank's
-    /// incoming state). Two all-gathers; every rank runs one backward and
-    /// one or two states-only passes (about a third of a forward each).
+    /// incoming state). One all-gather of `8 + 8 b h d e` bytes per rank;
+    /// every rank runs one backward and two states-only passes (about a
+    /// third of a forward each).
     pub fn backward_sequence_parallel(
         &self,
         q: &Tensor,
@@ -304,55 +293,72 @@ impl Context {
         let fwd = &opts.forward;
         let split = Split::new(self, exchange, q, k, v, fwd)?;
         let (rank, all) = (exchange.rank(), exchange.ranks());
-        let (incoming, _) = split.states(q, k, v, fwd)?;
-        let initial = if rank == 0 {
-            fwd.initial_state
-        } else {
-            incoming.as_ref()
-        };
-        let from = ForwardOptions {
-            initial_state: initial,
-            output_final_state: false,
-            ..*fwd
-        };
-        // The last rank's final state is the sequence's, whose gradient is
-        // given: its backward with it is its answer, and what it sends
-        // (G + lambda^n dS_n) is the whole gradient of its incoming state.
-        if rank + 1 == all {
-            let own = self.backward(
-                q,
-                k,
-                v,
-                d_o,
-                &BackwardOptions {
-                    forward: from,
-                    d_final_state: opts.d_final_state,
-                },
-            )?;
-            split.gather(&own.d_initial_state)?;
-            return Ok(own);
-        }
-        // G_r, the gradient of this rank's incoming state through its own
+        let last = rank + 1 == all;
+        // Neither needs the other ranks: this slice's contribution to the
+        // state, and G_r, the gradient of its incoming state through its own
         // outputs, sum_t scale lambda^(t+1) q_t dO_t^T: scale lambda times
         // the final state of a states-only pass in reversed time with k = q
-        // and v = dO (no backward needed before the exchange).
+        // and v = dO. Both go out in the one exchange.
+        let local = split.local(fwd);
+        let contribution = pollster::block_on(self.final_state_only_async(q, k, v, &local, false))?;
         let reversed = ForwardOptions {
             initial_state: None,
             output_final_state: true,
             ..*fwd
         };
         let s_rev = pollster::block_on(self.final_state_only_async(q, q, d_o, &reversed, true))?;
+        let mut mine = self.read(&contribution)?;
+        let state_len = mine.len();
         let mut g = self.read(&s_rev)?;
         split.decay.scale(&mut g, fwd.scale as f64, 1);
-        let ranks = split.gather_values(&g)?;
-        // The gradient of this rank's final state: each later rank's,
-        // decayed over the ranks between.
-        let mut d_final = vec![0.0; ranks[0].1.len()];
-        for r in rank + 1..all {
-            let steps: usize = ranks[rank + 1..r].iter().map(|(len, _)| len).sum();
-            split.decay.add_decayed(&mut d_final, &ranks[r].1, steps);
+        // The last rank's final state is the sequence's, whose gradient is
+        // given: what it sends is the whole gradient of its incoming state,
+        // G + lambda^len dS_n.
+        if let (true, Some(dsn)) = (last, opts.d_final_state) {
+            let dsn = self.read(dsn)?;
+            let factors = split.decay.factors(1.0, split.len);
+            let per_head = split.decay.per_head;
+            for (i, (g, d)) in g
+                .chunks_exact_mut(per_head)
+                .zip(dsn.chunks_exact(per_head))
+                .enumerate()
+            {
+                let f = factors[i % split.decay.heads];
+                g.iter_mut()
+                    .zip(d)
+                    .for_each(|(g, d)| *g = (*g as f64 + f * *d as f64) as f32);
+            }
         }
-        let d_final = split.upload(&d_final)?;
+        mine.extend_from_slice(&g);
+        let (states, gradients): (Vec<_>, Vec<_>) = split
+            .gather_values(&mine)?
+            .into_iter()
+            .map(|(len, mut both)| {
+                let g = both.split_off(state_len);
+                ((len, both), (len, g))
+            })
+            .unzip();
+        let incoming = (rank > 0)
+            .then(|| split.upload(&split.combine(&states, 0..rank, rank)))
+            .transpose()?;
+        // The gradient of this rank's final state: each later rank's G,
+        // decayed over the ranks between (the given dS_n on the last).
+        let d_final = match last {
+            true => None,
+            false => {
+                let mut acc = vec![0.0; state_len];
+                for r in rank + 1..all {
+                    let steps: usize = gradients[rank + 1..r].iter().map(|(len, _)| len).sum();
+                    split.decay.add_decayed(&mut acc, &gradients[r].1, steps);
+                }
+                Some(split.upload(&acc)?)
+            }
+        };
+        let from = ForwardOptions {
+            initial_state: incoming.as_ref().or(fwd.initial_state),
+            output_final_state: false,
+            ..*fwd
+        };
         self.backward(
             q,
             k,
@@ -360,7 +366,11 @@ impl Context {
             d_o,
             &BackwardOptions {
                 forward: from,
-                d_final_state: Some(&d_final),
+                d_final_state: if last {
+                    opts.d_final_state
+                } else {
+                    d_final.as_ref()
+                },
             },
         )
     }
