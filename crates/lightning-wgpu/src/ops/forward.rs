@@ -390,61 +390,44 @@ impl Context {
         rec.finish().await
     }
 
-    /// The final states of [`Context::forward`] calls alone: the block
-    /// states and their scan without the output pass (about a third of the
-    /// work), as a rank of the sequence-parallel calls needs before it knows
-    /// its incoming state; read back after one submission of them all.
+    /// The final state of [`Context::forward`] alone: the block states and
+    /// their scan without the output pass (about a third of the work), as a
+    /// rank of the sequence-parallel forward needs before it knows its
+    /// incoming state; `reversed` walks the rows from the last.
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) async fn final_states_only_async(
+    pub(crate) async fn final_state_only_async(
         &self,
-        passes: &[StatesOnly<'_>],
-    ) -> Result<Vec<Vec<f32>>> {
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        reversed: bool,
+    ) -> Result<Tensor> {
+        let call = validate::forward(self, q, k, v, opts)?;
+        let state = self.new_f32(&call.state_shape, "final_state")?;
+        // The chunked plan is the one that can stop before the outputs.
+        let opts = ForwardOptions {
+            method: Method::Chunk,
+            output_final_state: true,
+            ..*opts
+        };
+        let views = Views {
+            states_only: true,
+            reversed: [reversed; 4],
+            ..Views::default()
+        };
         let mut rec = Recorder::new(self.rt(), "forward");
-        let mut staged = Vec::with_capacity(passes.len());
-        for p in passes {
-            let call = validate::forward(self, p.q, p.k, p.v, p.opts)?;
-            let state = self.new_f32(&call.state_shape, "final_state")?;
-            // The chunked plan is the one that can stop before the outputs.
-            let opts = ForwardOptions {
-                method: Method::Chunk,
-                output_final_state: true,
-                ..*p.opts
-            };
-            let views = Views {
-                states_only: true,
-                reversed: [p.reversed; 4],
-                ..Views::default()
-            };
-            // v stands in for o, which the skipped pass would have written.
-            self.record_forward(&mut rec, p.q, p.k, p.v, &opts, p.v, Some(&state), views)
-                .await?;
-            staged.push(self.stage(&mut rec, state));
-        }
+        // v stands in for o, which the skipped pass would have written.
+        self.record_forward(&mut rec, q, k, v, &opts, v, Some(&state), views)
+            .await?;
         rec.submit().await?;
-        let mut out = Vec::with_capacity(staged.len());
-        for (buffer, bytes) in &staged {
-            let raw = self.rt().map_read(buffer, *bytes, "final state").await?;
-            out.push(bytemuck::pod_collect_to_vec(&raw));
-        }
-        Ok(out)
-    }
-
-    /// Records a copy of the f32 `state` (recorded as written) into a buffer
-    /// to read back once `rec` is submitted; `state` stays alive until then.
-    fn stage(&self, rec: &mut Recorder<'_>, state: Tensor) -> (PooledBuffer, u64) {
-        let bytes = state.size_bytes();
-        let staging = self.rt().staging(bytes);
-        rec.copy(state.buffer(), state.offset(), staging.buffer(), 0, bytes);
-        if let Some(buffer) = state.into_buffer() {
-            rec.keep(buffer);
-        }
-        (staging, bytes)
+        Ok(state)
     }
 
     /// The first half of a forward whose initial state is not known yet
     /// (a rank of the sequence-parallel forward): the block states and a
     /// scan that carries `opts.initial_state` (zero without one) to the
-    /// final state, read back, the block states kept for
+    /// returned final state, the block states kept for
     /// [`Context::forward_resume_async`]. `o` is the output the second half
     /// writes. Returns the kept states (empty past `chunk::KEEP_BUDGET`:
     /// then the second half is a whole forward) and the path they are on.
@@ -456,7 +439,7 @@ impl Context {
         v: &Tensor,
         opts: &ForwardOptions<'_>,
         o: &Tensor,
-    ) -> Result<(Vec<f32>, Kept)> {
+    ) -> Result<(Tensor, Kept)> {
         let call = validate::forward(self, q, k, v, opts)?;
         let state = self.new_f32(&call.state_shape, "final_state")?;
         let opts = ForwardOptions {
@@ -483,12 +466,10 @@ impl Context {
             Scratch::Keep(&mut kept),
         )
         .await?;
-        let (staging, bytes) = self.stage(&mut rec, state);
         rec.submit().await?;
-        let raw = self.rt().map_read(&staging, bytes, "final state").await?;
         let path = self.path_of(&call, q, k, v, &opts).name();
         Ok((
-            bytemuck::pod_collect_to_vec(&raw),
+            state,
             Kept {
                 buffers: kept,
                 path,
@@ -798,16 +779,6 @@ impl Context {
         }
         Ok(())
     }
-}
-
-/// One states-only pass of [`Context::final_states_only_async`]: its
-/// inputs and options, in reversed time when asked.
-pub(crate) struct StatesOnly<'a> {
-    pub q: &'a Tensor,
-    pub k: &'a Tensor,
-    pub v: &'a Tensor,
-    pub opts: &'a ForwardOptions<'a>,
-    pub reversed: bool,
 }
 
 /// The block states the first half of a split forward leaves for its

@@ -24,7 +24,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ops::backward::{BackwardOptions, Gradients};
-use crate::ops::forward::{ForwardOptions, ForwardOutput, StatesOnly};
+use crate::ops::forward::{ForwardOptions, ForwardOutput};
 use crate::tensor::Tensor;
 use crate::validate;
 
@@ -163,6 +163,11 @@ impl<'a> Split<'a> {
         })
     }
 
+    /// Every rank's (slice length, state) after one all-gather of ours.
+    fn gather(&self, state: &Tensor) -> Result<Vec<(usize, Vec<f64>)>> {
+        self.gather_values(&self.ctx.read(state)?)
+    }
+
     fn gather_values(&self, mine: &[f32]) -> Result<Vec<(usize, Vec<f64>)>> {
         let all = self.exchange.all_gather(&payload(self.len, mine))?;
         let ranks = unpack(&all, self.exchange.ranks(), mine.len())?;
@@ -201,9 +206,9 @@ impl<'a> Split<'a> {
     /// state) and the final state of the whole sequence, from every rank's
     /// `contribution` (the final state of its slice from a zero state, rank
     /// 0's from the initial state).
-    fn combined(&self, contribution: &[f32]) -> Result<(Option<Tensor>, Tensor)> {
+    fn combined(&self, contribution: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let rank = self.exchange.rank();
-        let ranks = self.gather_values(contribution)?;
+        let ranks = self.gather(contribution)?;
         let all = ranks.len();
         let incoming = (rank > 0)
             .then(|| self.upload(&self.combine(&ranks, 0..rank, rank)))
@@ -295,35 +300,16 @@ impl Context {
         // the final state of a states-only pass in reversed time with k = q
         // and v = dO. Both go out in the one exchange.
         let local = split.local(fwd);
+        let contribution = pollster::block_on(self.final_state_only_async(q, k, v, &local, false))?;
         let reversed = ForwardOptions {
             initial_state: None,
             output_final_state: true,
             ..*fwd
         };
-        let passes = [
-            StatesOnly {
-                q,
-                k,
-                v,
-                opts: &local,
-                reversed: false,
-            },
-            StatesOnly {
-                q,
-                k: q,
-                v: d_o,
-                opts: &reversed,
-                reversed: true,
-            },
-        ];
-        let mut states = pollster::block_on(self.final_states_only_async(&passes))?;
-        let (Some(mut g), Some(mut mine)) = (states.pop(), states.pop()) else {
-            return Err(Error::Gpu {
-                op: "sequence-parallel backward",
-                reason: "two states-only passes gave fewer states".into(),
-            });
-        };
+        let s_rev = pollster::block_on(self.final_state_only_async(q, q, d_o, &reversed, true))?;
+        let mut mine = self.read(&contribution)?;
         let state_len = mine.len();
+        let mut g = self.read(&s_rev)?;
         split.decay.scale(&mut g, fwd.scale as f64, 1);
         // The last rank's final state is the sequence's, whose gradient is
         // given: what it sends is the whole gradient of its incoming state,

@@ -1,6 +1,5 @@
 //! Moving bytes between the host and device buffers.
 
-use super::pool::PooledBuffer;
 use super::Runtime;
 use crate::error::{Error, Result};
 
@@ -39,34 +38,13 @@ impl Runtime {
         if bytes == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.staging(bytes);
+        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let staging = self.buffer("readback", bytes, usage);
+        self.count_readback();
         let mut encoder = self.device().create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, offset, staging.buffer(), 0, bytes);
         self.queue().submit([encoder.finish()]);
-        self.map_read(&staging, bytes, what).await
-    }
 
-    /// A buffer to copy `bytes` into for reading back (counted as a
-    /// readback): a caller that copies in the same submission as the work
-    /// it reads saves a submission and a wait.
-    pub(crate) fn staging(&self, bytes: u64) -> PooledBuffer {
-        self.count_readback();
-        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-        self.buffer("readback", bytes, usage)
-    }
-
-    /// The first `bytes` of `staging` once the work copying into it (already
-    /// submitted) is done.
-    pub(crate) async fn map_read(
-        &self,
-        staging: &PooledBuffer,
-        bytes: u64,
-        what: &'static str,
-    ) -> Result<Vec<u8>> {
-        self.check_lost()?;
-        if bytes == 0 {
-            return Ok(Vec::new());
-        }
         let (tx, rx) = futures_channel::oneshot::channel();
         staging
             .buffer()
