@@ -113,7 +113,9 @@ pub fn run(args: &Args, options: ContextOptions) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
     let tokens = counts(&args.tokens, "tokens", batch, &vec![t; batch])?;
     let accepted = counts(&args.accepted, "accepted", batch, &tokens)?;
-    let slopes = args.alibi.then(|| alibi_slopes(h));
+    // Slopes are per kv head (k's heads; q may have a multiple of them).
+    let kv_heads = k.shape.get(2).copied().unwrap_or(h);
+    let slopes = args.alibi.then(|| alibi_slopes(kv_heads));
 
     let ctx = Context::with_options(options)?;
     let up = |a: &npy::Array| ctx.tensor(&a.data, &a.shape);

@@ -1311,6 +1311,76 @@ fn decode_drafts_and_commits_on_npy_files() {
     assert_fails(&out, &["accepted"]);
 }
 
+#[test]
+fn decode_takes_grouped_heads_with_slopes_per_kv_head() {
+    // q of twice k's heads, both members of each group a copy of the q of
+    // an ungrouped run: every q head's output equals its kv head's there,
+    // and --alibi gives k's heads their slopes.
+    let seed = common::seed();
+    let mut rng = common::rng(seed);
+    let (t, batch, h, d, e, slots) = (2, 2, 3, 4, 6, 3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |n: &str| dir.path().join(n);
+    let arg = |n: &str| path(n).display().to_string();
+    let q = common::random(&mut rng, t * batch * h * d, d);
+    let grouped: Vec<f32> = (0..t * batch * 2 * h)
+        .flat_map(|row| {
+            let (tb, head) = (row / (2 * h), row % (2 * h));
+            q[(tb * h + head / 2) * d..][..d].to_vec()
+        })
+        .collect();
+    write_npy(&path("q.npy"), &[t, batch, h, d], &q);
+    write_npy(&path("qg.npy"), &[t, batch, 2 * h, d], &grouped);
+    let k = common::random(&mut rng, t * batch * h * d, d);
+    write_npy(&path("k.npy"), &[t, batch, h, d], &k);
+    let v = common::random(&mut rng, t * batch * h * e, 1);
+    write_npy(&path("v.npy"), &[t, batch, h, e], &v);
+    let cache = common::random(&mut rng, slots * h * d * e, 1);
+    write_npy(&path("cache.npy"), &[slots, h, d, e], &cache);
+    write_npy(&path("slots.npy"), &[batch], &[2i32, 0]);
+    let run = |q: &str, out: &str, new_cache: &str| {
+        let args = [
+            "decode",
+            "--q",
+            &arg(q),
+            "--k",
+            &arg("k.npy"),
+            "--v",
+            &arg("v.npy"),
+            "--cache",
+            &arg("cache.npy"),
+            "--slots",
+            &arg("slots.npy"),
+            "--alibi",
+            "--out",
+            &arg(out),
+            "--new-cache",
+            &arg(new_cache),
+        ];
+        assert_success(&bin().args(args).output().expect("run"));
+    };
+    run("q.npy", "o.npy", "c.npy");
+    run("qg.npy", "og.npy", "cg.npy");
+    let (shape, o) = read_npy(&path("o.npy"));
+    let (gshape, og) = read_npy(&path("og.npy"));
+    assert_eq!(shape, [t, batch, h, e]);
+    assert_eq!(gshape, [t, batch, 2 * h, e]);
+    for row in 0..t * batch * 2 * h {
+        let (tb, head) = (row / (2 * h), row % (2 * h));
+        let want = &o[(tb * h + head / 2) * e..][..e];
+        assert_eq!(
+            &og[row * e..][..e],
+            want,
+            "q head {head} of token/request {tb}"
+        );
+    }
+    assert_eq!(
+        read_npy(&path("cg.npy")).1,
+        read_npy(&path("c.npy")).1,
+        "new cache"
+    );
+}
+
 /// `forward --checkpoint-every C --checkpoints CK.npy` writes (b, h, n / C,
 /// d, e) states: the first the f64 reference's state after C rows, the last
 /// the final state when C divides n; a C that is not a multiple of the

@@ -302,7 +302,7 @@ fn viewed_shape(layout: Layout, shape: &[usize], view: HeadView) -> Vec<usize> {
 }
 
 /// What q's heads are checked against when k's do not divide them.
-const GROUPED: &str = "q (whose heads must be k's, or a multiple of them)";
+pub(crate) const GROUPED: &str = "q (whose heads must be k's, or a multiple of them)";
 
 /// The sequences of a call: the whole batch, or the packed ones.
 fn sequences(dims: &Dims, cu_seqlens: Option<&[usize]>) -> Result<Vec<Sequence>> {

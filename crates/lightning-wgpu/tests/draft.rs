@@ -63,16 +63,53 @@ fn recurrence(
     (outs, states)
 }
 
-fn check(dtype: DType, seed: u64) {
+/// The f64 reference of request r with q of `group` times k's heads: o of
+/// every q head (`(token, hq * e)`) and the states, each member of a group
+/// run as q heads of its own over the kv heads.
+#[allow(clippy::too_many_arguments)]
+fn grouped_recurrence(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (t, batch, h, d, e, group): (usize, usize, usize, usize, usize, usize),
+    r: usize,
+    tokens: usize,
+    s0: &[f32],
+    slopes: &[f32],
+    scale: f32,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let hq = h * group;
+    let mut outs = vec![vec![0.0; hq * e]; tokens];
+    let mut states = Vec::new();
+    for m in 0..group {
+        // q heads m, m + group, ... of every token: one per kv head.
+        let mut qm = vec![0.0; t * batch * h * d];
+        for row in 0..t * batch {
+            for g in 0..h {
+                let from = (row * hq + g * group + m) * d;
+                qm[(row * h + g) * d..][..d].copy_from_slice(&q[from..from + d]);
+            }
+        }
+        let (o, s) = recurrence((&qm, k, v), (batch, h, d, e), r, tokens, s0, slopes, scale);
+        for (i, oi) in o.iter().enumerate() {
+            for g in 0..h {
+                outs[i][(g * group + m) * e..][..e].copy_from_slice(&oi[g * e..][..e]);
+            }
+        }
+        states = s;
+    }
+    (outs, states)
+}
+
+fn check(dtype: DType, group: usize, seed: u64) {
     let ctx = common::context(false);
     let mut r = rng(seed);
     let (t, batch, h, d, e) = (4, 6, 3, 8, 12);
+    let hq = h * group;
     let slots: Vec<i32> = vec![5, -1, 0, 2, 7, 3];
     let tokens = [4, 3, 1, 0, 2, 4];
     let accepted = [2, 0, 1, 0, 2, 4];
     let cache_slots = 8;
     let size = h * d * e;
-    let q = common::rounded(&random(&mut r, t * batch * h * d, d), dtype);
+    let q = common::rounded(&random(&mut r, t * batch * hq * d, d), dtype);
     let k = common::rounded(&random(&mut r, t * batch * h * d, d), dtype);
     let v = common::rounded(&random(&mut r, t * batch * h * e, 1), dtype);
     let cache0 = random(&mut r, cache_slots * size, 1);
@@ -81,8 +118,8 @@ fn check(dtype: DType, seed: u64) {
         slopes: Some(&slopes),
         scale: 0.5,
     };
-    let up = |x: &[f32], w| ctx.tensor_as(x, &[t, batch, h, w], dtype).unwrap();
-    let (qt, kt, vt) = (up(&q, d), up(&k, d), up(&v, e));
+    let up = |x: &[f32], heads, w| ctx.tensor_as(x, &[t, batch, heads, w], dtype).unwrap();
+    let (qt, kt, vt) = (up(&q, hq, d), up(&k, h, d), up(&v, h, e));
     let mut cache = ctx.tensor(&cache0, &[cache_slots, h, d, e]).unwrap();
     let (o, draft) = ctx
         .decode_draft(&qt, &kt, &vt, &cache, &slots, &tokens, &opts)
@@ -102,16 +139,17 @@ fn check(dtype: DType, seed: u64) {
         } else {
             cache0[slots[req] as usize * size..][..size].to_vec()
         };
+        let dims = (t, batch, h, d, e, group);
         let (outs, want_states) =
-            recurrence((&q, &k, &v), (batch, h, d, e), req, live, &s0, &slopes, 0.5);
+            grouped_recurrence((&q, &k, &v), dims, req, live, &s0, &slopes, 0.5);
         for i in 0..t {
-            let got = &o[(i * batch + req) * h * e..][..h * e];
+            let got = &o[(i * batch + req) * hq * e..][..hq * e];
             match outs.get(i) {
                 Some(want) => {
                     let err = reference::relative_error(got, want);
                     assert!(
                         err <= tol,
-                        "o of request {req} token {i}: {err:.2e} ({dtype:?}, seed {seed})"
+                        "o of request {req} token {i}: {err:.2e} ({dtype:?}, group {group}, seed {seed})"
                     );
                     let got_s = &states[(i * batch + req) * size..][..size];
                     let err = reference::relative_error(got_s, &want_states[i]);
@@ -138,9 +176,9 @@ fn check(dtype: DType, seed: u64) {
         let slot = slots[req] as usize;
         touched[slot] = true;
         let s0 = cache0[slot * size..][..size].to_vec();
-        let (_, want) = recurrence(
+        let (_, want) = grouped_recurrence(
             (&q, &k, &v),
-            (batch, h, d, e),
+            (t, batch, h, d, e, group),
             req,
             accepted[req],
             &s0,
@@ -162,9 +200,16 @@ fn check(dtype: DType, seed: u64) {
 #[test]
 fn drafts_match_the_recurrence_and_commit_what_was_accepted() {
     let s = seed();
-    check(DType::F32, s);
-    check(DType::F16, s + 1);
-    check(DType::BF16, s + 2);
+    check(DType::F32, 1, s);
+    check(DType::F16, 1, s + 1);
+    check(DType::BF16, 1, s + 2);
+}
+
+#[test]
+fn grouped_drafts_match_the_recurrence_of_every_q_head() {
+    let s = seed();
+    check(DType::F32, 2, s);
+    check(DType::BF16, 4, s + 1);
 }
 
 #[test]
@@ -205,6 +250,29 @@ fn bad_drafts_are_errors() {
         .unwrap_err();
     assert!(
         matches!(err, Error::ShapeMismatch { arg: "k", .. }),
+        "{err}"
+    );
+    // q's 3 heads are not a multiple of k's 2.
+    let err = ctx
+        .decode_draft(
+            &x(&[2, 3, 3, 4]),
+            &q,
+            &v,
+            &cache,
+            &[0, 1, 2],
+            &[1, 1, 1],
+            &opts,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ShapeMismatch {
+                arg: "k",
+                dim: "heads",
+                ..
+            }
+        ),
         "{err}"
     );
     let (_, draft) = ctx

@@ -41,12 +41,15 @@ impl Draft {
 
 impl Context {
     /// Decodes up to `t` tokens per request without touching the cache:
-    /// `q`, `k` `(t, batch, h, d)` and `v` `(t, batch, h, e)`, token-major
-    /// (each token's `(batch, h, *)` contiguous); request r uses the first
-    /// `tokens[r]` of them (0 to t; the rest is padding) from state
-    /// `cache[slots[r]]` (a negative slot: padding). Returns o `(t, batch,
-    /// h, e)` in f32 (zero past a request's tokens) and the [`Draft`] of
-    /// per-token states, `t * batch * h * d * e * 4` bytes.
+    /// `q` `(t, batch, hq, d)`, `k` `(t, batch, h, d)` and `v` `(t, batch, h,
+    /// e)`, token-major (each token's `(batch, heads, *)` contiguous), `hq`
+    /// equal to `h` or a multiple of it (grouped heads: q heads `g G ..
+    /// (g+1) G` read kv head g's state, as in [`Context::decode_step`]);
+    /// request r uses the first `tokens[r]` of them (0 to t; the rest is
+    /// padding) from state `cache[slots[r]]` (a negative slot: padding).
+    /// Returns o `(t, batch, hq, e)` in f32 (zero past a request's tokens)
+    /// and the [`Draft`] of per-token states (per kv head), `t * batch * h *
+    /// d * e * 4` bytes.
     #[allow(clippy::too_many_arguments)]
     pub fn decode_draft(
         &self,
@@ -73,7 +76,7 @@ impl Context {
         tokens: &[usize],
         opts: &DecodeOptions<'_>,
     ) -> Result<(Tensor, Draft)> {
-        let (t, batch, h, d, e) = draft_dims(q, k, v)?;
+        let (t, batch, hq, h, d, e) = draft_dims(q, k, v)?;
         if tokens.len() != batch {
             return Err(Error::ShapeMismatch {
                 arg: "tokens",
@@ -93,20 +96,21 @@ impl Context {
         let size = h * d * e;
         let scratch = self.new_f32(&[batch, h, d, e], "draft state")?;
         let states = self.new_f32(&[t, batch, h, d, e], "draft states")?;
-        let o = self.new_f32(&[t, batch, h, e], "o")?;
-        // A token's slice of a token-major tensor: `(batch, h, width)` at row i.
+        let o = self.new_f32(&[t, batch, hq, e], "o")?;
+        // A token's slice of a token-major tensor: `(batch, heads, width)` at row i.
         let token = |x: &Tensor, i: usize, width: usize| {
-            let bytes = (batch * h * width * x.dtype().size()) as u64;
+            let heads = x.shape()[2];
+            let bytes = (batch * heads * width * x.dtype().size()) as u64;
             Tensor::from_buffer(
                 self,
                 x.buffer(),
                 x.offset() + i as u64 * bytes,
-                &[batch, h, width],
+                &[batch, heads, width],
                 x.dtype(),
             )
         };
         // The caller's slots against the real cache: range, duplicates, shapes
-        // (draft_dims took q, k and v with the same heads).
+        // (draft_dims took k and v with the same heads, q with a multiple).
         crate::validate::decode(
             self,
             &token(q, 0, d)?,
@@ -133,8 +137,8 @@ impl Context {
             let o_i = Tensor::from_buffer(
                 self,
                 o.buffer(),
-                o.offset() + (i * batch * h * e * 4) as u64,
-                &[batch, h, e],
+                o.offset() + (i * batch * hq * e * 4) as u64,
+                &[batch, hq, e],
                 DType::F32,
             )?;
             self.record_decode(
@@ -249,7 +253,13 @@ impl Context {
 }
 
 /// `(t, batch, h, d, e)` of token-major q, k, v, with their errors.
-fn draft_dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
+/// `(t, batch, q heads, kv heads, d, e)` of a draft's inputs: k and v with
+/// the same heads, q with those or a multiple (grouped heads).
+fn draft_dims(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(usize, usize, usize, usize, usize, usize)> {
     for (arg, x) in [("q", q), ("k", k), ("v", v)] {
         if x.shape().len() != 4 {
             return Err(Error::Rank {
@@ -262,22 +272,28 @@ fn draft_dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize
     }
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
     for (i, dim) in ["t", "batch", "heads", "d"].iter().enumerate() {
-        if ks[i] != qs[i] {
+        // Grouped heads: k may have a divisor of q's heads (v has k's).
+        let grouped = i == 2 && ks[2] > 0 && qs[2].is_multiple_of(ks[2]);
+        if ks[i] != qs[i] && !grouped {
             return Err(Error::ShapeMismatch {
                 arg: "k",
                 dim,
                 got: ks[i],
-                reference: "q",
+                reference: if i == 2 {
+                    crate::validate::GROUPED
+                } else {
+                    "q"
+                },
                 expected: qs[i],
             });
         }
-        if i < 3 && vs[i] != qs[i] {
+        if i < 3 && vs[i] != ks[i] {
             return Err(Error::ShapeMismatch {
                 arg: "v",
                 dim,
                 got: vs[i],
-                reference: "q",
-                expected: qs[i],
+                reference: "k",
+                expected: ks[i],
             });
         }
     }
@@ -287,14 +303,17 @@ fn draft_dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize
             dim: ["t", "batch", "heads", "d"][i],
         });
     }
-    let (t, batch, h, d, e) = (qs[0], qs[1], qs[2], qs[3], vs[3]);
+    let (t, batch, hq, h, d, e) = (qs[0], qs[1], qs[2], ks[2], qs[3], vs[3]);
     // Each token's slice must start on a 4-byte boundary.
-    if q.dtype() != DType::F32 && ((batch * h * d) % 2 == 1 || (batch * h * e) % 2 == 1) {
+    let odd = [batch * hq * d, batch * h * d, batch * h * e]
+        .iter()
+        .any(|x| x % 2 == 1);
+    if q.dtype() != DType::F32 && odd {
         return Err(Error::InvalidValue {
             arg: "q",
             value: format!("{qs:?} {}", q.dtype()),
-            reason: "half-precision drafts need batch * heads * d and batch * heads * e even (each token's slice starts on a 4-byte boundary)",
+            reason: "half-precision drafts need batch * heads * d (of q and of k) and batch * heads * e even (each token's slice starts on a 4-byte boundary)",
         });
     }
-    Ok((t, batch, h, d, e))
+    Ok((t, batch, hq, h, d, e))
 }
