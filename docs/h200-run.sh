@@ -135,12 +135,18 @@ serving)
     vulkan
     # Issue 23: R ranks sharing the one GPU at n = 128K, b = 1, h = 32, each
     # with its own device, against one plain call (the overhead; 8 + 4 h d e
-    # bytes per rank per all-gather). Threads: that machine's own MPI is
-    # tried below; Debian's, unpacked there, does not start.
-    for dtype in bf16 f32; do
-        for R in 1 2 4; do
-            timeout 60 .device/sequence_parallel_bench --ranks $R --n 131072 --h 32 --d 128 \
-                --dtype $dtype 2>&1 | tail -3 | tee -a "$OUT/sp.jsonl"
+    # bytes per rank per forward all-gather, 8 + 8 h d e per backward), and
+    # the plain calls on the slices with no exchange (`--mode split`), two
+    # rounds. Threads: that machine's own MPI is tried below; Debian's,
+    # unpacked there, does not start.
+    sp() {
+        timeout 60 .device/sequence_parallel_bench --n 131072 --h 32 --d 128 --warmup 10 \
+            --reps 10 "$@" 2>&1 | grep '^{' | tee -a "$OUT/sp.jsonl"
+    }
+    for round in 1 2; do
+        for dtype in bf16 f32; do
+            for R in 1 2 4; do sp --ranks $R --dtype $dtype; done
+            sp --ranks 2 --dtype $dtype --mode split
         done
     done
     # Over MPI where the machine has its own mpirun: the correctness example.
