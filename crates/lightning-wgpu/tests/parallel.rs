@@ -57,6 +57,8 @@ struct Case {
     dtype: DType,
     /// Slice lengths, one per rank (they sum to n).
     slices: Vec<usize>,
+    /// q heads per kv head (grouped heads when above 1).
+    group: usize,
 }
 
 fn max_error(got: &[f32], want: &[f32]) -> (f64, f64) {
@@ -89,12 +91,15 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
 fn check(ctx: &Context, case: &Case, seed: u64) {
     let Dims { b, h, n, d, e } = case.dims;
     let dims = case.dims;
+    let hq = h * case.group;
+    // q, o and dO have q's heads.
+    let q_dims = Dims { h: hq, ..dims };
     let l = case.layout;
     let mut r = rng(seed);
-    let q = random(&mut r, b * h * n * d, d);
+    let q = random(&mut r, b * hq * n * d, d);
     let k = random(&mut r, b * h * n * d, d);
     let v = random(&mut r, b * h * n * e, 1);
-    let d_o = random(&mut r, b * h * n * e, 1);
+    let d_o = random(&mut r, b * hq * n * e, 1);
     let s0 = random(&mut r, b * h * d * e, 1);
     let dsn = random(&mut r, b * h * d * e, 1);
     let slopes = alibi_slopes(h);
@@ -110,12 +115,12 @@ fn check(ctx: &Context, case: &Case, seed: u64) {
         output_final_state: true,
         ..Default::default()
     };
-    let shape = |len: usize, w: usize| l.shape(b, h, len, w);
+    let shape = |heads: usize, len: usize, w: usize| l.shape(b, heads, len, w);
     let (qt, kt, vt, dot) = (
-        up(&q, &shape(n, d)),
-        up(&k, &shape(n, d)),
-        up(&v, &shape(n, e)),
-        up(&d_o, &shape(n, e)),
+        up(&q, &shape(hq, n, d)),
+        up(&k, &shape(h, n, d)),
+        up(&v, &shape(h, n, e)),
+        up(&d_o, &shape(hq, n, e)),
     );
     let whole = ctx.forward(&qt, &kt, &vt, &opts).expect("forward");
     let whole_o = ctx.read(&whole.o).unwrap();
@@ -139,8 +144,8 @@ fn check(ctx: &Context, case: &Case, seed: u64) {
         })
         .collect();
     let tag = format!(
-        "R={ranks} slices={:?} {l:?} {:?} seed={seed}",
-        case.slices, case.dtype
+        "R={ranks} slices={:?} {l:?} {:?} group={} seed={seed}",
+        case.slices, case.dtype, case.group
     );
     let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = rooms(ranks)
@@ -149,9 +154,16 @@ fn check(ctx: &Context, case: &Case, seed: u64) {
                 let (r0, len) = (starts[room.rank], case.slices[room.rank]);
                 let (q, k, v, d_o, s0, dsn, slopes) = (&q, &k, &v, &d_o, &s0, &dsn, &slopes);
                 scope.spawn(move || {
-                    let slice =
-                        |x: &[f32], w| up(&rows(x, l, &dims, w, r0, r0 + len), &shape(len, w));
-                    let (qs, ks, vs, dos) = (slice(q, d), slice(k, d), slice(v, e), slice(d_o, e));
+                    let slice = |x: &[f32], heads: usize, w| {
+                        let all = Dims { h: heads, ..dims };
+                        up(&rows(x, l, &all, w, r0, r0 + len), &shape(heads, len, w))
+                    };
+                    let (qs, ks, vs, dos) = (
+                        slice(q, hq, d),
+                        slice(k, h, d),
+                        slice(v, h, e),
+                        slice(d_o, hq, e),
+                    );
                     let (s0_t, dsn_t) = (state(s0), state(dsn));
                     let opts = ForwardOptions {
                         slopes: Some(slopes),
@@ -188,11 +200,11 @@ fn check(ctx: &Context, case: &Case, seed: u64) {
     });
     for (rank, (o, sn, grads, ds0)) in results.iter().enumerate() {
         let (r0, len) = (starts[rank], case.slices[rank]);
-        let mine = |x: &[f32], w| rows(x, l, &dims, w, r0, r0 + len);
+        let mine = |x: &[f32], all: &Dims, w| rows(x, l, all, w, r0, r0 + len);
         assert_close(
             &format!("o of rank {rank} ({tag})"),
             o,
-            &mine(&whole_o, e),
+            &mine(&whole_o, &q_dims, e),
             tol,
         );
         assert_close(
@@ -204,12 +216,13 @@ fn check(ctx: &Context, case: &Case, seed: u64) {
         for ((name, got), (want, w)) in ["dq", "dk", "dv"]
             .iter()
             .zip(grads)
-            .zip(whole_g.iter().zip([d, d, e]))
+            .zip(whole_g.iter().zip([(&q_dims, d), (&dims, d), (&dims, e)]))
         {
+            let (all, w) = w;
             assert_close(
                 &format!("{name} of rank {rank} ({tag})"),
                 got,
-                &mine(want, w),
+                &mine(want, all, w),
                 tol,
             );
         }
@@ -246,6 +259,7 @@ fn split_runs_equal_one_run() {
                 layout,
                 dtype,
                 slices,
+                group: 1,
             },
             seed + i as u64,
         );
@@ -279,6 +293,37 @@ fn split_runs_equal_one_run_on_small_bindings() {
             layout,
             dtype: DType::F32,
             slices,
+            group: 1,
+        };
+        check(&ctx, &case, seed + i as u64);
+    }
+}
+
+#[test]
+fn grouped_heads_split_runs_equal_one_run() {
+    // q with 2 and 3 times k's heads: the states and slopes are per kv
+    // head, the incoming state's gradient summed over each group's q heads.
+    let ctx = common::context(false);
+    let seed = seed();
+    let dims = Dims {
+        b: 2,
+        h: 2,
+        n: 97,
+        d: 8,
+        e: 12,
+    };
+    let cases = [
+        (vec![40, 57], Layout::Bhnd, DType::F32, 2),
+        (vec![30, 1, 66], Layout::Bnhd, DType::F32, 3),
+        (vec![50, 47], Layout::Bhnd, DType::BF16, 2),
+    ];
+    for (i, (slices, layout, dtype, group)) in cases.into_iter().enumerate() {
+        let case = Case {
+            dims,
+            layout,
+            dtype,
+            slices,
+            group,
         };
         check(&ctx, &case, seed + i as u64);
     }

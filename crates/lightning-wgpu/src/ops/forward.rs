@@ -393,7 +393,8 @@ impl Context {
     /// The final state of [`Context::forward`] alone: the block states and
     /// their scan without the output pass (about a third of the work), as a
     /// rank of the sequence-parallel forward needs before it knows its
-    /// incoming state; `reversed` walks the rows from the last.
+    /// incoming state; `o`, shaped like the output, stands in for the
+    /// output (never written); `reversed` walks the rows from the last.
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) async fn final_state_only_async(
         &self,
@@ -401,7 +402,28 @@ impl Context {
         k: &Tensor,
         v: &Tensor,
         opts: &ForwardOptions<'_>,
+        o: &Tensor,
         reversed: bool,
+    ) -> Result<Tensor> {
+        self.states_pass(q, k, v, opts, o, reversed, Scratch::Shared)
+            .await
+    }
+
+    /// The block states and their scan of a chunked forward (no output
+    /// pass), submitted; returns the final state. `o` is the output a later
+    /// half would write (it plans the windows), `scratch` where the block
+    /// states go.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[allow(clippy::too_many_arguments)]
+    async fn states_pass(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &ForwardOptions<'_>,
+        o: &Tensor,
+        reversed: bool,
+        scratch: Scratch<'_>,
     ) -> Result<Tensor> {
         let call = validate::forward(self, q, k, v, opts)?;
         let state = self.new_f32(&call.state_shape, "final_state")?;
@@ -417,9 +439,19 @@ impl Context {
             ..Views::default()
         };
         let mut rec = Recorder::new(self.rt(), "forward");
-        // v stands in for o, which the skipped pass would have written.
-        self.record_forward(&mut rec, q, k, v, &opts, v, Some(&state), views)
-            .await?;
+        self.record_forward_with(
+            &mut rec,
+            q,
+            k,
+            v,
+            &opts,
+            o,
+            Some(&state),
+            views,
+            None,
+            scratch,
+        )
+        .await?;
         rec.submit().await?;
         Ok(state)
     }
@@ -440,34 +472,12 @@ impl Context {
         opts: &ForwardOptions<'_>,
         o: &Tensor,
     ) -> Result<(Tensor, Kept)> {
-        let call = validate::forward(self, q, k, v, opts)?;
-        let state = self.new_f32(&call.state_shape, "final_state")?;
-        let opts = ForwardOptions {
-            method: Method::Chunk,
-            output_final_state: true,
-            ..*opts
-        };
-        let views = Views {
-            states_only: true,
-            ..Views::default()
-        };
         let mut kept = Vec::new();
-        let mut rec = Recorder::new(self.rt(), "forward");
-        self.record_forward_with(
-            &mut rec,
-            q,
-            k,
-            v,
-            &opts,
-            o,
-            Some(&state),
-            views,
-            None,
-            Scratch::Keep(&mut kept),
-        )
-        .await?;
-        rec.submit().await?;
-        let path = self.path_of(&call, q, k, v, &opts).name();
+        let state = self
+            .states_pass(q, k, v, opts, o, false, Scratch::Keep(&mut kept))
+            .await?;
+        let call = validate::forward(self, q, k, v, opts)?;
+        let path = self.path_of(&call, q, k, v, opts).name();
         Ok((
             state,
             Kept {

@@ -70,6 +70,24 @@ fn unpack(all: &[u8], ranks: usize, state_len: usize) -> Result<Vec<(usize, Vec<
         .collect())
 }
 
+/// `(count, h, d, e)` states from `(count, h group, d e)` ones: q heads
+/// `g group .. (g + 1) group` summed into kv head g.
+fn sum_groups(states: &[f32], per_head: usize, group: usize) -> Vec<f32> {
+    if group == 1 {
+        return states.to_vec();
+    }
+    states
+        .chunks_exact(per_head * group)
+        .flat_map(|members| {
+            let mut sum = vec![0.0f64; per_head];
+            for m in members.chunks_exact(per_head) {
+                sum.iter_mut().zip(m).for_each(|(s, x)| *s += *x as f64);
+            }
+            sum.into_iter().map(|x| x as f32)
+        })
+        .collect()
+}
+
 /// The decays of the problem, per head.
 struct Decay {
     slopes: Vec<f64>,
@@ -116,6 +134,8 @@ struct Split<'a> {
     ctx: &'a Context,
     exchange: &'a dyn Exchange,
     decay: Decay,
+    /// q heads per kv head.
+    group: usize,
     state_shape: [usize; 4],
     len: usize,
 }
@@ -129,7 +149,8 @@ impl<'a> Split<'a> {
         v: &Tensor,
         opts: &ForwardOptions,
     ) -> Result<Split<'a>> {
-        let dims = validate::problem_dims(opts.layout, q.shape(), k.shape(), v.shape())?;
+        let (dims, group) =
+            validate::grouped_problem(opts.layout, q.shape(), k.shape(), v.shape())?;
         validate::slopes(opts.slopes, dims.h)?;
         if opts.cu_seqlens.is_some() {
             return Err(Error::InvalidValue {
@@ -160,6 +181,7 @@ impl<'a> Split<'a> {
             },
             state_shape: dims.state_shape(),
             len: dims.n,
+            group,
         })
     }
 
@@ -241,7 +263,8 @@ impl Context {
     /// rank). One all-gather of `8 + 4 b h d e` bytes per rank.
     ///
     /// Equals [`Context::forward`] over the whole sequence to rounding.
-    /// Packed batches (`cu_seqlens`) are not split.
+    /// Grouped heads (q with a multiple of k's heads) split like any call;
+    /// packed batches (`cu_seqlens`) are not split.
     pub fn forward_sequence_parallel(
         &self,
         q: &Tensor,
@@ -298,18 +321,28 @@ impl Context {
         // state, and G_r, the gradient of its incoming state through its own
         // outputs, sum_t scale lambda^(t+1) q_t dO_t^T: scale lambda times
         // the final state of a states-only pass in reversed time with k = q
-        // and v = dO. Both go out in the one exchange.
+        // and v = dO. Both go out in the one exchange. dO, shaped like o,
+        // stands in for the outputs neither pass writes.
         let local = split.local(fwd);
-        let contribution = pollster::block_on(self.final_state_only_async(q, k, v, &local, false))?;
+        let contribution =
+            pollster::block_on(self.final_state_only_async(q, k, v, &local, d_o, false))?;
+        // With grouped heads that pass runs over q's heads, each with its kv
+        // head's slope, and a group's states are summed.
+        let group = split.group;
+        let q_slopes: Option<Vec<f32>> = fwd
+            .slopes
+            .map(|s| (0..s.len() * group).map(|j| s[j / group]).collect());
         let reversed = ForwardOptions {
             initial_state: None,
             output_final_state: true,
+            slopes: q_slopes.as_deref(),
             ..*fwd
         };
-        let s_rev = pollster::block_on(self.final_state_only_async(q, q, d_o, &reversed, true))?;
+        let s_rev =
+            pollster::block_on(self.final_state_only_async(q, q, d_o, &reversed, d_o, true))?;
         let mut mine = self.read(&contribution)?;
         let state_len = mine.len();
-        let mut g = self.read(&s_rev)?;
+        let mut g = sum_groups(&self.read(&s_rev)?, split.decay.per_head, group);
         split.decay.scale(&mut g, fwd.scale as f64, 1);
         // The last rank's final state is the sequence's, whose gradient is
         // given: what it sends is the whole gradient of its incoming state,
