@@ -394,26 +394,26 @@ impl Context {
             steps: -1,
             scale: 1.0 / fwd.scale,
         };
-        let mut folded = Vec::with_capacity(2);
-        for (shape, transpose) in [([count, heads, e, d], true), ([count, heads, d, e], false)] {
+        let magnitude = (magnitude as f64 * factor) as f32;
+        let mut fold = async |shape: [usize; 4], transpose: bool| -> Result<Tensor> {
             let t = self.new_f32(&shape, "final-state gradient, folded")?;
-            t.max_abs.set(Some((magnitude as f64 * factor) as f32));
-            let (rows, cols) = (shape[2], shape[3]);
+            t.max_abs.set(Some(magnitude));
+            let out = (t.buffer(), 0);
             states::record(
                 rec,
                 slopes,
                 0..count * h,
-                (rows, cols),
+                (shape[2], shape[3]),
                 x,
                 transpose,
                 None,
-                (t.buffer(), 0),
+                out,
             )
             .await?;
-            folded.push(t);
-        }
-        let sv = folded.pop().expect("two");
-        let sk = folded.pop().expect("two");
+            Ok(t)
+        };
+        let sk = fold([count, heads, e, d], true).await?;
+        let sv = fold([count, heads, d, e], false).await?;
         Ok(Some((sk, sv)))
     }
 

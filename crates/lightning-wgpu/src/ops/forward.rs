@@ -651,7 +651,8 @@ impl Context {
         // alone writes the checkpoints.
         let group = call.group;
         let members = if views.states_only { 0..1 } else { 0..group };
-        // Only member 0's states are kept (split calls have no groups).
+        // Only member 0 keeps or resumes block states: the other members of
+        // a group run their whole passes, as in any grouped call.
         let mut scratch = Some(scratch);
         for member in members.rev() {
             let scratch = match member {
