@@ -405,14 +405,16 @@ impl Context {
         o: &Tensor,
         reversed: bool,
     ) -> Result<Tensor> {
-        self.states_pass(q, k, v, opts, o, reversed, Scratch::Shared)
-            .await
+        let (_, state) = self
+            .states_pass(q, k, v, opts, o, reversed, Scratch::Shared)
+            .await?;
+        Ok(state)
     }
 
     /// The block states and their scan of a chunked forward (no output
-    /// pass), submitted; returns the final state. `o` is the output a later
-    /// half would write (it plans the windows), `scratch` where the block
-    /// states go.
+    /// pass), submitted; returns the call and its final state. `o` is the
+    /// output a later half would write (it plans the windows), `scratch`
+    /// where the block states go.
     #[cfg(not(target_arch = "wasm32"))]
     #[allow(clippy::too_many_arguments)]
     async fn states_pass(
@@ -424,7 +426,7 @@ impl Context {
         o: &Tensor,
         reversed: bool,
         scratch: Scratch<'_>,
-    ) -> Result<Tensor> {
+    ) -> Result<(validate::Call, Tensor)> {
         let call = validate::forward(self, q, k, v, opts)?;
         let state = self.new_f32(&call.state_shape, "final_state")?;
         // The chunked plan is the one that can stop before the outputs.
@@ -453,7 +455,7 @@ impl Context {
         )
         .await?;
         rec.submit().await?;
-        Ok(state)
+        Ok((call, state))
     }
 
     /// The first half of a forward whose initial state is not known yet
@@ -473,10 +475,9 @@ impl Context {
         o: &Tensor,
     ) -> Result<(Tensor, Kept)> {
         let mut kept = Vec::new();
-        let state = self
+        let (call, state) = self
             .states_pass(q, k, v, opts, o, false, Scratch::Keep(&mut kept))
             .await?;
-        let call = validate::forward(self, q, k, v, opts)?;
         let path = self.path_of(&call, q, k, v, opts).name();
         Ok((
             state,

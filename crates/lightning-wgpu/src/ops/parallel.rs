@@ -348,19 +348,10 @@ impl Context {
         // given: what it sends is the whole gradient of its incoming state,
         // G + lambda^len dS_n.
         if let (true, Some(dsn)) = (last, opts.d_final_state) {
-            let dsn = self.read(dsn)?;
-            let factors = split.decay.factors(1.0, split.len);
-            let per_head = split.decay.per_head;
-            for (i, (g, d)) in g
-                .chunks_exact_mut(per_head)
-                .zip(dsn.chunks_exact(per_head))
-                .enumerate()
-            {
-                let f = factors[i % split.decay.heads];
-                g.iter_mut()
-                    .zip(d)
-                    .for_each(|(g, d)| *g = (*g as f64 + f * *d as f64) as f32);
-            }
+            let dsn: Vec<f64> = self.read(dsn)?.iter().map(|&x| x as f64).collect();
+            let mut whole: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+            split.decay.add_decayed(&mut whole, &dsn, split.len);
+            g = whole.into_iter().map(|x| x as f32).collect();
         }
         mine.extend_from_slice(&g);
         let (states, gradients): (Vec<_>, Vec<_>) = split
@@ -399,11 +390,7 @@ impl Context {
             d_o,
             &BackwardOptions {
                 forward: from,
-                d_final_state: if last {
-                    opts.d_final_state
-                } else {
-                    d_final.as_ref()
-                },
+                d_final_state: d_final.as_ref().or(opts.d_final_state),
             },
         )
     }
